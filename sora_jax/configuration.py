@@ -1,0 +1,174 @@
+"""Loading Python config files and applying `--config.key=value` overrides.
+
+Configs are Python files under `configs/` with a `get_config()` returning an
+`ml_collections.ConfigDict`. This module gives them two entry points:
+
+* `load_config(path, overrides)` for code and tests;
+* `run_tool(main)` for the absl tools: it checks every `--config.key=value`
+  on the command line *before* absl parses flags, so a misspelt key fails with
+  a message that names the key and the closest valid ones (ml_collections on
+  its own raises a bare `AttributeError`).
+
+Types are enforced by ml_collections on assignment (an `int` field rejects
+`"foo"`); `load_config` turns those failures into `ConfigError`s that name the key.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config file, key or value is wrong; the message says how to fix it."""
+
+
+def _make_configs_package_importable(path: str) -> None:
+  """Variant configs do `from configs import base`: put the folder holding configs/ on sys.path."""
+  for parent in Path(path).resolve().parents:
+    if (parent / "configs" / "base.py").exists():
+      if str(parent) not in sys.path:
+        sys.path.insert(0, str(parent))
+      return
+
+
+def _import_config_module(path: str):
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise ConfigError(f"config file {path!r} does not exist (configs live under configs/, e.g. configs/vae/demo.py)")
+  _make_configs_package_importable(path)
+  name = "sora_jax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path!r} has no get_config() function")
+  return module
+
+
+def load_config(path: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+  """Loads `path` (optionally `path:arg`, passed to `get_config(arg)`) and applies overrides.
+
+  Args:
+    path: a config file, e.g. "configs/dit/demo.py" or "configs/dit/video.py:wan_1_3b".
+    overrides: strings "key.sub=value"; values are parsed as Python literals when
+      possible ("3", "(1, 2, 2)", "True"), otherwise kept as strings.
+  Returns:
+    The config, unlocked values applied, locked against new keys.
+  """
+  path, _, arg = os.fspath(path).partition(":")
+  module = _import_config_module(path)
+  config = module.get_config(arg) if arg else module.get_config()
+  for override in overrides:
+    key, sep, value = override.partition("=")
+    if not sep:
+      raise ConfigError(f"override {override!r} must look like key=value, e.g. train.steps=100")
+    set_value(config, key.removeprefix("--config.").removeprefix("config."), _parse_value(value))
+  config.lock()
+  return config
+
+
+def _parse_value(text: str) -> Any:
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every leaf key of `config` as a dotted path ("train.steps", ...)."""
+  keys = []
+  for name, value in config.items():
+    dotted = f"{prefix}{name}"
+    if isinstance(value, ml_collections.ConfigDict):
+      keys.extend(all_keys(value, dotted + "."))
+    else:
+      keys.append(dotted)
+  return keys
+
+
+def check_key(config: ml_collections.ConfigDict, dotted_key: str) -> None:
+  """Raises ConfigError naming `dotted_key` and its closest matches if it does not exist."""
+  node = config
+  parts = dotted_key.split(".")
+  for i, part in enumerate(parts):
+    is_dict = isinstance(node, ml_collections.ConfigDict)
+    if not is_dict or part not in node:
+      known = all_keys(config)
+      close = difflib.get_close_matches(dotted_key, known, n=3, cutoff=0.5)
+      hint = f" Did you mean {', '.join(close)}?" if close else ""
+      raise ConfigError(f"unknown config key {dotted_key!r}.{hint} "
+                        f"Run with --helpfull or read configs/base.py for every key.")
+    node = node[part]
+
+
+def set_value(config: ml_collections.ConfigDict, dotted_key: str, value: Any) -> None:
+  """Sets `config.<dotted_key> = value`, with errors that name the key."""
+  check_key(config, dotted_key)
+  *parents, leaf = dotted_key.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  old = node[leaf]
+  if isinstance(old, tuple) and isinstance(value, list):
+    value = tuple(value)
+  if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  try:
+    node[leaf] = value
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config key {dotted_key!r} expects {type(old).__name__}, got {value!r}: {e}") from e
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """The full config as JSON (saved in every workdir so a run can be restored without its file)."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+  """Inverse of `to_json` (JSON lists come back as tuples where a config holds tuples)."""
+  def fix(x):
+    if isinstance(x, dict):
+      return {k: fix(v) for k, v in x.items()}
+    if isinstance(x, list):
+      return tuple(fix(v) for v in x)
+    return x
+  return ml_collections.ConfigDict(fix(d))
+
+
+def _config_path_from_argv(argv: Sequence[str]) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def check_argv_overrides(argv: Sequence[str]) -> None:
+  """Validates every `--config.key=value` in argv against the config file named by --config."""
+  path = _config_path_from_argv(argv)
+  overrides = [a[2:] for a in argv if a.startswith("--config.")]
+  if not overrides:
+    return
+  if path is None:
+    raise ConfigError("--config.<key> overrides need --config=<file> first (e.g. --config=configs/dit/demo.py)")
+  load_config(path, [o.removeprefix("config.") for o in overrides])
+
+
+def run_tool(main: Callable[[list[str]], None]) -> None:
+  """`absl.app.run(main)` after validating config overrides, with readable errors."""
+  from absl import app
+  try:
+    check_argv_overrides(sys.argv[1:])
+  except ConfigError as e:
+    sys.exit(f"error: {e}")
+  app.run(main)

@@ -1,0 +1,1 @@
+"""Progress bars, TensorBoard/text metric logs and plots."""
