@@ -1,0 +1,228 @@
+"""TFDS builder of the "shapes" dataset: ArrayRecord files readable without TensorFlow.
+
+    builder = build_dataset(config.data)          # builds once into data_dir, then reuses it
+    source = builder.as_data_source(split="train")  # random access, decoded to numpy
+
+Each example is a pure function of (dataset_seed, split, index): its own numpy
+Generator seeded with that triple draws a `ClipSpec` and a paraphrased caption, so a
+build is byte-identical on every machine and any example can be regenerated alone
+(`generate_example`). The example at index i of a split is the i-th record of that
+split (shuffling at write time is disabled).
+
+Features per example:
+  video              uint8 [T, H, W, 3], zlib-compressed Tensor
+  caption            str, the training caption (canonical form or a paraphrase)
+  canonical_caption  str, 'a {color} {shape} moving {dir}' / 'a {color} {shape} staying still'
+  color, shape, motion  str (names from shapes.COLORS / SHAPES / MOTIONS)
+  size_frac          float32, object size / frame width
+  start_center, end_center  float32 [2], (x, y) as fractions of width / height
+  index              int64, the example's index in its split
+
+TFDS without TensorFlow (DESIGN.md §6): only Tensor / Text / Scalar features and the
+array_record file format are used; this builder lives in a package module because
+TFDS resolves builder classes by module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import time
+from typing import Any, Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+import tqdm
+
+from sora_jax.data import shapes
+from sora_jax.data.tfds_compat import builder_code_path
+
+VERSION = "1.0.0"
+SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+DEFAULT_SPLIT_SIZES = (2048, 128, 128)  # train, validation, test
+ENV_DATA_DIR = "SORA_JAX_DATA"
+
+
+@dataclasses.dataclass(kw_only=True)
+class ShapesConfig(tfds.core.BuilderConfig):
+  """Clip size, split sizes and seed of one build; `config_name` gives its name."""
+  num_frames: int = 17
+  height: int = 32
+  width: int = 32
+  num_train: int = DEFAULT_SPLIT_SIZES[0]
+  num_validation: int = DEFAULT_SPLIT_SIZES[1]
+  num_test: int = DEFAULT_SPLIT_SIZES[2]
+  seed: int = 0
+
+  @property
+  def split_sizes(self) -> dict[str, int]:
+    return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
+
+
+def config_name(num_frames: int, height: int, width: int, seed: int,
+                split_sizes: tuple[int, int, int] = DEFAULT_SPLIT_SIZES) -> str:
+  """'f17_32x32_s0' for the default split sizes, else e.g. 'f9_32x32_s0_n32-8-8'."""
+  name = f"f{num_frames}_{height}x{width}_s{seed}"
+  if tuple(split_sizes) != DEFAULT_SPLIT_SIZES:
+    name += "_n" + "-".join(str(n) for n in split_sizes)
+  return name
+
+
+def make_config(*, num_frames: int = 17, height: int = 32, width: int = 32, seed: int = 0,
+                num_train: int = DEFAULT_SPLIT_SIZES[0], num_validation: int = DEFAULT_SPLIT_SIZES[1],
+                num_test: int = DEFAULT_SPLIT_SIZES[2]) -> ShapesConfig:
+  """A ShapesConfig with a name derived from its fields (checked for sane values)."""
+  for field, value, low in (("num_frames", num_frames, 1), ("height", height, 8), ("width", width, 8),
+                            ("num_train", num_train, 0), ("num_validation", num_validation, 0),
+                            ("num_test", num_test, 0), ("seed", seed, 0)):
+    if int(value) != value or value < low:
+      raise ValueError(f"shapes dataset: {field} must be an integer >= {low}, got {value!r}")
+  sizes = (num_train, num_validation, num_test)
+  return ShapesConfig(name=config_name(num_frames, height, width, seed, sizes), version=VERSION,
+                      release_notes={VERSION: "Initial release."},
+                      description=f"{num_frames} frames at {height}x{width}, seed {seed}, "
+                                  f"train/validation/test = {sizes}",
+                      num_frames=num_frames, height=height, width=width, seed=seed,
+                      num_train=num_train, num_validation=num_validation, num_test=num_test)
+
+
+def example_spec(config: ShapesConfig, split: str, index: int) -> tuple[shapes.ClipSpec, str]:
+  """(clip spec, training caption) of example `index` of `split`, without rendering it.
+
+  A pure function of (config.seed, split, index) and the frame aspect ratio.
+  """
+  if split not in SPLIT_IDS:
+    raise ValueError(f"unknown split {split!r}; expected one of {tuple(SPLIT_IDS)}")
+  rng = np.random.default_rng([config.seed, SPLIT_IDS[split], index])
+  spec = shapes.sample_clip_spec(rng, aspect_ratio=config.width / config.height)
+  return spec, shapes.paraphrase_caption(spec, rng)
+
+
+def generate_example(config: ShapesConfig, split: str, index: int) -> dict[str, Any]:
+  """Example `index` of `split`: its spec rendered at the config's frames x height x width."""
+  spec, caption = example_spec(config, split, index)
+  return {
+      "video": shapes.render_clip(spec, config.num_frames, config.height, config.width),
+      "caption": caption,
+      "canonical_caption": shapes.canonical_caption(spec),
+      "color": spec.color,
+      "shape": spec.shape,
+      "motion": spec.motion,
+      "size_frac": np.float32(spec.size_frac),
+      "start_center": np.asarray(spec.start_center, np.float32),
+      "end_center": np.asarray(spec.end_center, np.float32),
+      "index": np.int64(index),
+  }
+
+
+class ShapesDataset(tfds.core.GeneratorBasedBuilder):
+  """Procedural one-object clips with captions (DESIGN.md §4). Never downloads anything."""
+
+  name = "shapes"
+  VERSION = tfds.core.Version(VERSION)
+  RELEASE_NOTES = {VERSION: "Initial release."}
+  BUILDER_CONFIGS = [make_config()]  # f17_32x32_s0; any other comes from make_config(...)
+  code_path = builder_code_path(__file__)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    cfg: ShapesConfig = self.builder_config
+    return self.dataset_info_from_configs(
+        description=__doc__,
+        disable_shuffling=True,  # record i of a split is example i
+        features=tfds.features.FeaturesDict({
+            "video": tfds.features.Tensor(shape=(cfg.num_frames, cfg.height, cfg.width, 3),
+                                          dtype=np.uint8, encoding="zlib"),
+            "caption": tfds.features.Text(),
+            "canonical_caption": tfds.features.Text(),
+            "color": tfds.features.Text(),
+            "shape": tfds.features.Text(),
+            "motion": tfds.features.Text(),
+            "size_frac": tfds.features.Scalar(dtype=np.float32),
+            "start_center": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+            "end_center": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+            "index": tfds.features.Scalar(dtype=np.int64),
+        }),
+        homepage="https://github.com/sora-jax/sora_jax",
+    )
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    return {split: self._generate_examples(split, size)
+            for split, size in self.builder_config.split_sizes.items() if size > 0}
+
+  def _generate_examples(self, split: str, size: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    for index in tqdm.trange(size, desc=f"shapes/{self.builder_config.name} {split}", unit="clip",
+                             leave=False):
+      yield index, generate_example(self.builder_config, split, index)
+
+
+# ------------------------------------------------------------------ building
+
+def resolve_data_dir(data_dir: str = "") -> str:
+  """`data_dir`, else $SORA_JAX_DATA, else ~/sora_jax_data (absolute, user-expanded)."""
+  chosen = data_dir or os.environ.get(ENV_DATA_DIR) or os.path.join("~", "sora_jax_data")
+  return os.path.abspath(os.path.expanduser(chosen))
+
+
+def config_from_data_cfg(data_cfg) -> ShapesConfig:
+  """The ShapesConfig described by a `config.data` section (configs/base.py)."""
+  return make_config(num_frames=data_cfg.num_frames, height=data_cfg.height, width=data_cfg.width,
+                     seed=data_cfg.dataset_seed, num_train=data_cfg.num_train,
+                     num_validation=data_cfg.num_validation, num_test=data_cfg.num_test)
+
+
+def _dir_size_bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def _make_builder(config: ShapesConfig, data_dir: str) -> ShapesDataset:
+  # TFDS refuses a config object that shares its name with a BUILDER_CONFIGS entry: pass the name then.
+  predefined = {c.name: c for c in ShapesDataset.BUILDER_CONFIGS}
+  if config.name in predefined and predefined[config.name] != config:
+    raise ValueError(f"shapes config {config.name!r} differs from the predefined one: {config}")
+  chosen = config.name if config.name in predefined else config
+  return ShapesDataset(config=chosen, data_dir=resolve_data_dir(data_dir), file_format="array_record")
+
+
+def build_shapes(config: ShapesConfig, data_dir: str = "", *, verbose: bool = True) -> ShapesDataset:
+  """Builds `config` into `data_dir` (see resolve_data_dir) unless already built; returns the builder.
+
+  A build always reports its time and size; verbose=True also reports reuse.
+
+  A build interrupted half-way leaves only TFDS's temporary folder, which the next
+  call discards, so re-running is always safe.
+  """
+  builder = _make_builder(config, data_dir)
+  if builder.is_prepared():
+    if verbose:
+      print(f"shapes dataset {config.name}: reusing {builder.data_dir}")
+    return builder
+  start = time.time()
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except OSError:
+    # Another process (a second host, a parallel test worker) finished the same
+    # deterministic build first and TFDS could not move ours into place: use theirs.
+    builder = _make_builder(config, data_dir)
+    if not builder.is_prepared():
+      raise
+  size_mb = _dir_size_bytes(builder.data_dir) / 2**20
+  total = sum(config.split_sizes.values())
+  print(f"shapes dataset {config.name}: built {total} clips in {time.time() - start:.1f} s, "
+        f"{size_mb:.1f} MiB on disk at {builder.data_dir}", flush=True)
+  return builder
+
+
+def build_dataset(data_cfg, *, verbose: bool = True) -> ShapesDataset:
+  """Builds (or reuses) the shapes dataset a `config.data` section describes."""
+  if data_cfg.dataset != "shapes":
+    raise ValueError(f"build_dataset builds the 'shapes' dataset, but config.data.dataset="
+                     f"{data_cfg.dataset!r}; import your own videos with tools/import_videos.py")
+  return build_shapes(config_from_data_cfg(data_cfg), data_cfg.data_dir, verbose=verbose)
+
+
+def delete_build(config: ShapesConfig, data_dir: str = "") -> None:
+  """Removes a build of `config` (all versions) from `data_dir`."""
+  path = os.path.join(resolve_data_dir(data_dir), ShapesDataset.name, config.name)
+  shutil.rmtree(path, ignore_errors=True)
