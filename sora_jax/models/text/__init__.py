@@ -1,0 +1,129 @@
+"""Pluggable text encoders: prompts -> token states [B, L, D], mask [B, L], pooled vector [B, D].
+
+Selected by `config.text.encoder`:
+
+* "small": a small transformer over UTF-8 bytes (`small_encoder.py`), random init,
+  trained jointly with the DiT (`trainable=True`).
+* "minilm": frozen pretrained all-MiniLM-L6-v2 (`minilm.py`, D = 384); its embeddings
+  are computed once and cached (`trainable=False`).
+
+    encoder = build_text_encoder(config.text)
+    params = encoder.init_params(jax.random.key(0))      # {'params': ...}, boxed like module.init
+    tokens, mask, pooled = encoder.encode(params, ["a red circle moving left"])
+    # or, inside a jitted train step:
+    ids, mask = encoder.tokenize(captions)                # numpy int32 / bool [B, L]
+    tokens, pooled = encoder.module.apply(params, ids, mask)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax.models.text import minilm
+from sora_jax.models.text import small_encoder
+from sora_jax.models.text import tokenizers
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass
+class TextEncoder:
+  """A tokenizer, a linen module and how to get its parameters.
+
+  Attributes:
+    name: "small" or "minilm".
+    tokenizer: `tokenizer(prompts) -> (ids int32 [B, L], mask bool [B, L])` (numpy).
+    module: `module.apply(params, ids, mask) -> (tokens f32 [B, L, D], pooled f32 [B, D])`.
+    output_dim: D.
+    trainable: True if trained with the DiT; False for a frozen pretrained encoder.
+    max_length: L.
+  """
+
+  name: str
+  tokenizer: Callable[[Sequence[str]], tuple[np.ndarray, np.ndarray]]
+  module: nn.Module
+  output_dim: int
+  trainable: bool
+  max_length: int
+  _init_fn: Callable[[jax.Array], dict] = dataclasses.field(repr=False)
+
+  def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """list[str] -> (ids int32 [B, L], mask bool [B, L]); long prompts truncated with a warning."""
+    return self.tokenizer(prompts)
+
+  def init_params(self, rng: jax.Array) -> dict:
+    """Variables {'params': ...}: random for "small", pretrained for "minilm".
+
+    Leaves are `nn.LogicallyPartitioned` boxes, as `module.init` returns them (derive
+    shardings from them, or strip them with `nn.meta.unbox`); `module.apply` takes either.
+    """
+    return self._init_fn(rng)
+
+  @functools.cached_property
+  def _apply(self):
+    return jax.jit(self.module.apply)
+
+  def encode(self, params: dict, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """prompts -> (tokens f32 [B, L, D], mask bool [B, L], pooled f32 [B, D]), jitted.
+
+    `params` is the variables dict {'params': tree} of `init_params`, or the bare tree.
+    """
+    ids, mask = self.tokenize(prompts)
+    variables = params if set(params) == {"params"} else {"params": params}
+    tokens, pooled = self._apply(variables, jnp.asarray(ids), jnp.asarray(mask))
+    return tokens, jnp.asarray(mask), pooled
+
+
+def _dtype(text_cfg) -> Any:
+  name = text_cfg.get("dtype", "float32")
+  if name not in DTYPES:
+    raise ValueError(f"config.text.dtype={name!r} is not one of {sorted(DTYPES)}")
+  return DTYPES[name]
+
+
+def _build_small(text_cfg) -> TextEncoder:
+  tokenizer = tokenizers.ByteTokenizer(text_cfg.max_length)
+  module = small_encoder.SmallTextEncoder(
+      vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, width=text_cfg.width,
+      depth=text_cfg.depth, num_heads=text_cfg.num_heads, dtype=_dtype(text_cfg))
+  if text_cfg.width % text_cfg.num_heads:
+    raise ValueError(f"config.text.width={text_cfg.width} must be divisible by "
+                     f"config.text.num_heads={text_cfg.num_heads}")
+
+  def init(rng):
+    ids = jnp.zeros((1, tokenizer.max_length), jnp.int32)
+    return module.init(rng, ids, jnp.ones(ids.shape, bool))
+
+  return TextEncoder("small", tokenizer, module, text_cfg.width, True, tokenizer.max_length, init)
+
+
+def _build_minilm(text_cfg) -> TextEncoder:
+  model_dir = tokenizers.minilm_model_dir()
+  config = minilm.read_model_config(model_dir)
+  if text_cfg.max_length > config["max_position_embeddings"]:
+    raise ValueError(f"config.text.max_length={text_cfg.max_length} exceeds MiniLM's "
+                     f"{config['max_position_embeddings']} positions")
+  tokenizer = tokenizers.WordPieceTokenizer(text_cfg.max_length, model_dir)
+  module = minilm.minilm_from_config(config, dtype=_dtype(text_cfg))
+  init = lambda rng: minilm.load_minilm_params(module, model_dir)
+  return TextEncoder("minilm", tokenizer, module, config["hidden_size"], False, tokenizer.max_length, init)
+
+
+ENCODERS = {"small": _build_small, "minilm": _build_minilm}
+
+
+def build_text_encoder(text_cfg) -> TextEncoder:
+  """The encoder named by `text_cfg.encoder` ("small" or "minilm"), sized by `text_cfg`."""
+  if text_cfg.encoder not in ENCODERS:
+    raise ValueError(f"config.text.encoder={text_cfg.encoder!r} is not one of {sorted(ENCODERS)}")
+  return ENCODERS[text_cfg.encoder](text_cfg)
+
+
+__all__ = ["TextEncoder", "build_text_encoder", "ENCODERS"]

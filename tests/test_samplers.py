@@ -1,0 +1,166 @@
+"""Samplers on a toy problem with a closed-form model: data ~ N(mu, s^2) per coordinate.
+
+For Gaussian data every Gaussian path x_t = alpha x0 + sigma noise has Gaussian marginals
+N(alpha mu, alpha^2 s^2 + sigma^2), the exact denoiser is linear, and the probability-flow
+ODE keeps the standardised coordinate fixed: starting from noise z at the first point, the
+exact answer is mu + s * z' with z' = (z - alpha_0 mu) / sqrt(alpha_0^2 s^2 + sigma_0^2).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sora_jax.diffusion import DDPM, FlowMatching, guidance, samplers
+
+MU, S = 2.0, 0.5
+NOISE = jnp.asarray(np.random.default_rng(0).standard_normal((16, 3)), jnp.float32)
+
+
+def exact_velocity(x, t_model):
+  """Flow: v(x, t) = d/dt [(1 - t) mu + sqrt((1 - t)^2 s^2 + t^2) z] at fixed z."""
+  t = (t_model / 1000.0)[:, None]
+  var = (1 - t) ** 2 * S ** 2 + t ** 2
+  return -MU + (t - (1 - t) * S ** 2) / var * (x - (1 - t) * MU)
+
+
+def ddpm_oracle(process):
+  abar_table = jnp.asarray(process.alphas_cumprod, jnp.float32)
+
+  def model(x, k):
+    abar = abar_table[k.astype(jnp.int32)][:, None]
+    alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
+    eps = sigma * (x - alpha * MU) / (alpha ** 2 * S ** 2 + sigma ** 2)
+    if process.prediction == "epsilon":
+      return eps
+    return alpha * eps - sigma * (x - sigma * eps) / alpha
+
+  return model
+
+
+def ddpm_answer(process):
+  abar = process.alphas_cumprod[-1]
+  return MU + S * (NOISE - np.sqrt(abar) * MU) / np.sqrt(abar * S ** 2 + 1 - abar)
+
+
+def error(x, answer):
+  return float(jnp.abs(x - answer).max())
+
+
+FLOW = FlowMatching(shift=1.0)
+
+
+def test_flow_samplers_converge_and_higher_order_beats_euler():
+  answer = MU + S * NOISE
+  errors = {name: [error(samplers.sample(exact_velocity, NOISE, process=FLOW, sampler=name, num_steps=n), answer)
+                   for n in (4, 16, 64)]
+            for name in ("euler", "heun", "ddim", "dpmpp_2m")}
+  for name, errs in errors.items():
+    assert errs[0] > errs[1] > errs[2], (name, errs)
+  assert errors["euler"][2] < 0.04 and errors["ddim"][2] < 0.04
+  assert errors["heun"][2] < 1e-3 and errors["dpmpp_2m"][2] < 5e-3
+  for i in range(3):
+    assert errors["heun"][i] < errors["euler"][i] / 4
+    assert errors["dpmpp_2m"][i] < errors["euler"][i]
+  np.testing.assert_allclose(errors["ddim"], errors["euler"], rtol=1e-3)  # same update for flow
+
+
+@pytest.mark.parametrize("schedule,prediction", [("linear", "epsilon"), ("cosine", "v")])
+def test_ddpm_samplers_converge_and_dpm_solver_beats_ddim(schedule, prediction):
+  process = DDPM(schedule=schedule, prediction=prediction)
+  model, answer = ddpm_oracle(process), ddpm_answer(process)
+  errs = {name: [error(samplers.sample(model, NOISE, process=process, sampler=name, num_steps=n), answer)
+                 for n in (10, 50)]
+          for name in ("ddim", "dpmpp_2m")}
+  for name, (coarse, fine) in errs.items():
+    assert fine < coarse, (name, errs)
+  assert errs["ddim"][1] < 0.1 and errs["dpmpp_2m"][1] < 0.01
+  assert errs["dpmpp_2m"][0] < errs["ddim"][0] and errs["dpmpp_2m"][1] < errs["ddim"][1]
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "ddim", "dpmpp_2m"])
+def test_scan_sampler_equals_a_python_loop_of_the_same_step(name):
+  process = FLOW if name in ("euler", "heun") else DDPM(schedule="cosine")
+  model = exact_velocity if process.kind == "flow" else ddpm_oracle(process)
+  num_steps = 7
+  scanned = samplers.sample(model, NOISE, process=process, sampler=name, num_steps=num_steps)
+  step = jax.jit(samplers.sampling_step(model, process, name))
+  inputs = samplers.step_inputs(process, name, num_steps)
+  state = samplers.initial_state(NOISE)
+  for i in range(num_steps):
+    state = step(state, {k: v[i] for k, v in inputs.items()})
+  # Same arithmetic; XLA may fuse the scan body differently (FMA), so allow float32 rounding (~1 ulp).
+  np.testing.assert_allclose(scanned, state.x, rtol=1e-6, atol=1e-6)
+
+
+def test_intermediates_determinism_and_noise_dependence():
+  x, xs = samplers.sample(exact_velocity, NOISE, process=FLOW, sampler="euler", num_steps=8, return_every=2)
+  assert xs.shape == (4,) + NOISE.shape
+  np.testing.assert_array_equal(xs[-1], x)
+  np.testing.assert_array_equal(samplers.sample(exact_velocity, NOISE, process=FLOW, sampler="euler", num_steps=8), x)
+  other = samplers.sample(exact_velocity, NOISE + 1.0, process=FLOW, sampler="euler", num_steps=8)
+  assert not np.allclose(other, x)
+  # Intermediates move from noise towards data.
+  dist = [error(a, MU + S * NOISE) for a in xs]
+  assert all(a > b for a, b in zip(dist, dist[1:]))
+
+
+def test_sampler_uses_the_training_shift_and_model_time_scale():
+  seen = []
+
+  def model(x, t_model):
+    jax.debug.callback(lambda t: seen.append(float(t[0])), t_model)
+    return jnp.zeros_like(x)
+
+  process = FlowMatching(shift=0.0, base_shift_tokens=16, max_shift_tokens=32, max_shift=3.0)
+  samplers.sample(model, NOISE, process=process, sampler="euler", num_steps=4, num_tokens=32)
+  from sora_jax.diffusion.flow import shift_timesteps  # pylint: disable=g-import-not-at-top
+  np.testing.assert_allclose(seen, 1000 * shift_timesteps(np.array([1.0, 0.75, 0.5, 0.25]), 3.0), rtol=1e-5)
+
+
+def test_guided_sampling_under_an_outer_jit():
+  cond, uncond = jnp.full((16,), 1.0), jnp.zeros(())
+
+  def network(x, t_model, c):  # the condition shifts the target mean by c
+    return exact_velocity(x - (1 - t_model[:, None] / 1000) * c[:, None], t_model) - c[:, None]
+
+  @jax.jit
+  def generate(noise, scale):
+    fn = guidance.cfg_model_fn(network, cond, uncond, scale)
+    return samplers.sample(fn, noise, process=FLOW, sampler="heun", num_steps=16)
+
+  np.testing.assert_allclose(generate(NOISE, 1.0), MU + 1.0 + S * NOISE, atol=5e-3)
+  np.testing.assert_allclose(generate(NOISE, 3.0), MU + 3.0 + S * NOISE, atol=5e-3)  # guidance extrapolates
+
+
+def test_bad_sampler_requests_raise_clear_errors():
+  with pytest.raises(ValueError, match="needs diffusion.kind='flow'"):
+    samplers.sample(lambda x, t: x, NOISE, process=DDPM(), sampler="heun", num_steps=4)
+  with pytest.raises(ValueError, match="not one of"):
+    samplers.sample(exact_velocity, NOISE, process=FLOW, sampler="rk4", num_steps=4)
+  with pytest.raises(ValueError, match="num_steps"):
+    samplers.sample(exact_velocity, NOISE, process=FLOW, sampler="euler", num_steps=0)
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_ddpm_samplers_match_diffusers_schedulers(prediction):
+  torch = pytest.importorskip("torch", reason="needs the [peers] extra: pip install torch==2.13.0 diffusers")
+  diffusers = pytest.importorskip("diffusers", reason="needs the [peers] extra: pip install torch==2.13.0 diffusers")
+  process = DDPM(schedule="linear", prediction=prediction)
+  model = ddpm_oracle(process)
+  common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
+                prediction_type="epsilon" if prediction == "epsilon" else "v_prediction", timestep_spacing="trailing")
+  peers = {
+      "dpmpp_2m": diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
+                                                        final_sigmas_type="zero", **common),
+      "ddim": diffusers.DDIMScheduler(set_alpha_to_one=True, clip_sample=False, **common),
+  }
+  for name, scheduler in peers.items():
+    scheduler.set_timesteps(10)  # 1000 / 10: diffusers DDIM steps to t - 1000 // n
+    x = torch.tensor(np.asarray(NOISE), dtype=torch.float64)
+    for k in scheduler.timesteps:
+      pred = np.asarray(model(jnp.asarray(x.numpy(), jnp.float32), jnp.full((16,), float(k))), np.float64)
+      x = scheduler.step(torch.from_numpy(pred), k, x).prev_sample
+    ours = samplers.sample(model, NOISE, process=process, sampler=name, num_steps=10)
+    np.testing.assert_allclose(ours, x.numpy(), atol=2e-5, err_msg=name)
