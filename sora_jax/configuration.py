@@ -165,10 +165,17 @@ def check_argv_overrides(argv: Sequence[str]) -> None:
 
 
 def run_tool(main: Callable[[list[str]], None]) -> None:
-  """`absl.app.run(main)` after validating config overrides, with readable errors."""
+  """`absl.app.run(main)` after validating config overrides, with readable errors.
+
+  Also defaults absl logging to WARNING (pass --verbosity=0 for INFO).
+  """
   from absl import app
   try:
     check_argv_overrides(sys.argv[1:])
   except ConfigError as e:
     sys.exit(f"error: {e}")
+  if not any(a.startswith(("--verbosity", "-v=", "--v=")) for a in sys.argv[1:]):
+    # Orbax and friends log every checkpoint step at INFO; keep the console for our progress
+    # bars and metric lines. --verbosity=0 brings INFO back.
+    sys.argv.append("--verbosity=-1")
   app.run(main)

@@ -1,0 +1,31 @@
+"""CPU demo: a tiny text-to-video DiT on the shapes latents (flow matching, small byte-level text encoder).
+
+  python tools/train_dit.py --config=configs/dit/demo.py --workdir=runs/demo/dit --config.vae_workdir=runs/demo/vae
+
+Sized so `make demo` fits its 20-minute budget on a 2-core CPU: the run stops at
+train.steps or after train.max_minutes, whichever comes first, and checkpoints.
+"""
+
+from configs import base
+from sora_jax.models import variants
+
+
+def get_config():
+  c = base.get_config()
+  c.dit.variant = "video-tiny"
+  c.dit = variants.apply_variant(c.dit)
+  c.text.encoder = "small"
+  c.text.max_length = 80  # byte tokens: the longest shapes paraphrase is ~70 bytes
+  c.data.batch_size = 32
+  c.train.steps = 4000
+  c.train.max_minutes = 8.0
+  c.train.learning_rate = 5e-4
+  c.train.warmup_steps = 200
+  c.train.weight_decay = 0.0
+  c.train.ema_decay = 0.995
+  c.train.log_every = 50
+  c.train.eval_every = 1000
+  c.train.checkpoint_every = 500
+  c.sample.num_steps = 20
+  c.sample.guidance_scale = 4.0
+  return c

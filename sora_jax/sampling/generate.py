@@ -1,0 +1,127 @@
+"""Text -> frames as one compiled function: condition, scan sampler with CFG, un-normalise, VAE decode.
+
+Shared by `Pipeline.__call__` and the periodic samples of `tools/train_dit.py`, so
+what training shows is exactly what users get.
+
+    generate = make_generate_fn(models, sampler="euler", num_steps=30, latent_shape=(5, 8, 8, 8))
+    frames = generate(params, fields, null_fields, seeds, guidance_scale)   # uint8 [B, T, H, W, 3]
+
+`params` is {"dit": ..., "vae": ..., "text": ... (trainable encoder only)}; `fields` and
+`null_fields` are the text fields of the prompts and of the negative / empty prompt
+in the latent-cache layout (`sora_jax.training.dit_step`); `seeds` int32 [B] gives
+each example its own noise, so a result does not depend on the batch it was in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax.diffusion import guidance, samplers
+from sora_jax.models import vae as vae_lib
+from sora_jax.training import dit_step
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Models:
+  """The modules and constants of a trained text-to-video system (no parameters)."""
+  dit: Any                # sora_jax.models.dit.DiT
+  text_encoder: Any       # sora_jax.models.text.TextEncoder
+  vae: Any                # sora_jax.models.vae.CausalVAE
+  process: Any            # FlowMatching or DDPM
+  latent_stats: dict      # {"mean": f32 [C], "std": f32 [C]}
+
+
+def text_fields(models: Models, text_params, prompts: list[str]) -> dict[str, np.ndarray]:
+  """Batch text fields [B, ...] of `prompts` (token ids, or frozen-encoder embeddings)."""
+  encoder = models.text_encoder
+  if encoder.trainable:
+    ids, mask = encoder.tokenize(prompts)
+    return {"text_ids": np.asarray(ids, np.int32), "text_mask": np.asarray(mask, bool)}
+  tokens, mask, pooled = encoder.encode(text_params, prompts)
+  return {"text_tokens": np.asarray(tokens, np.float32), "text_mask": np.asarray(mask, bool),
+          "text_pooled": np.asarray(pooled, np.float32)}
+
+
+def initial_noise(seeds: jax.Array, latent_shape: tuple[int, ...]) -> jax.Array:
+  """Standard normal [B, *latent_shape], example i drawn from PRNGKey(seeds[i])."""
+  return jax.vmap(lambda s: jax.random.normal(jax.random.PRNGKey(s), latent_shape, jnp.float32))(seeds)
+
+
+def to_uint8(video: jax.Array) -> jax.Array:
+  """[-1, 1] float -> uint8 [0, 255]."""
+  return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+class StepTicker:
+  """Host-side progress for the compiled sampler: the scan calls it once per model evaluation.
+
+  The callback is baked into the compiled function once; `bar` is swapped per call
+  (None = silent), so progress costs one host callback per step and no recompilation.
+  """
+
+  def __init__(self):
+    self.bar = None
+
+  def __call__(self, *_):
+    if self.bar is not None:
+      self.bar.update(1)
+
+
+def make_generate_fn(models: Models, *, sampler: str, num_steps: int, latent_shape: tuple[int, int, int, int],
+                     return_latents: bool = False, ticker: StepTicker | None = None):
+  """A jitted `generate(params, fields, null_fields, seeds, guidance_scale)`.
+
+  Args:
+    models: the modules.
+    sampler, num_steps: static: a new value compiles a new function.
+    latent_shape: (T', H', W', C) of one latent; static.
+    return_latents: also return the normalised latents x0 [B, T', H', W', C].
+    ticker: called (on the host) at every model evaluation, for a progress bar.
+  Returns:
+    A function returning uint8 frames [B, T, H, W, 3] (and latents). Compiled once per
+    (batch size, text shape); guidance_scale is traced, so changing it does not recompile.
+  """
+  num_tokens = dit_step.num_tokens((1,) + tuple(latent_shape), models.dit.patch_size)
+  mean = jnp.asarray(models.latent_stats["mean"], jnp.float32)
+  std = jnp.asarray(models.latent_stats["std"], jnp.float32)
+
+  @jax.jit
+  def generate(params, fields, null_fields, seeds, guidance_scale):
+    model_fn, cond = dit_step.make_model_fn(models.dit, models.text_encoder, params, fields)
+    _, uncond = dit_step.make_model_fn(models.dit, models.text_encoder, params, null_fields)
+    guided = guidance.cfg_model_fn(model_fn, cond, uncond, guidance_scale)
+    if ticker is not None:
+      guided = _with_tick(guided, ticker)
+    noise = initial_noise(seeds, tuple(latent_shape))
+    x0 = samplers.sample(guided, noise, process=models.process, sampler=sampler, num_steps=num_steps,
+                         num_tokens=num_tokens)
+    video = vae_lib.decode_latents(models.vae, params["vae"], x0 * std + mean)
+    frames = to_uint8(video)
+    return (frames, x0) if return_latents else frames
+
+  return generate
+
+
+def _with_tick(fn, ticker: StepTicker):
+  def ticking(x_t, t_model):
+    jax.debug.callback(ticker, t_model[0])
+    return fn(x_t, t_model)
+  return ticking
+
+
+MODEL_EVALS_PER_STEP = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 1}
+
+
+@functools.lru_cache(maxsize=None)
+def bucket_size(batch: int) -> int:
+  """Batch sizes are padded up to a power of two, so a new batch size rarely recompiles."""
+  size = 1
+  while size < batch:
+    size *= 2
+  return size

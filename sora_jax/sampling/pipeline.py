@@ -1,0 +1,203 @@
+"""The Python API: a trained text-to-video system behind three calls.
+
+    from sora_jax import Pipeline
+    pipe = Pipeline.from_pretrained("runs/demo")
+    videos = pipe(["a red circle moving left"], num_steps=30, guidance_scale=4.0, seed=0)  # uint8 [B,T,H,W,3]
+    latents = pipe.encode(videos)    # uint8 [B,T,H,W,3] -> normalised latents [B,T',H',W',C]
+    frames = pipe.decode(latents)    # -> uint8 [B,T,H,W,3]
+
+`from_pretrained` accepts a demo-style workdir (holding `dit/` and `vae/`) or a DiT
+workdir (its config names the VAE workdir). It restores the text encoder, the DiT
+(EMA params by default) and the VAE from their Orbax checkpoints and saved configs,
+onto one device or onto a mesh given by the caller. The whole text -> frames path
+is one jitted function per (shape, sampler, steps), with prompt batches padded to a
+power of two, so calling with a new batch size rarely recompiles.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax import configuration
+from sora_jax.diffusion import build_diffusion
+from sora_jax.models import text as text_lib
+from sora_jax.models import vae as vae_lib
+from sora_jax.models.dit import DiT
+from sora_jax.monitoring.progress import progress_bar
+from sora_jax.sampling import generate as gen
+from sora_jax.sampling import prompt_expander as expanders
+from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import partitioning
+from sora_jax.training import checkpointing, dit_step
+from sora_jax.training.optimizer import make_optimizer
+
+
+def resolve_workdirs(workdir: str) -> tuple[str, str]:
+  """(dit_workdir, vae_workdir) for a demo workdir (dit/ + vae/) or a DiT workdir."""
+  workdir = os.fspath(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"workdir {workdir!r} does not exist. Train one with `make demo` "
+                            f"(-> runs/demo) or tools/train_dit.py --workdir=...")
+  dit_dir = os.path.join(workdir, "dit") if os.path.isdir(os.path.join(workdir, "dit")) else workdir
+  if not os.path.exists(os.path.join(dit_dir, "config.json")):
+    raise FileNotFoundError(f"{workdir!r} holds no DiT run (no config.json in {dit_dir!r}). Pass the workdir "
+                            f"of `make demo` (runs/demo) or of tools/train_dit.py.")
+  config = checkpointing.load_config_from_workdir(dit_dir)
+  vae_dir = config.vae_workdir or os.path.join(workdir, "vae")
+  if not os.path.isabs(vae_dir) and not os.path.isdir(vae_dir):
+    vae_dir = os.path.join(os.path.dirname(dit_dir), vae_dir)
+  return dit_dir, vae_dir
+
+
+class Pipeline:
+  """A trained text-to-video system: text encoder + DiT + VAE, and how to sample it."""
+
+  def __init__(self, *, models: gen.Models, params: dict, text_params, config, vae_config,
+               mesh: jax.sharding.Mesh | None = None,
+               prompt_expander: Callable[[str], str] | None = None):
+    self.models = models
+    self.params = params
+    self.text_params = text_params
+    self.config = config
+    self.vae_config = vae_config
+    self.mesh = mesh
+    self.prompt_expander = prompt_expander or expanders.IdentityExpander()
+    self._compiled: dict = {}
+    self._ticker = gen.StepTicker()
+
+  # ------------------------------------------------------------------ loading
+  @classmethod
+  def from_pretrained(cls, workdir: str, *, mesh: jax.sharding.Mesh | None = None, use_ema: bool = True,
+                      prompt_expander: str | Callable[[str], str] = "auto") -> "Pipeline":
+    """Restores a trained system from `workdir` (see module docstring).
+
+    Args:
+      workdir: demo workdir (dit/ + vae/) or DiT workdir.
+      mesh: restore the parameters sharded onto this mesh (default: one device).
+      use_ema: sample with the EMA parameters (recommended) instead of the raw ones.
+      prompt_expander: "auto" (the shapes expander for the shapes dataset, none otherwise),
+        "shapes", "none", or any callable str -> str (e.g. an LLM rewrite).
+    """
+    dit_dir, vae_dir = resolve_workdirs(workdir)
+    config = checkpointing.load_config_from_workdir(dit_dir)
+    mesh = mesh or mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
+    rules = partitioning.logical_rules(config)
+
+    vae_module, vae_params, latent_stats, vae_config = vae_lib.load_vae(vae_dir)
+    text_encoder = text_lib.build_text_encoder(config.text)
+    latent_shape = vae_lib.latent_shape(vae_config.vae, config.data.num_frames, config.data.height,
+                                        config.data.width)
+    dit = DiT.from_config(config.dit, in_channels=latent_shape[-1], text_dim=text_encoder.output_dim)
+    init_fn = dit_step.make_init_fn(dit=dit, text_encoder=text_encoder, latent_shape=latent_shape,
+                                    tx=make_optimizer(config.train), ema=config.train.ema_decay > 0)
+    abstract, _ = partitioning.abstract_state(init_fn, mesh, rules, jax.random.PRNGKey(0))
+    with checkpointing.Checkpointer(dit_dir) as ckpt:
+      state, _ = ckpt.restore(abstract, restore_data=False)
+    params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
+    params = dict(params, vae=vae_params)
+    text_params = None if text_encoder.trainable else text_encoder.init_params(jax.random.PRNGKey(0))
+    models = gen.Models(dit=dit, text_encoder=text_encoder, vae=vae_module,
+                        process=build_diffusion(config.diffusion), latent_stats=latent_stats)
+    if prompt_expander == "auto":
+      prompt_expander = "shapes" if config.data.dataset == "shapes" else "none"
+    if isinstance(prompt_expander, str):
+      prompt_expander = expanders.get_expander(prompt_expander)
+    return cls(models=models, params=params, text_params=text_params, config=config, vae_config=vae_config,
+               mesh=mesh, prompt_expander=prompt_expander)
+
+  # ------------------------------------------------------------------ shapes
+  @property
+  def temporal_factor(self) -> int:
+    return self.vae_config.vae.temporal_factor
+
+  @property
+  def pixel_multiple(self) -> int:
+    """Heights/widths must be multiples of this (VAE spatial factor x DiT patch)."""
+    return self.vae_config.vae.spatial_factor * self.models.dit.patch_size[1]
+
+  def _latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+    tf, pt = self.temporal_factor, self.models.dit.patch_size[0]
+    if num_frames < 1 or (num_frames - 1) % tf or ((num_frames - 1) // tf + 1) % pt:
+      valid = [n for n in range(1, 8 * tf + 2) if (n - 1) % tf == 0 and ((n - 1) // tf + 1) % pt == 0][:6]
+      raise ValueError(f"num_frames={num_frames} cannot be produced: the causal VAE makes 1+{tf}k frames"
+                       f"{f' with 1+k divisible by the patch {pt}' if pt > 1 else ''}; valid: {valid}, ...")
+    m = self.pixel_multiple
+    if height < m or width < m or height % m or width % m:
+      raise ValueError(f"height={height}, width={width} cannot be produced: both must be positive multiples "
+                       f"of {m} (VAE spatial factor {self.vae_config.vae.spatial_factor} x DiT patch "
+                       f"{self.models.dit.patch_size[1]}), e.g. {m * max(1, height // m)}")
+    return vae_lib.latent_shape(self.vae_config.vae, num_frames, height, width)
+
+  # ------------------------------------------------------------------ sampling
+  def __call__(self, prompts: Sequence[str], num_frames: int | None = None, height: int | None = None,
+               width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
+               seed: int = 0, negative_prompt: str | None = None, sampler: str | None = None,
+               expand_prompts: bool = True, progress: bool = False) -> np.ndarray:
+    """Generates one video per prompt -> np.uint8 [B, T, H, W, 3].
+
+    Defaults come from the trained config (data.num_frames/height/width, sample.*).
+    Example i uses noise from seed + i, so a prompt's video does not depend on the
+    other prompts in the batch. Prompts are rewritten by the prompt expander first
+    (`expand_prompts=False` to skip). `progress=True` shows a bar over denoising steps.
+    """
+    if isinstance(prompts, str):
+      prompts = [prompts]
+    if not prompts:
+      raise ValueError("prompts is empty: pass a list of at least one string, e.g. ['a red circle moving left']")
+    cfg = self.config
+    num_frames = num_frames or cfg.data.num_frames
+    height, width = height or cfg.data.height, width or cfg.data.width
+    num_steps = num_steps or cfg.sample.num_steps
+    guidance_scale = cfg.sample.guidance_scale if guidance_scale is None else guidance_scale
+    sampler = sampler or cfg.sample.sampler
+    if guidance_scale < 0:
+      raise ValueError(f"guidance_scale={guidance_scale} must be >= 0 (1 = no guidance; 3-7 is typical)")
+    if num_steps < 1:
+      raise ValueError(f"num_steps={num_steps} must be >= 1")
+    latent_shape = self._latent_shape(num_frames, height, width)
+    if expand_prompts:
+      prompts = [self.prompt_expander(p) for p in prompts]
+    negative = cfg.sample.negative_prompt if negative_prompt is None else negative_prompt
+
+    batch = len(prompts)
+    padded = gen.bucket_size(batch)
+    fields = gen.text_fields(self.models, self.text_params, list(prompts) + [""] * (padded - batch))
+    null = gen.text_fields(self.models, self.text_params, [negative])
+    seeds = jnp.arange(padded, dtype=jnp.int32) + jnp.int32(seed)
+    key = (sampler, num_steps, latent_shape)
+    if key not in self._compiled:
+      self._compiled[key] = gen.make_generate_fn(self.models, sampler=sampler, num_steps=num_steps,
+                                                 latent_shape=latent_shape, ticker=self._ticker)
+    evals = num_steps * gen.MODEL_EVALS_PER_STEP.get(sampler, 1)
+    self._ticker.bar = progress_bar(total=evals, desc=f"sampling {batch} x {sampler}") if progress else None
+    try:
+      with jax.set_mesh(self.mesh):
+        frames = jax.device_get(self._compiled[key](self.params, fields, null, seeds, jnp.float32(guidance_scale)))
+    finally:
+      if self._ticker.bar is not None:
+        self._ticker.bar.close()
+      self._ticker.bar = None
+    return np.asarray(frames)[:batch]
+
+  # ------------------------------------------------------------------ VAE
+  def encode(self, videos: np.ndarray) -> np.ndarray:
+    """uint8 [B, T, H, W, 3] -> normalised latents float32 [B, T', H', W', C] (what the DiT sees)."""
+    videos = np.asarray(videos)
+    if videos.ndim != 5 or videos.shape[-1] != 3:
+      raise ValueError(f"videos must be uint8 [B, T, H, W, 3]; got shape {videos.shape}")
+    x = jnp.asarray(videos, jnp.float32) / 127.5 - 1.0
+    mean, _ = vae_lib.encode_video(self.models.vae, self.params["vae"], x)
+    stats = self.models.latent_stats
+    return np.asarray((mean - stats["mean"]) / stats["std"])
+
+  def decode(self, latents: np.ndarray) -> np.ndarray:
+    """Normalised latents [B, T', H', W', C] -> uint8 [B, T, H, W, 3]."""
+    stats = self.models.latent_stats
+    z = jnp.asarray(latents, jnp.float32) * stats["std"] + stats["mean"]
+    return np.asarray(gen.to_uint8(vae_lib.decode_latents(self.models.vae, self.params["vae"], z)))
+

@@ -1,0 +1,149 @@
+"""DiT training on cached latents: parameters, conditioning, loss, train and eval steps.
+
+Everything here is a pure function of (params, batch, rng). The trainable parameters
+are one pytree `{"dit": ..., "text": ...}` ("text" only when the text encoder is
+trained jointly, i.e. the small byte-level one); a frozen encoder's embeddings come
+precomputed from the latent cache.
+
+Batches (from `sora_jax.data.latent_cache.LatentCacheSource`):
+  latent_mean, latent_logvar  f32 [B, T', H', W', C]   raw VAE posterior
+  text_ids int32 [B, L], text_mask bool [B, L]           (trainable encoder), or
+  text_tokens f32 [B, L, D], text_mask, text_pooled f32 [B, D]   (frozen encoder)
+
+The DiT sees normalised latents x0 = (z - mean_c) / std_c with z sampled from the
+posterior and (mean_c, std_c) the VAE's per-channel latent statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax.diffusion import guidance
+
+# Fixed timesteps for the eval loss (as SD3 / MLPerf): comparable across runs.
+EVAL_TIMESTEPS = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def null_text_fields(text_encoder, text_params, max_length: int | None = None) -> dict[str, np.ndarray]:
+  """The unconditional ("") text fields, in the same layout the latent cache stores.
+
+  CFG dropout during training replaces a clip's text by these; sampling uses the
+  same as the negative prompt when none is given, so train and sample agree.
+  """
+  if text_encoder.trainable:
+    ids, mask = text_encoder.tokenize([""])
+    return {"text_ids": np.asarray(ids[0], np.int32), "text_mask": np.asarray(mask[0], bool)}
+  tokens, mask, pooled = text_encoder.encode(text_params, [""])
+  return {"text_tokens": np.asarray(tokens[0], np.float32), "text_mask": np.asarray(mask[0], bool),
+          "text_pooled": np.asarray(pooled[0], np.float32)}
+
+
+def text_condition(text_encoder, params: dict, fields: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Turns the batch's text fields into the DiT's `cond` dict {text, text_mask, pooled}."""
+  if "text_ids" in fields:
+    tokens, pooled = text_encoder.module.apply({"params": params["text"]}, fields["text_ids"], fields["text_mask"])
+  else:
+    tokens, pooled = fields["text_tokens"], fields["text_pooled"]
+  return {"text": tokens, "text_mask": fields["text_mask"].astype(bool), "pooled": pooled}
+
+
+def text_fields_of(batch: dict[str, Any]) -> dict[str, Any]:
+  return {k: batch[k] for k in ("text_ids", "text_mask", "text_tokens", "text_pooled") if k in batch}
+
+
+def normalized_latents(batch, latent_stats, rng=None) -> jax.Array:
+  """x0 [B, T', H', W', C]: a posterior sample (or its mean when rng is None), normalised per channel."""
+  z = batch["latent_mean"]
+  if rng is not None:
+    z = z + jnp.exp(0.5 * batch["latent_logvar"]) * jax.random.normal(rng, z.shape, z.dtype)
+  return (z - latent_stats["mean"]) / latent_stats["std"]
+
+
+def make_model_fn(dit, text_encoder, params, text_fields) -> tuple[Callable, dict]:
+  """(model_fn(x_t, t_model, cond) -> prediction, cond) for the diffusion losses and samplers."""
+  cond = text_condition(text_encoder, params, text_fields)
+
+  def model_fn(x_t, t_model, c):
+    return dit.apply({"params": params["dit"]}, x_t, t_model, c)
+
+  return model_fn, cond
+
+
+def num_tokens(latent_shape, patch_size) -> int:
+  """Spacetime tokens of a latent [B, T', H', W', C] cut into (pt, ph, pw) patches."""
+  _, t, h, w, _ = latent_shape
+  pt, ph, pw = patch_size
+  return (t // pt) * (h // ph) * (w // pw)
+
+
+def make_train_step(*, dit, text_encoder, diffusion, latent_stats, null_fields, cfg_dropout: float,
+                    tx, ema_decay: float):
+  """Returns `(train_step(state, batch, rng) -> (state, metrics), loss_fn)` (pure; jit with shardings)."""
+  null_fields = {k: jnp.asarray(v) for k, v in null_fields.items()}
+
+  def loss_fn(params, batch, rng):
+    rng_z, rng_drop, rng_noise = jax.random.split(rng, 3)
+    x0 = normalized_latents(batch, latent_stats, rng_z)
+    fields = guidance.drop_condition(rng_drop, text_fields_of(batch), null_fields, cfg_dropout)
+    model_fn, cond = make_model_fn(dit, text_encoder, params, fields)
+    loss, aux = diffusion.loss(model_fn, x0, cond, rng_noise, num_tokens=num_tokens(x0.shape, dit.patch_size))
+    return loss, aux
+
+  def train_step(state, batch, rng):
+    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    new_state = state.apply_gradients(grads, tx, ema_decay)
+    metrics = {"loss": loss, "grad_norm": _global_norm(grads)}
+    return new_state, metrics
+
+  return train_step, loss_fn
+
+
+def make_eval_loss(*, dit, text_encoder, diffusion, latent_stats):
+  """`eval_loss(params, batch, rng) -> dict`: loss at each of EVAL_TIMESTEPS, their mean, and the
+  loss of a model that always predicts zero (the untrained baseline), without CFG dropout."""
+
+  def eval_loss(params, batch, rng):
+    x0 = normalized_latents(batch, latent_stats)
+    model_fn, cond = make_model_fn(dit, text_encoder, params, text_fields_of(batch))
+    out = {}
+    for t in EVAL_TIMESTEPS:
+      out[f"loss_t{t}"] = diffusion.loss_at(model_fn, x0, cond, rng, t)
+    out["loss"] = sum(out.values()) / len(EVAL_TIMESTEPS)
+    out["loss_zero_prediction"] = diffusion.loss_at(lambda x, t, c: jnp.zeros_like(x), x0, cond, rng, 0.5)
+    return out
+
+  return eval_loss
+
+
+def _global_norm(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def make_init_fn(*, dit, text_encoder, latent_shape, tx, ema: bool):
+  """`init_fn(rng) -> TrainState` with params {"dit", "text" (trainable encoder)}, logically boxed.
+
+  Args:
+    latent_shape: (T', H', W', C) of one normalised latent.
+    tx: the optimizer (`make_optimizer(config.train)`).
+    ema: keep EMA params (the DiT samples from them by default).
+  """
+  from sora_jax.training.train_state import create_train_state  # keeps this module import-light
+
+  length, width = text_encoder.max_length, text_encoder.output_dim
+
+  def init_fn(rng):
+    rng_dit, rng_text = jax.random.split(rng)
+    x = jnp.zeros((1,) + tuple(latent_shape), jnp.float32)
+    cond = {"text": jnp.zeros((1, length, width), jnp.float32), "text_mask": jnp.ones((1, length), bool),
+            "pooled": jnp.zeros((1, width), jnp.float32)}
+    params = {"dit": dit.init(rng_dit, x, jnp.zeros((1,), jnp.float32), cond)["params"]}
+    if text_encoder.trainable:
+      params["text"] = text_encoder.init_params(rng_text)["params"]
+    return create_train_state(params, tx, ema=ema)
+
+  return init_fn
