@@ -1,0 +1,134 @@
+"""Pipeline API and the sample / evaluate tools on a tiny workdir trained by the real tools.
+
+The workdir is made once per session by tools/train_vae.py and tools/train_dit.py (a few
+steps each, 9-frame 32x32 clips), laid out like `make demo`'s runs/demo (vae/ + dit/).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = ["--config.data.num_train=16", "--config.data.num_validation=8", "--config.data.num_test=8",
+        "--config.data.batch_size=4", "--config.data.num_frames=9"]
+TINY_VAE = ["--config.vae.base_channels=8", "--config.vae.channel_multipliers=(1,1,1,1)",
+            "--config.vae.num_res_blocks=1", "--config.vae.mid_attention=False",
+            "--config.vae_loss.latent_stats_batches=1", "--config.train.steps=2"]
+TINY_DIT = ["--config.dit.depth=1", "--config.dit.variant=", "--config.train.steps=3",
+            "--config.train.eval_batches=1", "--config.sample.num_steps=2"]
+
+
+def _run_tool(*args):
+  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user has
+  result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+  return result
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("demo")
+  data = DATA + [f"--config.data.data_dir={root / 'data'}"]
+  _run_tool("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
+  _run_tool("tools/train_dit.py", "--config=configs/dit/demo.py", f"--workdir={root / 'dit'}", *data, *TINY_DIT,
+            f"--config.vae_workdir={root / 'vae'}")
+  return root
+
+
+@pytest.fixture(scope="module")
+def pipe(workdir):
+  from sora_jax import Pipeline
+  return Pipeline.from_pretrained(str(workdir))
+
+
+def test_training_wrote_a_restorable_workdir(workdir):
+  for sub in ("vae", "dit"):
+    assert (workdir / sub / "config.json").exists()
+    assert any((workdir / sub / "checkpoints").iterdir())
+  assert list((workdir / "dit" / "samples").glob("*.gif")), "end-of-training samples"
+  assert (workdir / "dit" / "latent_cache" / "train.array_record").exists()
+
+
+def test_generates_uint8_videos_of_the_trained_shape(pipe):
+  videos = pipe(["a red circle moving left", "a blue square moving up", "a green triangle staying still"],
+                num_steps=2, seed=0)
+  assert videos.dtype == np.uint8 and videos.shape == (3, 9, 32, 32, 3)
+
+
+def test_deterministic_by_seed_and_seeds_differ(pipe):
+  a = pipe(["a red circle moving left"], num_steps=2, seed=5)
+  b = pipe(["a red circle moving left"], num_steps=2, seed=5)
+  c = pipe(["a red circle moving left"], num_steps=2, seed=6)
+  np.testing.assert_array_equal(a, b)
+  assert np.abs(a.astype(int) - c.astype(int)).max() > 0
+
+
+def test_a_prompt_does_not_depend_on_its_batch(pipe):
+  alone = pipe(["a white square moving down"], num_steps=2, seed=3)
+  batched = pipe(["a white square moving down", "a cyan circle moving up", "x"], num_steps=2, seed=3)
+  np.testing.assert_allclose(alone[0].astype(int), batched[0].astype(int), atol=1)  # same noise, same text
+
+
+def test_guidance_and_other_sizes(pipe):
+  videos = pipe(["a red circle"], num_frames=5, height=64, width=32, num_steps=2, guidance_scale=1.0)
+  assert videos.shape == (1, 5, 64, 32, 3)
+
+
+def test_encode_decode_shapes(pipe):
+  videos = pipe(["a yellow triangle moving right"], num_steps=2)
+  latents = pipe.encode(videos)
+  assert latents.ndim == 5 and latents.shape[0] == 1 and latents.shape[1] == 3  # 1 + (9-1)/4
+  frames = pipe.decode(latents)
+  assert frames.shape == videos.shape and frames.dtype == np.uint8
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_frames=8), r"num_frames=8 cannot be produced.*valid: \[1, 5, 9"),
+    (dict(height=30), r"multiples of"),
+    (dict(guidance_scale=-1.0), r"guidance_scale=-1.0 must be >= 0"),
+])
+def test_clear_errors_for_bad_requests(pipe, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    pipe(["a red circle moving left"], num_steps=2, **kwargs)
+
+
+def test_empty_prompt_list_is_an_error_but_empty_prompt_works(pipe):
+  with pytest.raises(ValueError, match="prompts is empty"):
+    pipe([])
+  assert pipe([""], num_steps=2).shape[0] == 1
+
+
+def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):
+  from sora_jax import Pipeline
+  with pytest.raises(FileNotFoundError, match="holds no DiT run"):
+    Pipeline.from_pretrained(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    Pipeline.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_sample_tool_writes_playable_files(workdir, tmp_path):
+  from sora_jax.media import video_io
+  out = tmp_path / "samples"
+  _run_tool("tools/sample.py", f"--workdir={workdir}", "--prompt=blue box going up", "--prompt=a red ball",
+            f"--out={out}", "--num_steps=2", "--scale=2")
+  mp4s = sorted(out.glob("*.mp4"))
+  assert len(mp4s) == 2 and len(list(out.glob("*.gif"))) == 2 and (out / "contact_sheet.png").exists()
+  frames, fps = video_io.read_video(mp4s[0])
+  assert frames.shape == (9, 64, 64, 3) and fps == pytest.approx(8.0)
+  prompts = json.loads((out / "prompts.json").read_text())
+  assert prompts[0]["expanded"] == "a blue square moving up"  # the shapes prompt expander ran
+
+
+def test_evaluate_tool_reports_adherence_and_vae_metrics(workdir, tmp_path):
+  out = tmp_path / "eval"
+  _run_tool("tools/evaluate.py", f"--workdir={workdir}", f"--out={out}", "--num_steps=1", "--vae_batches=1",
+            "--batch_size=128")
+  result = json.loads((out / "eval.json").read_text())
+  assert result["num_videos"] == 105
+  for key in ("accuracy_color", "accuracy_shape", "accuracy_motion", "accuracy_all"):
+    assert 0.0 <= result[key] <= 1.0
+  assert np.isfinite(result["vae_psnr"]) and "eval/loss" in result["dit_eval"]
+  assert (out / "summary.png").exists() and (out / "samples.png").exists()
