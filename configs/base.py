@@ -74,6 +74,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.vae = ml_collections.ConfigDict()
   c.vae.temporal_factor = 4        # 1, 2 or 4; clips of 1+tf*k frames -> 1+k latent frames.
   c.vae.spatial_factor = 8         # 4, 8 or 16.
+  c.vae.patch_size = (1, 1, 1)     # (pt, ph, pw) causal time/space-to-depth at input and output; counts in the factors.
   c.vae.latent_channels = 16
   c.vae.base_channels = 64
   c.vae.channel_multipliers = (1, 2, 4, 4)  # one per resolution level (log2(spatial_factor)+1 levels).
@@ -101,11 +102,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.text.width = 128               # small encoder width.
   c.text.depth = 2                 # small encoder layers.
   c.text.num_heads = 4             # small encoder heads.
+  c.text.dtype = "float32"         # compute dtype of the encoder ("float32" or "bfloat16"); params stay float32.
 
   # ---------------------------------------------------------------- DiT
   c.dit = ml_collections.ConfigDict()
-  c.dit.variant = ""               # a name from sora_jax.models.variants (e.g. "DiT-XL/2", "video-tiny");
-                                   # sets the sizes below; "" = use the fields as given.
+  c.dit.variant = ""               # a name from sora_jax.models.variants (e.g. "DiT-XL/2", "video-tiny"); a config
+                                   # file calls variants.apply_variant(c.dit) to copy its sizes into the fields
+                                   # below (so --config.dit.* overrides still win); "" = use the fields as given.
   c.dit.conditioning = "text"      # "text" (cross-attention + pooled text) or "class" (label embedding).
   c.dit.num_classes = 1000         # class mode; an extra null class is added for CFG.
   c.dit.patch_size = (1, 2, 2)     # (pt, ph, pw) over latent frames / height / width.
@@ -116,6 +119,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dit.pos_embedding = "rope3d"   # "rope3d" (video) or "sincos2d" (DiT-paper image mode).
   c.dit.qk_norm = True             # RMSNorm on queries and keys.
   c.dit.learn_sigma = False        # DDPM: also predict the variance (DiT paper: True).
+  c.dit.modulation = "per_block"   # adaLN: "per_block" (DiT: own Linear per block) or "shared" (Wan: one Linear + per-block offsets).
   c.dit.attention_impl = "xla"     # "xla", "cudnn" (GPU), or "chunked" (memory-efficient, query-chunked).
   c.dit.query_chunk_size = 1024    # "chunked": queries per chunk.
   c.dit.scan_layers = True         # one compiled block under nn.scan, params stacked on a "layers" axis.
@@ -133,6 +137,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.max_shift_tokens = 4096    # ... and shift=max_shift at this many.
   c.diffusion.max_shift = 3.0
   c.diffusion.loss_weighting = "none"  # "none" or "min_snr".
+  c.diffusion.min_snr_gamma = 5.0  # "min_snr": clamp of the signal-to-noise ratio (Hang et al. 2023).
   c.diffusion.ddpm_schedule = "linear"  # "linear" or "cosine".
   c.diffusion.ddpm_prediction = "epsilon"  # "epsilon" or "v".
   c.diffusion.num_timesteps = 1000
@@ -183,4 +188,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.coordinator_address = ""  # "host:port"; "" = auto-detect (TPU pod, SLURM) or single process.
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
+  c.distributed.mode = "auto"      # "auto" (start if SLURM/MPI/TPU-pod env vars say >1 process), "on" (always: JAX's cluster detection), "off".
   return c
