@@ -99,6 +99,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.text = ml_collections.ConfigDict()
   c.text.encoder = "small"         # "small" (trainable, byte-level) or "minilm" (frozen all-MiniLM-L6-v2).
   c.text.max_length = 32           # tokens; longer prompts are truncated with a warning.
+  c.text.tokenizer = "byte"        # small encoder: "byte" (UTF-8 bytes) or "word" (hashed words, ~6x fewer tokens).
   c.text.width = 128               # small encoder width.
   c.text.depth = 2                 # small encoder layers.
   c.text.num_heads = 4             # small encoder heads.

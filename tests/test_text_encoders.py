@@ -225,3 +225,40 @@ def test_small_encoder_runs_sharded_on_a_mesh_with_the_config_rules():
     tokens, pooled = jax.jit(encoder.module.apply)(sharded, ids, mask)
   np.testing.assert_allclose(tokens, expected[0], atol=1e-5)
   np.testing.assert_allclose(pooled, expected[1], atol=1e-5)
+
+
+# ----------------------------------------------------------------- hashed word tokenizer
+def test_hashed_word_tokenizer_ids_are_stable_and_collision_free_on_the_shapes_vocabulary():
+  import zlib
+
+  from sora_jax.data import shapes
+  from sora_jax.models.text.tokenizers import HashedWordTokenizer
+  from sora_jax.sampling import prompt_expander
+
+  tok = HashedWordTokenizer(max_length=24)
+  rng = np.random.default_rng(0)
+  captions = [shapes.paraphrase_caption(shapes.sample_clip_spec(rng), rng) for _ in range(1000)]
+  captions += shapes.all_canonical_captions()
+  vocabulary = sorted({w for c in captions for w in tok.words(c)} | set(prompt_expander.COLOR_WORDS)
+                      | set(prompt_expander.SHAPE_WORDS) | set(prompt_expander.MOTION_WORDS))
+  ids = {w: tok.word_id(w) for w in vocabulary}
+  assert len(set(ids.values())) == len(vocabulary), "two shapes words share an id"
+  assert tok.word_id("red") == 3 + zlib.crc32(b"red") % (16384 - 3)  # stable across processes
+  ids_, mask = tok(["A red circle, moving left", ""])
+  assert ids_[0, 0] == tok.BOS and ids_[0, 7] == tok.EOS and mask[0].sum() == 8  # BOS a red circle , moving left EOS
+  assert list(ids_[0, 1:7]) == [tok.word_id(w) for w in ("a", "red", "circle", ",", "moving", "left")]
+  assert mask[1].sum() == 2  # an empty prompt still has BOS/EOS
+  assert max(len(tok.words(c)) for c in captions) + 2 <= 24  # the demo's max_length keeps every caption whole
+
+
+def test_small_encoder_takes_the_word_tokenizer_from_config():
+  import ml_collections
+  from sora_jax.models.text import build_text_encoder
+  cfg = ml_collections.ConfigDict(dict(encoder="small", tokenizer="word", max_length=16, width=32, depth=1,
+                                       num_heads=2))
+  enc = build_text_encoder(cfg)
+  ids, mask = enc.tokenize(["a blue box going up"])
+  assert mask[0].sum() == 7
+  cfg.tokenizer = "bpe"
+  with pytest.raises(ValueError, match="config.text.tokenizer='bpe'"):
+    build_text_encoder(cfg)

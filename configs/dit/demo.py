@@ -15,7 +15,8 @@ def get_config():
   c.dit.variant = "video-tiny"
   c.dit = variants.apply_variant(c.dit)
   c.text.encoder = "small"
-  c.text.max_length = 80  # byte tokens: the longest shapes paraphrase is ~70 bytes
+  c.text.tokenizer = "word"  # hashed words: <= 14 tokens per caption instead of ~70 bytes
+  c.text.max_length = 24
   c.data.batch_size = 32
   c.train.steps = 4000
   c.train.max_minutes = 8.0

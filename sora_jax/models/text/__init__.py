@@ -88,8 +88,15 @@ def _dtype(text_cfg) -> Any:
   return DTYPES[name]
 
 
+# Tokenizers of the trainable "small" encoder (config.text.tokenizer).
+SMALL_TOKENIZERS = {"byte": tokenizers.ByteTokenizer, "word": tokenizers.HashedWordTokenizer}
+
+
 def _build_small(text_cfg) -> TextEncoder:
-  tokenizer = tokenizers.ByteTokenizer(text_cfg.max_length)
+  name = text_cfg.get("tokenizer", "byte")  # configs saved before the field existed
+  if name not in SMALL_TOKENIZERS:
+    raise ValueError(f"config.text.tokenizer={name!r} is not one of {sorted(SMALL_TOKENIZERS)}")
+  tokenizer = SMALL_TOKENIZERS[name](text_cfg.max_length)
   module = small_encoder.SmallTextEncoder(
       vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, width=text_cfg.width,
       depth=text_cfg.depth, num_heads=text_cfg.num_heads, dtype=_dtype(text_cfg))
