@@ -1,0 +1,243 @@
+"""Orbax checkpoints of a training run: state + data-iterator state + config, with clear errors.
+
+Layout of a workdir:
+
+    <workdir>/config.json                    the full config (what `load_config_from_workdir` reads)
+    <workdir>/checkpoints/<step>/state/      the training state pytree (sharded arrays, OCDBT)
+    <workdir>/checkpoints/<step>/data/       grain iterator state, one JSON file per process
+    <workdir>/checkpoints/<step>/config/     the config again (a checkpoint is self-describing)
+
+Saves are asynchronous (training continues while arrays are written); `wait()` blocks
+until they are on disk. Restoring takes an abstract target, a tree of
+`jax.ShapeDtypeStruct(shape, dtype, sharding=...)` (from
+`sora_jax.sharding.partitioning.abstract_state`), so a checkpoint written on one mesh
+can be restored onto another mesh shape, or a single device, bit for bit.
+
+Multi-process: every process calls `save`/`restore`; arrays are written by the
+processes that own them, the data-iterator state by each process for itself.
+
+    ckpt = Checkpointer(workdir, keep=3)
+    ckpt.save(step, state, data_state=iterator.get_state(), config=config)
+    state, data_state = ckpt.restore(abstract_state)       # latest step
+    ckpt.close()
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+from grain import checkpoint as grain_checkpoint
+
+from sora_jax import configuration
+
+CHECKPOINT_SUBDIR = "checkpoints"
+CONFIG_FILENAME = "config.json"
+_WRITTEN_BY = "tools/train_vae.py or tools/train_dit.py (--workdir=...)"
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+  """The workdir has no checkpoint (or no config); the message says what was looked for."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be read; the message names the step directory."""
+
+
+class _DataState:
+  """Holds one grain iterator state for grain's Orbax handler (which wants get_state/set_state).
+
+  grain iterators return either bytes (DataLoader) or a JSON-able dict (dataset API);
+  both are wrapped in a small JSON envelope so the file is text and the type survives.
+  """
+
+  def __init__(self, state: Any = None):
+    self.state = state
+
+  def get_state(self) -> bytes:
+    if isinstance(self.state, (bytes, bytearray)):
+      envelope = {"encoding": "base64", "value": base64.b64encode(bytes(self.state)).decode("ascii")}
+    else:
+      envelope = {"encoding": "json", "value": self.state}
+    return json.dumps(envelope).encode()
+
+  def set_state(self, raw: bytes) -> None:
+    envelope = json.loads(raw)
+    decode = {"base64": lambda v: base64.b64decode(v), "json": lambda v: v}[envelope["encoding"]]
+    self.state = decode(envelope["value"])
+
+  def start_prefetch(self) -> None:  # called by grain's handler after set_state
+    pass
+
+
+def _as_path(path: str | os.PathLike) -> epath.Path:
+  """A local path made absolute, or a cloud URL (gs://...) kept as is."""
+  text = os.fspath(path)
+  return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def _config_dict(config: Any) -> dict:
+  if isinstance(config, ml_collections.ConfigDict):
+    return json.loads(configuration.to_json(config))
+  return json.loads(json.dumps(config, default=list))
+
+
+def save_config(workdir: str | os.PathLike, config: Any) -> epath.Path:
+  """Writes `<workdir>/config.json` (process 0 only) and returns its path."""
+  path = _as_path(workdir) / CONFIG_FILENAME
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (CONFIG_FILENAME + ".tmp")
+    tmp.write_text(json.dumps(_config_dict(config), indent=2, sort_keys=True))
+    tmp.replace(path)
+  return path
+
+
+class Checkpointer:
+  """Saves and restores (state, data-iterator state, config) under `<workdir>/checkpoints`.
+
+  Args:
+    workdir: the training run's directory.
+    keep: how many most recent checkpoints to keep (config.train.keep_checkpoints).
+    save_interval_steps: `save` is a no-op unless step % this == 0 (or force=True).
+    async_save: write arrays in the background.
+  """
+
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, save_interval_steps: int = 1,
+               async_save: bool = True):
+    self.workdir = _as_path(workdir)
+    self.directory = self.workdir / CHECKPOINT_SUBDIR
+    # create=False: only reading a workdir (or a mistyped one) must not create directories.
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, save_interval_steps=save_interval_steps, create=False,
+        enable_async_checkpointing=async_save)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def latest_step(self) -> int | None:
+    """The newest complete checkpoint's step, or None when there is none."""
+    return self._manager.latest_step()
+
+  def step_dir(self, step: int) -> epath.Path:
+    return self.directory / str(step)
+
+  def save(self, step: int, state: Any, data_state: Any = None, config: Any = None,
+           force: bool = False) -> bool:
+    """Starts saving `state` (+ iterator state, + config) as checkpoint `step`.
+
+    Args:
+      step: the number of steps the state has taken.
+      state: any pytree of jax.Arrays (e.g. a TrainState).
+      data_state: `iterator.get_state()` of this process's data iterator (bytes or dict).
+      config: the run's ConfigDict (also written to <workdir>/config.json).
+      force: save even if `step` is not a multiple of save_interval_steps.
+    Returns:
+      Whether a save was started.
+    """
+    self.directory.mkdir(parents=True, exist_ok=True)
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_state is not None:
+      items["data"] = grain_checkpoint.CheckpointSave(_DataState(data_state))
+    if config is not None:
+      items["config"] = ocp.args.JsonSave(_config_dict(config))
+      save_config(self.workdir, config)
+    return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def _missing_message(self) -> str:
+    return (f"no checkpoint found in {self.directory} (looked for step directories like "
+            f"{self.directory}/1000/state). Checkpoints are written by {_WRITTEN_BY}; check --workdir.")
+
+  def restore(self, abstract_state: Any, step: int | None = None,
+              restore_data: bool = True) -> tuple[Any, Any]:
+    """Restores checkpoint `step` (default: the latest) onto the shardings of `abstract_state`.
+
+    Args:
+      abstract_state: a pytree of `jax.ShapeDtypeStruct(shape, dtype, sharding=...)` with
+        the saved state's structure; any mesh (or a single device) works.
+      step: which checkpoint; None = latest.
+      restore_data: also return this process's data-iterator state.
+    Returns:
+      (state, data_state); data_state is None when not saved, not asked for, or saved by
+      a different number of processes (the data order then restarts).
+    Raises:
+      CheckpointNotFoundError: no checkpoint (or not that step).
+      CorruptCheckpointError: the checkpoint cannot be read.
+    """
+    steps = self.all_steps()
+    if step is None:
+      step = self.latest_step()
+    if step is None:
+      raise CheckpointNotFoundError(self._missing_message())
+    if step not in steps:
+      raise CheckpointNotFoundError(f"no checkpoint for step {step} in {self.directory}; available steps: "
+                                    f"{steps}.")
+    step_dir = self.step_dir(step)
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    data_file = step_dir / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    holder = _DataState()
+    if restore_data and data_file.exists():
+      items["data"] = grain_checkpoint.CheckpointRestore(holder)
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # orbax / tensorstore raise many types; all mean "cannot read this step"
+      earlier = [s for s in steps if s < step]
+      cause = f"{type(e).__name__}: {e}"
+      cause = cause if len(cause) <= 500 else cause[:500] + " ..."
+      raise CorruptCheckpointError(
+          f"could not restore the checkpoint at {step_dir}. It is corrupt or incomplete (e.g. the run was "
+          f"killed or the disk filled while writing), or it was written by a different model config (the "
+          f"state's shapes differ). To go on, delete {step_dir} so training resumes from the previous "
+          f"checkpoint{f' (available: {earlier})' if earlier else ' (there is none: training starts over)'}, "
+          f"or restore an earlier step explicitly (restore(..., step=N)).\nCause: {cause}") from e
+    data_state = holder.state if "data" in items else None
+    return restored["state"], data_state
+
+  def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
+    """The config saved with checkpoint `step` (default: latest)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointNotFoundError(self._missing_message())
+    restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return configuration.from_dict(restored["config"])
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager's threads."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self) -> "Checkpointer":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def load_config_from_workdir(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config a run was trained with: `<workdir>/config.json`, else the latest checkpoint's copy.
+
+  Raises:
+    CheckpointNotFoundError: neither exists (the message names both places looked at).
+  """
+  path = _as_path(workdir) / CONFIG_FILENAME
+  if path.exists():
+    return configuration.from_dict(json.loads(path.read_text()))
+  checkpoints = _as_path(workdir) / CHECKPOINT_SUBDIR
+  if checkpoints.is_dir():
+    with Checkpointer(workdir) as ckpt:
+      if ckpt.latest_step() is not None:
+        return ckpt.restore_config()
+  raise CheckpointNotFoundError(
+      f"no training run found in {workdir!s}: looked for {path} and for checkpoints in {checkpoints}. "
+      f"Both are written by {_WRITTEN_BY}; point --workdir (or Pipeline.from_pretrained) at that directory.")

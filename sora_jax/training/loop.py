@@ -1,0 +1,272 @@
+"""The one training loop (VAE and DiT alike): sharded init, resume, jitted steps, logs, checkpoints.
+
+A training tool supplies pure functions; this module does the plumbing:
+
+    state = train(
+        config=config, workdir=workdir,
+        init_fn=init_fn,            # rng -> state pytree whose params carry logical annotations
+        train_step=train_step,      # (state, batch, rng) -> (state, {"loss": ..., ...})
+        make_iterator=make_iter,    # () -> iterator of numpy batch dicts with get_state/set_state
+        eval_fn=eval_fn,            # optional (state, step) -> {"name": float}
+        sample_fn=sample_fn)        # optional (state, step, writer) -> None
+
+What it does, in order:
+1. mesh from `config.mesh` (or the one given), logical rules, divisibility checks;
+2. shardings derived from `jax.eval_shape(init_fn)` (nothing allocated);
+3. resume: if `<workdir>/checkpoints` has a checkpoint, restore the state onto this
+   mesh and the data iterator's position; otherwise init the state directly sharded;
+4. `jax.jit(train_step, in_shardings, out_shardings, donate_argnums=0)`;
+   the step's rng is `fold_in(key(config.seed + 1), step)`, so a resumed run draws
+   exactly the numbers an uninterrupted one would;
+5. every `train.log_every` steps: the mean of each metric since the last log, `lr`,
+   `steps_per_sec` (+ `<name>_per_sec` for `per_step_counts`) to the MetricWriter
+   (TensorBoard + text + metrics.jsonl) and the progress bar;
+6. eval every `train.eval_every`, samples every `train.sample_every` (0 = at the end
+   only), checkpoints every `train.checkpoint_every`; and at the end (after
+   `train.steps`, or when `train.max_minutes` of wall time ran out): a final eval,
+   samples and checkpoint. A run that dies resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from typing import Any, Callable, Mapping, Protocol
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from sora_jax.monitoring.progress import progress_bar
+from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import partitioning
+from sora_jax.training import checkpointing
+from sora_jax.training.optimizer import learning_rate_at
+
+log = logging.getLogger(__name__)
+
+# Seeds derived from config.seed (kept apart so init and per-step noise never collide).
+_INIT_SEED_OFFSET = 0
+_STEP_SEED_OFFSET = 1
+
+
+class DataIterator(Protocol):
+  """What `make_iterator` returns: grain's iterators (and sora_jax.data.pipeline's) fit."""
+
+  def __next__(self) -> Mapping[str, np.ndarray]: ...
+  def get_state(self) -> Any: ...
+  def set_state(self, state: Any) -> None: ...
+
+
+def make_writer(workdir: str) -> Any:
+  """MetricWriter(workdir): TensorBoard + text log + metrics.jsonl, written by process 0 only."""
+  from sora_jax.monitoring.writer import MetricWriter
+  return MetricWriter(workdir, process_index=jax.process_index())
+
+
+def _every(step: int, interval: int) -> bool:
+  return interval > 0 and step % interval == 0
+
+
+def _mean_metrics(pending: list[Mapping[str, jax.Array]]) -> dict[str, float]:
+  """Mean of each metric over the steps since the last log (one host transfer)."""
+  host = jax.device_get(pending)
+  return {key: float(np.mean([np.asarray(m[key], np.float64) for m in host])) for key in host[0]}
+
+
+def _all_processes_agree(flag: bool) -> bool:
+  """Process 0's decision, shared by all (so every process stops at the same step)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag)))
+
+
+def _prefixed(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
+  return {(k if "/" in k else f"{prefix}/{k}"): float(v) for k, v in metrics.items()}
+
+
+def _restore_or_init(ckpt: checkpointing.Checkpointer, init_fn: Callable, abstract: Any, mesh, rules,
+                     init_rng: jax.Array, iterator: DataIterator) -> tuple[Any, int]:
+  """(state, step): the latest checkpoint's if there is one (iterator repositioned), else fresh."""
+  step = ckpt.latest_step()
+  if step is None:
+    state, _ = partitioning.init_sharded_state(init_fn, mesh, rules, init_rng)
+    return state, 0
+  state, data_state = ckpt.restore(abstract, step)
+  if data_state is None:
+    log.warning("checkpoint %d has no data-iterator state for this process count; the data order "
+                "restarts from the beginning.", step)
+  else:
+    iterator.set_state(data_state)
+  log.info("resumed from %s at step %d", ckpt.step_dir(step), step)
+  return state, step
+
+
+@dataclasses.dataclass
+class _Run:
+  """What the step loop needs, once set up by `train`."""
+  config: Any
+  ckpt: checkpointing.Checkpointer
+  iterator: DataIterator
+  jitted_step: Callable
+  mesh: jax.sharding.Mesh
+  writer: Any
+  eval_fn: Callable | None
+  sample_fn: Callable | None
+  step_rng: jax.Array
+  counts: dict[str, float]
+  desc: str
+
+
+def train(*, config: Any, workdir: str, init_fn: Callable[[jax.Array], Any],
+          train_step: Callable[[Any, dict, jax.Array], tuple[Any, Mapping[str, jax.Array]]],
+          make_iterator: Callable[[], DataIterator],
+          eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
+          sample_fn: Callable[[Any, int, Any], None] | None = None,
+          mesh: jax.sharding.Mesh | None = None,
+          per_step_counts: Mapping[str, float] | None = None,
+          writer: Any = None,
+          desc: str = "train") -> Any:
+  """Trains for `config.train.steps` steps (resuming from `workdir`), returns the final state.
+
+  Args:
+    config: the full config (uses seed, data.batch_size, mesh.*, train.*).
+    workdir: checkpoints, config.json and logs go here; an existing run there is resumed.
+    init_fn: rng -> initial state (any pytree, e.g. a TrainState) with logically
+      annotated params; called under eval_shape first, then jitted with out_shardings.
+    train_step: (state, batch, rng) -> (new state, dict of scalar metrics); pure,
+      jitted here with the state donated. `batch` holds the numeric fields of the
+      iterator's dicts as global jax.Arrays (strings dropped).
+    make_iterator: () -> this process's data iterator (numpy dicts, its share of the
+      global batch) with get_state/set_state.
+    eval_fn: (state, step) -> scalars, logged under "eval/<name>".
+    sample_fn: (state, step, writer) -> None; writes sample videos / images.
+    mesh: use this mesh instead of building one from config.mesh.
+    per_step_counts: e.g. {"tokens": 4096, "examples": 8}: logged as "<name>_per_sec".
+    writer: metric writer with write_scalars/write_images (default: `make_writer(workdir)`,
+      closed at the end; a writer passed in is left open for the caller).
+    desc: the progress bar's label.
+  Returns:
+    The state after the last step (sharded jax.Arrays).
+  Raises:
+    checkpointing.CorruptCheckpointError: the workdir's latest checkpoint cannot be read.
+  """
+  mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
+  rules = partitioning.logical_rules(config)
+  mesh_lib.check_divisibility(mesh, batch_size=config.data.batch_size)
+  log.info("mesh: %s", mesh_lib.describe(mesh))
+  init_rng = jax.random.key(config.seed + _INIT_SEED_OFFSET)
+  abstract, shardings = partitioning.abstract_state(init_fn, mesh, rules, init_rng)
+  replicated = partitioning.replicated(mesh)
+  with partitioning.use_mesh(mesh, rules):
+    jitted_step = jax.jit(train_step, in_shardings=(shardings, partitioning.batch_sharding(mesh), replicated),
+                          out_shardings=(shardings, replicated), donate_argnums=0)
+
+  # Closing the checkpointer waits for in-flight async saves, also when a step raises.
+  with checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt:
+    iterator = make_iterator()
+    own_writer = writer is None
+    writer = make_writer(workdir) if own_writer else writer
+    try:
+      state, step = _restore_or_init(ckpt, init_fn, abstract, mesh, rules, init_rng, iterator)
+      checkpointing.save_config(workdir, config)
+      if step >= config.train.steps:
+        log.info("%s is already trained to step %d (train.steps=%d); nothing to do.", workdir, step,
+                 config.train.steps)
+        return state
+      run = _Run(config=config, ckpt=ckpt, iterator=iterator, jitted_step=jitted_step, mesh=mesh,
+                 writer=writer, eval_fn=eval_fn, sample_fn=sample_fn,
+                 step_rng=jax.random.key(config.seed + _STEP_SEED_OFFSET),
+                 counts=dict(per_step_counts or {}), desc=desc)
+      with partitioning.use_mesh(mesh, rules):
+        return _run_steps(run, state, step)
+    finally:  # stop prefetch threads, flush logs (a writer passed in stays open for the caller)
+      for resource in (iterator, writer) if own_writer else (iterator,):
+        close = getattr(resource, "close", None)
+        if close is not None:
+          close()
+
+
+def _run_steps(run: _Run, state: Any, step: int) -> Any:
+  """Steps from `step` to train.steps (or the time limit), with logs, evals, samples, checkpoints."""
+  tcfg = run.config.train
+  total = tcfg.steps
+  deadline = time.monotonic() + 60.0 * tcfg.max_minutes if tcfg.max_minutes > 0 else math.inf
+  check_time_every = 1 if jax.process_count() == 1 else max(tcfg.log_every, 1)
+  bar = progress_bar(total=total, initial=step, desc=run.desc, unit="step", disable=jax.process_index() != 0)
+  pending: list[Mapping[str, jax.Array]] = []
+  last_saved = last_eval = last_sample = step
+  t_last, step_last = time.monotonic(), step
+
+  def write_train_scalars() -> None:
+    nonlocal pending, t_last, step_last
+    scalars = _mean_metrics(pending)
+    pending = []
+    now = time.monotonic()
+    rate = (step - step_last) / max(now - t_last, 1e-9) if step > step_last else float("nan")
+    t_last, step_last = now, step
+    scalars["lr"] = learning_rate_at(tcfg, step - 1)
+    scalars["steps_per_sec"] = rate
+    scalars.update({f"{name}_per_sec": rate * n for name, n in run.counts.items()})
+    run.writer.write_scalars(step, scalars)
+    if "loss" in scalars:
+      bar.set_postfix(loss=f"{scalars['loss']:.4g}")
+
+  def save(force: bool = False) -> None:
+    nonlocal last_saved
+    run.ckpt.save(step, state, data_state=run.iterator.get_state(), config=run.config, force=force)
+    last_saved = step
+
+  def evaluate() -> None:
+    nonlocal last_eval
+    if run.eval_fn is not None:
+      results = _prefixed(run.eval_fn(state, step), "eval")
+      run.writer.write_scalars(step, results)
+      log.info("step %d: %s", step, " ".join(f"{k}={v:.5g}" for k, v in results.items()))
+    last_eval = step
+
+  def sample() -> None:
+    nonlocal last_sample
+    if run.sample_fn is not None:
+      run.sample_fn(state, step, run.writer)
+    last_sample = step
+
+  first_step = True
+  while step < total:
+    try:
+      numpy_batch = next(run.iterator)
+    except StopIteration:
+      log.warning("the data iterator ended at step %d (before train.steps=%d); stopping.", step, total)
+      break
+    batch = partitioning.shard_batch(numpy_batch, run.mesh)
+    state, metrics = run.jitted_step(state, batch, jax.random.fold_in(run.step_rng, step))
+    step += 1
+    pending.append(metrics)
+    bar.update(1)
+    if first_step:  # keep compilation out of steps/s
+      jax.block_until_ready(metrics)
+      t_last, step_last, first_step = time.monotonic(), step, False
+    if _every(step, tcfg.log_every) or step == total:
+      write_train_scalars()
+    if _every(step, tcfg.eval_every):
+      evaluate()
+    if _every(step, tcfg.sample_every):
+      sample()
+    if _every(step, tcfg.checkpoint_every):
+      save()
+    if step % check_time_every == 0 and _all_processes_agree(time.monotonic() > deadline):
+      log.warning("train.max_minutes=%s reached at step %d; checkpointing and stopping.", tcfg.max_minutes, step)
+      break
+
+  bar.close()
+  if pending:
+    write_train_scalars()
+  if last_saved != step:
+    save(force=True)
+  if last_eval != step:
+    evaluate()
+  if last_sample != step:
+    sample()
+  return state
