@@ -29,6 +29,7 @@ from array_record.python import array_record_module
 from flax import serialization
 
 from sora_jax.monitoring.progress import progress_bar
+from sora_jax.training import dit_step
 
 _META = "meta.json"
 _TEXT_KEYS = ("text_ids", "text_mask", "text_tokens", "text_pooled")
@@ -71,16 +72,6 @@ def read_meta(cache_dir: str) -> dict | None:
     return json.load(f)
 
 
-def _text_fields(text_encoder, text_params, captions: list[str]) -> dict[str, np.ndarray]:
-  """Per-clip text conditioning: token ids for a trainable encoder, embeddings for a frozen one."""
-  if text_encoder.trainable:
-    ids, mask = text_encoder.tokenize(captions)
-    return {"text_ids": np.asarray(ids, np.int32), "text_mask": np.asarray(mask, bool)}
-  tokens, mask, pooled = text_encoder.encode(text_params, captions)
-  return {"text_tokens": np.asarray(tokens, np.float16), "text_mask": np.asarray(mask, bool),
-          "text_pooled": np.asarray(pooled, np.float16)}
-
-
 def build_latent_cache(*, cache_dir: str, splits: dict[str, Any], encode_fn, text_encoder,
                        text_params, meta: dict, batch_size: int = 16) -> dict[str, int]:
   """Encodes each split once and writes it as ArrayRecord; reuses a matching cache.
@@ -117,7 +108,8 @@ def build_latent_cache(*, cache_dir: str, splits: dict[str, Any], encode_fn, tex
         videos = np.concatenate([videos, np.zeros((pad,) + videos.shape[1:], videos.dtype)])
       mean, logvar = jax.device_get(encode_fn(jnp.asarray(videos)))
       captions = [_as_str(e["caption"]) for e in examples]
-      text = _text_fields(text_encoder, text_params, captions)
+      text = {k: (v.astype(np.float16) if v.dtype == np.float32 else v)  # halve the cache; read back as f32
+              for k, v in dit_step.text_fields(text_encoder, text_params, captions).items()}
       for i, example in enumerate(examples):
         record = {"latent_mean": mean[i].astype(np.float16), "latent_logvar": logvar[i].astype(np.float16),
                   "caption": captions[i]}

@@ -39,13 +39,7 @@ class Models:
 
 def text_fields(models: Models, text_params, prompts: list[str]) -> dict[str, np.ndarray]:
   """Batch text fields [B, ...] of `prompts` (token ids, or frozen-encoder embeddings)."""
-  encoder = models.text_encoder
-  if encoder.trainable:
-    ids, mask = encoder.tokenize(prompts)
-    return {"text_ids": np.asarray(ids, np.int32), "text_mask": np.asarray(mask, bool)}
-  tokens, mask, pooled = encoder.encode(text_params, prompts)
-  return {"text_tokens": np.asarray(tokens, np.float32), "text_mask": np.asarray(mask, bool),
-          "text_pooled": np.asarray(pooled, np.float32)}
+  return dit_step.text_fields(models.text_encoder, text_params, prompts)
 
 
 def initial_noise(seeds: jax.Array, latent_shape: tuple[int, ...]) -> jax.Array:

@@ -28,18 +28,27 @@ from sora_jax.diffusion import guidance
 EVAL_TIMESTEPS = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
-def null_text_fields(text_encoder, text_params, max_length: int | None = None) -> dict[str, np.ndarray]:
-  """The unconditional ("") text fields, in the same layout the latent cache stores.
+def text_fields(text_encoder, text_params, prompts: list[str]) -> dict[str, np.ndarray]:
+  """Batch text fields [B, ...] of `prompts` in the latent-cache layout (see module docstring).
+
+  Token ids for a trainable encoder (it runs inside the train step); embeddings for a
+  frozen one (computed here, once).
+  """
+  if text_encoder.trainable:
+    ids, mask = text_encoder.tokenize(prompts)
+    return {"text_ids": np.asarray(ids, np.int32), "text_mask": np.asarray(mask, bool)}
+  tokens, mask, pooled = text_encoder.encode(text_params, prompts)
+  return {"text_tokens": np.asarray(tokens, np.float32), "text_mask": np.asarray(mask, bool),
+          "text_pooled": np.asarray(pooled, np.float32)}
+
+
+def null_text_fields(text_encoder, text_params) -> dict[str, np.ndarray]:
+  """The unconditional ("") text fields of one example.
 
   CFG dropout during training replaces a clip's text by these; sampling uses the
   same as the negative prompt when none is given, so train and sample agree.
   """
-  if text_encoder.trainable:
-    ids, mask = text_encoder.tokenize([""])
-    return {"text_ids": np.asarray(ids[0], np.int32), "text_mask": np.asarray(mask[0], bool)}
-  tokens, mask, pooled = text_encoder.encode(text_params, [""])
-  return {"text_tokens": np.asarray(tokens[0], np.float32), "text_mask": np.asarray(mask[0], bool),
-          "text_pooled": np.asarray(pooled[0], np.float32)}
+  return {k: v[0] for k, v in text_fields(text_encoder, text_params, [""]).items()}
 
 
 def text_condition(text_encoder, params: dict, fields: dict[str, jax.Array]) -> dict[str, jax.Array]:
