@@ -202,18 +202,3 @@ def test_eval_iterator_is_one_ordered_pass(data_cfg):
   batches = list(pipeline.make_eval_iterator(data_cfg))
   assert len(batches) == 2  # 8 validation clips / batch 4
   assert list(np.concatenate([b["index"] for b in batches])) == list(range(8))
-
-
-def test_to_global_batch_shards_over_data_and_fsdp():
-  from jax.sharding import Mesh, PartitionSpec
-  devices = np.array(jax.devices()[:8]).reshape(4, 2, 1, 1)
-  mesh = Mesh(devices, ("data", "fsdp", "context", "tensor"),
-              axis_types=(jax.sharding.AxisType.Auto,) * 4)
-  batch = {"video": np.arange(8 * 3, dtype=np.float32).reshape(8, 3), "caption": np.array(["a"] * 8)}
-  out = pipeline.to_global_batch(batch, mesh)
-  assert set(out) == {"video"}
-  assert out["video"].shape == (8, 3) and out["video"].sharding.spec == PartitionSpec(("data", "fsdp"), None)
-  assert len(out["video"].addressable_shards) == 8 and out["video"].addressable_shards[0].data.shape == (1, 3)
-  np.testing.assert_array_equal(np.asarray(out["video"]), batch["video"])
-  kept = pipeline.to_global_batch(batch, mesh, keep_strings=True)
-  np.testing.assert_array_equal(kept["caption"], batch["caption"])

@@ -5,7 +5,7 @@
   importer.py              your own videos -> clips (resample, resize + crop, caption sources)
   video_folder_builder.py  TFDS builder for imported videos (tools/import_videos.py)
   datasets.py              load_data_source(config.data, split): which dataset a config names
-  pipeline.py              grain iterators: shuffle, augment, batch, resume; to_global_batch
+  pipeline.py              grain iterators: shuffle, augment, batch, resume
   latent_cache.py          VAE latents + text conditioning precomputed for DiT training
   tfds_compat.py           small TFDS workarounds (no TensorFlow, quiet logs)
 

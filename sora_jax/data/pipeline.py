@@ -11,7 +11,7 @@ For videos (what VAE training and evaluation use):
 
     it = make_train_iterator(config.data, seed=config.seed)
     batch = next(it)   # {'video': float32 [B, T, H, W, 3] in [-1, 1], 'caption': str [B], metadata...}
-    arrays = to_global_batch(batch, mesh)   # global jax.Arrays sharded over ('data', 'fsdp')
+    arrays = sora_jax.sharding.partitioning.shard_batch(batch, mesh)  # global jax.Arrays over ('data', 'fsdp')
 
 `batch_size` is always the GLOBAL batch; each process reads `batch_size /
 process_count` examples from its own shard of the records (grain ShardByJaxProcess).
@@ -376,31 +376,3 @@ def make_train_iterator(data_cfg, split: str | None = None, *, seed: int, **kwar
 def make_eval_iterator(data_cfg, split: str | None = None, *, seed: int = 0, **kwargs) -> DataIterator:
   """One pass over `split` (default config.data.eval_split) in order; see make_video_iterator."""
   return make_video_iterator(data_cfg, split or data_cfg.eval_split, seed=seed, train=False, **kwargs)
-
-
-# ------------------------------------------------------------------ to devices
-
-
-def to_global_batch(batch: dict[str, np.ndarray], mesh, *, batch_axes: Sequence[str] = ("data", "fsdp"),
-                    keep_strings: bool = False) -> dict[str, Any]:
-  """This process's batch -> global jax.Arrays sharded on the leading axis over `batch_axes`.
-
-  Each process passes its own [B_local, ...] arrays; the result has global shape
-  [B_local * process_count, ...]. String arrays (captions) cannot live on devices:
-  they are dropped, or kept as the local numpy arrays with keep_strings=True.
-  """
-  import jax
-  from jax.sharding import NamedSharding, PartitionSpec
-  axes = tuple(a for a in batch_axes if a in mesh.axis_names)
-  out: dict[str, Any] = {}
-  for key, value in batch.items():
-    value = np.asarray(value)
-    if value.dtype.kind in "USO":
-      if keep_strings:
-        out[key] = value
-      continue
-    spec = PartitionSpec(axes, *([None] * (value.ndim - 1))) if value.ndim else PartitionSpec()
-    sharding = NamedSharding(mesh, spec)
-    global_shape = (value.shape[0] * jax.process_count(), *value.shape[1:]) if value.ndim else ()
-    out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
-  return out
