@@ -80,6 +80,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.vae.channel_multipliers = (1, 2, 4, 4)  # one per resolution level (log2(spatial_factor)+1 levels).
   c.vae.num_res_blocks = 2         # residual blocks per level.
   c.vae.mid_attention = True       # spatial self-attention in the middle block.
+  c.vae.norm = "rms"               # "rms" (per-position RMS norm, as Wan 2.1) or "none" (small CPU configs learn faster).
   c.vae.dtype = "float32"          # compute dtype ("float32" or "bfloat16"); params stay float32.
   c.vae.remat = False              # rematerialise residual blocks in the backward pass.
   c.vae.encode_chunk_frames = 0    # chunked causal encode: latent frames per chunk (0 = whole clip).
