@@ -77,6 +77,19 @@ def test_guidance_and_other_sizes(pipe):
   assert videos.shape == (1, 5, 64, 32, 3)
 
 
+def test_restores_onto_a_callers_mesh_with_the_same_result(workdir, pipe):
+  import jax
+  from sora_jax import Pipeline
+  from sora_jax.sharding import mesh as mesh_lib
+  mesh = mesh_lib.make_mesh((2, 1, 1, 1), devices=jax.devices()[:2])
+  sharded = Pipeline.from_pretrained(str(workdir), mesh=mesh)
+  leaf = jax.tree.leaves(sharded.params["dit"])[0]
+  assert leaf.sharding.mesh.devices.size == 2
+  prompts = ["a red circle moving left", "a blue square moving up"]
+  np.testing.assert_allclose(sharded(prompts, num_steps=2, seed=1).astype(int),
+                             pipe(prompts, num_steps=2, seed=1).astype(int), atol=2)
+
+
 def test_encode_decode_shapes(pipe):
   videos = pipe(["a yellow triangle moving right"], num_steps=2)
   latents = pipe.encode(videos)

@@ -11,6 +11,7 @@ r"""Train the text-to-video Diffusion Transformer on VAE latents (flow matching,
    warmup, grad clipping, EMA, TensorBoard (loss, grad norm, lr, steps/s, tokens/s),
    eval loss at fixed timesteps on the eval split, GIF grids of config.sample.prompts
    under <workdir>/samples, Orbax checkpoints; re-running resumes from the last one.
+   At the end, <workdir>/loss_curve.png (train and eval loss against minutes).
 
 Any config field can be overridden: --config.train.steps=200 --config.dit.depth=2 ...
 """
@@ -129,6 +130,12 @@ def main(argv):
              eval_fn=eval_fn, sample_fn=sample_fn,
              per_step_counts={"tokens": config.data.batch_size * tokens, "examples": config.data.batch_size},
              desc="train DiT")
+  if jax.process_index() == 0:
+    from sora_jax.monitoring import plots
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    keys = [k for k in ("loss", "eval/loss") if any(k in r for r in plots.read_metrics(metrics))]
+    if keys:
+      print(f"loss curve: {plots.plot_curves(metrics, keys, os.path.join(workdir, 'loss_curve.png'), x='minutes', smoothing=0.6)}")
 
 
 def _sampling_params(state):

@@ -99,8 +99,11 @@ class Pipeline:
     with checkpointing.Checkpointer(dit_dir) as ckpt:
       state, _ = ckpt.restore(abstract, restore_data=False)
     params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
-    params = dict(params, vae=vae_params)
-    text_params = None if text_encoder.trainable else text_encoder.init_params(jax.random.PRNGKey(0))
+    # The VAE and a frozen text encoder are small: a full copy on every device of the mesh.
+    replicated = partitioning.replicated(mesh)
+    params = dict(params, vae=jax.device_put(vae_params, replicated))
+    text_params = None if text_encoder.trainable else jax.device_put(
+        partitioning.unbox(text_encoder.init_params(jax.random.PRNGKey(0))), replicated)
     models = gen.Models(dit=dit, text_encoder=text_encoder, vae=vae_module,
                         process=build_diffusion(config.diffusion), latent_stats=latent_stats)
     if prompt_expander == "auto":
