@@ -404,3 +404,22 @@ def test_residual_block_matches_diffusers_wan_residual_block():
   with torch.no_grad():
     want = _from_torch(ref(_to_torch(x)))
   np.testing.assert_allclose(block.apply({"params": params}, x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_params_unbox_under_a_mesh_with_the_config_rules():
+  """Flax applies sharding constraints when unboxing under a mesh; repeated axis names would fail."""
+  import flax.linen as nn
+  import jax
+  from configs import base
+  from sora_jax.models.vae import CausalVAE
+  from sora_jax.sharding import mesh as mesh_lib
+  from sora_jax.sharding import partitioning
+
+  config = base.get_config()
+  config.vae.update(dict(base_channels=8, channel_multipliers=(1, 1, 1, 1), num_res_blocks=1, mid_attention=False))
+  mesh = mesh_lib.make_mesh((1, 2, 1, 1), devices=jax.devices()[:2])
+  module = CausalVAE(config.vae)
+  with partitioning.use_mesh(mesh, partitioning.logical_rules(config)):
+    variables = jax.jit(lambda r: nn.unbox(module.init({"params": r, "sample": r},
+                                                       jax.numpy.zeros((1, 5, 16, 16, 3)))))(jax.random.key(0))
+  assert jax.tree.leaves(variables)

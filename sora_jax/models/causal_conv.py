@@ -13,7 +13,7 @@ after a call is `stream[n_out * st:]`, where `stream = concat(context, chunk)`: 
 frames for stride 1, and 1 frame for the (3, stride 2) temporal downsampler once the first
 (odd-length) chunk has been consumed.
 
-Parameters carry logical axis names: kernel ('conv_kernel' x 3, 'conv_in', 'conv_out'),
+Parameters carry logical axis names: kernel ('conv_kernel', None, None, 'conv_in', 'conv_out'),
 bias ('conv_out',). Compute runs in `dtype` with float32 accumulation; params stay float32.
 """
 
@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-KERNEL_AXES = ("conv_kernel", "conv_kernel", "conv_kernel", "conv_in", "conv_out")
+# Flax rejects a logical name repeated within one array, so only the time tap is named.
+KERNEL_AXES = ("conv_kernel", None, None, "conv_in", "conv_out")
 VIDEO_AXES = ("activation_batch", "activation_time", "activation_height", "activation_width",
               "activation_channels")
 CACHE = "cache"  # the Flax collection that holds streaming state
