@@ -1,0 +1,82 @@
+"""Config files and overrides: every config loads, documents its command, and rejects bad keys/values."""
+import glob
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from sora_jax import configuration
+from sora_jax.models import variants
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
+                      if not p.endswith("__init__.py"))
+# Config files that take an argument, and the arguments to load them with.
+ARGS = {"configs/dit/video.py": [v for v in variants.VARIANTS if not v.startswith("DiT-")],
+        "configs/image/dit_paper.py": [v for v in variants.VARIANTS if v.startswith("DiT-")]}
+
+
+def _cases():
+  for path in CONFIG_FILES:
+    rel = os.path.relpath(path, REPO)
+    for arg in ARGS.get(rel, [None]):
+      yield f"{rel}:{arg}" if arg else rel
+
+
+@pytest.mark.parametrize("spec", list(_cases()))
+def test_every_config_loads_and_keeps_the_base_schema(spec):
+  config = configuration.load_config(os.path.join(REPO, spec))
+  base_keys = set(configuration.all_keys(configuration.load_config(os.path.join(REPO, "configs/base.py"))))
+  assert set(configuration.all_keys(config)) == base_keys, "a variant may override fields, not add or drop them"
+  assert config.data.num_frames >= 1 and config.data.batch_size >= 1
+  assert len(config.mesh.shape) == 4
+  if config.dit.variant:
+    assert not variants.variant_mismatches(config.dit), "sizes must match the named variant"
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+def test_every_config_docstring_holds_the_command_that_runs_it(path):
+  source = open(path).read()
+  if path.endswith("base.py"):
+    assert "python tools/" in source
+    return
+  rel = os.path.relpath(path, REPO)
+  assert f"--config={rel}" in source, f"{rel}: the docstring must show the command that runs it"
+
+
+def test_overrides_are_typed_and_unknown_keys_name_the_key():
+  config = configuration.load_config(os.path.join(REPO, "configs/base.py"),
+                                     ["train.steps=7", "dit.patch_size=(1, 4, 4)", "train.learning_rate=3",
+                                      "data.dataset=video_folder"])
+  assert config.train.steps == 7 and config.dit.patch_size == (1, 4, 4)
+  assert config.train.learning_rate == 3.0 and isinstance(config.train.learning_rate, float)
+  with pytest.raises(configuration.ConfigError, match=r"unknown config key 'train.stpes'.*train.steps"):
+    configuration.load_config(os.path.join(REPO, "configs/base.py"), ["train.stpes=3"])
+  with pytest.raises(configuration.ConfigError, match=r"'train.steps' expects int"):
+    configuration.load_config(os.path.join(REPO, "configs/base.py"), ["train.steps=many"])
+  with pytest.raises(configuration.ConfigError, match="key=value"):
+    configuration.load_config(os.path.join(REPO, "configs/base.py"), ["train.steps"])
+  with pytest.raises(configuration.ConfigError, match="does not exist"):
+    configuration.load_config("configs/nope.py")
+
+
+def test_loaded_configs_are_locked_against_new_keys():
+  config = configuration.load_config(os.path.join(REPO, "configs/base.py"))
+  with pytest.raises(AttributeError):
+    config.train.stepz = 3
+
+
+def test_json_round_trip_restores_tuples():
+  config = configuration.load_config(os.path.join(REPO, "configs/dit/demo.py"))
+  back = configuration.from_dict(__import__("json").loads(configuration.to_json(config)))
+  assert back.dit.patch_size == config.dit.patch_size and isinstance(back.dit.patch_size, tuple)
+  assert back.mesh.logical_axis_rules[0] == tuple(config.mesh.logical_axis_rules[0])
+
+
+def test_a_tool_rejects_an_unknown_key_before_doing_any_work():
+  result = subprocess.run([sys.executable, "tools/train_dit.py", "--config=configs/dit/demo.py", "--workdir=/nonexistent",
+                           "--config.train.stepz=3"], cwd=REPO, capture_output=True, text=True)
+  assert result.returncode != 0
+  assert "unknown config key 'train.stepz'" in result.stderr and "train.steps" in result.stderr
