@@ -35,6 +35,7 @@ def main(argv):
   del argv
   import jax
   import numpy as np
+  from jax.experimental import multihost_utils
 
   from sora_jax.data import datasets, latent_cache, pipeline
   from sora_jax.diffusion import build_diffusion
@@ -67,8 +68,10 @@ def main(argv):
           "text_encoder": config.text.to_dict(), "data": config.data.to_dict()}
   meta["data"].pop("batch_size", None)  # the cache does not depend on these
   meta["data"].pop("latent_cache_dir", None)
-  latent_cache.build_latent_cache(cache_dir=cache_dir, splits=splits, encode_fn=encode_fn,
-                                  text_encoder=text_encoder, text_params=text_vars, meta=meta)
+  if jax.process_index() == 0:  # one writer; the cache dir must be on storage every host reads
+    latent_cache.build_latent_cache(cache_dir=cache_dir, splits=splits, encode_fn=encode_fn,
+                                    text_encoder=text_encoder, text_params=text_vars, meta=meta)
+  multihost_utils.sync_global_devices("latent cache built")
   train_source = latent_cache.LatentCacheSource(cache_dir, config.data.train_split)
   eval_source = latent_cache.LatentCacheSource(cache_dir, config.data.eval_split)
   latent_shape = tuple(train_source[0]["latent_mean"].shape)
