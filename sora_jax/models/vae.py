@@ -52,6 +52,11 @@ LATENT_STATS_FILE = "latent_stats.json"
 # ---------------------------------------------------------------------------- geometry
 
 
+def norm_kind(config) -> str:
+  """config.norm; workdirs saved before the field existed used "rms"."""
+  return config.get("norm", "rms")
+
+
 def compression_plan(config) -> dict:
   """Checks a VAE config and derives its layout.
 
@@ -74,8 +79,8 @@ def compression_plan(config) -> dict:
         f"vae.channel_multipliers has {len(config.channel_multipliers)} entries but spatial_factor="
         f"{sf} with patch {ph} needs log2({sf}/{ph})+1 = {num_levels} levels; e.g. "
         f"--config.vae.channel_multipliers={tuple([1] + [2] * (num_levels - 1))}")
-  if config.norm not in NORMS:
-    raise ValueError(f"vae.norm={config.norm!r} is not one of {NORMS}")
+  if norm_kind(config) not in NORMS:
+    raise ValueError(f"vae.norm={norm_kind(config)!r} is not one of {NORMS}")
   temporal_downsamples = int(round(math.log2(tf // pt)))
   if temporal_downsamples > num_levels - 1:
     raise ValueError(
@@ -281,14 +286,14 @@ class Encoder(nn.Module):
     x = CausalConv3d(plan["channels"][0], dtype=dtype, name="conv_in")(x)
     for level, channels in enumerate(plan["channels"]):
       for i in range(cfg.num_res_blocks):
-        x = block(channels, dtype, cfg.norm, name=f"level{level}_block{i}")(x)
+        x = block(channels, dtype, norm_kind(cfg), name=f"level{level}_block{i}")(x)
       if level < plan["num_levels"] - 1:
         x = Downsample(level < plan["temporal_downsamples"], dtype, name=f"down{level}")(x)
-    x = block(plan["channels"][-1], dtype, cfg.norm, name="mid_block0")(x)
+    x = block(plan["channels"][-1], dtype, norm_kind(cfg), name="mid_block0")(x)
     if cfg.mid_attention:
-      x = FrameAttention(dtype, cfg.norm, name="mid_attention")(x)
-    x = block(plan["channels"][-1], dtype, cfg.norm, name="mid_block1")(x)
-    x = nn.silu(make_norm(cfg.norm, dtype, name="norm_out")(x))
+      x = FrameAttention(dtype, norm_kind(cfg), name="mid_attention")(x)
+    x = block(plan["channels"][-1], dtype, norm_kind(cfg), name="mid_block1")(x)
+    x = nn.silu(make_norm(norm_kind(cfg), dtype, name="norm_out")(x))
     moments = CausalConv3d(2 * cfg.latent_channels, dtype=jnp.float32, name="conv_out")(x)
     mean, logvar = jnp.split(moments, 2, axis=-1)
     return _constrain(mean), _constrain(jnp.clip(logvar, -30.0, 20.0))
@@ -306,17 +311,17 @@ class Decoder(nn.Module):
     block = _res_block_class(cfg.remat)
     pt, ph, pw = plan["patch"]
     x = CausalConv3d(plan["channels"][-1], dtype=dtype, name="conv_in")(z.astype(dtype))
-    x = block(plan["channels"][-1], dtype, cfg.norm, name="mid_block0")(x)
+    x = block(plan["channels"][-1], dtype, norm_kind(cfg), name="mid_block0")(x)
     if cfg.mid_attention:
-      x = FrameAttention(dtype, cfg.norm, name="mid_attention")(x)
-    x = block(plan["channels"][-1], dtype, cfg.norm, name="mid_block1")(x)
+      x = FrameAttention(dtype, norm_kind(cfg), name="mid_attention")(x)
+    x = block(plan["channels"][-1], dtype, norm_kind(cfg), name="mid_block1")(x)
     for level in reversed(range(plan["num_levels"])):
       channels = plan["channels"][level]
       for i in range(cfg.num_res_blocks + 1):
-        x = block(channels, dtype, cfg.norm, name=f"level{level}_block{i}")(x)
+        x = block(channels, dtype, norm_kind(cfg), name=f"level{level}_block{i}")(x)
       if level > 0:
         x = Upsample(level - 1 < plan["temporal_downsamples"], dtype, name=f"up{level}")(x)
-    x = nn.silu(make_norm(cfg.norm, dtype, name="norm_out")(x))
+    x = nn.silu(make_norm(norm_kind(cfg), dtype, name="norm_out")(x))
     x = CausalConv3d(3 * pt * ph * pw, dtype=jnp.float32, name="conv_out")(x)
     return _constrain(Unpatchify(plan["patch"])(x))
 
