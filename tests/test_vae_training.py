@@ -30,7 +30,7 @@ def tiny_config(**loss_overrides) -> ml_collections.ConfigDict:
   c.vae.update(temporal_factor=4, spatial_factor=4, patch_size=(2, 2, 2), latent_channels=4, base_channels=8,
                channel_multipliers=(1, 2), num_res_blocks=1, mid_attention=False)
   c.vae_loss.update(loss_overrides)
-  c.train.update(learning_rate=3e-3, warmup_steps=0, lr_schedule="constant", steps=20)
+  c.train.update(learning_rate=3e-3, warmup_steps=0, lr_schedule="constant", steps=20, ema_decay=0.0)
   return c
 
 
@@ -44,9 +44,10 @@ def setup(config):
   vae = vae_lib.CausalVAE(config.vae)
   disc = vae_step.make_discriminator(config)
   tx = make_optimizer(config.train)
-  init_fn = vae_step.make_init_fn(vae, tx, (1,) + VIDEO_SHAPE[1:], disc)
+  ema = config.train.ema_decay > 0
+  init_fn = vae_step.make_init_fn(vae, tx, (1,) + VIDEO_SHAPE[1:], disc, ema=ema)
   state = partitioning.unbox(init_fn(jax.random.key(0)))
-  step = jax.jit(vae_step.make_train_step(vae, tx, config.vae_loss, disc))
+  step = jax.jit(vae_step.make_train_step(vae, tx, config.vae_loss, disc, config.train.ema_decay))
   return vae, init_fn, state, step
 
 
@@ -74,25 +75,37 @@ def test_a_few_steps_reduce_the_loss_and_the_gan_switches_on_at_its_step():
   assert all(kernels_changed)
 
 
-def test_checkpoint_round_trip_through_load_vae(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_checkpoint_round_trip_through_load_vae(tmp_path, ema_decay):
   config = tiny_config()
-  vae, init_fn, state, step = setup(config)
-  state, _ = step(state, {"video": jnp.asarray(shapes_batch())}, jax.random.key(0))
+  config.train.ema_decay = ema_decay
+  vae = vae_lib.CausalVAE(config.vae)
+  tx = make_optimizer(config.train)
+  init_fn = vae_step.make_init_fn(vae, tx, (1,) + VIDEO_SHAPE[1:], ema=ema_decay > 0)
+  state = partitioning.unbox(init_fn(jax.random.key(0)))
+  rng = np.random.default_rng(0)
+  noisy = lambda tree: jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype), tree)
+  state = state.replace(step=state.step + 1, params=noisy(state.params),
+                        ema_params=noisy(state.ema_params) if ema_decay else None)
+  want = state.ema_params["vae"] if ema_decay else state.params["vae"]
   stats = {"mean": np.arange(4, dtype=np.float32), "std": np.full((4,), 2.0, np.float32)}
   with checkpointing.Checkpointer(tmp_path) as ckpt:
     ckpt.save(1, state, config=config)
   vae_lib.save_latent_stats(str(tmp_path), stats)
 
   module, params, loaded_stats, loaded_config = vae_lib.load_vae(str(tmp_path))
-  for a, b in zip(jax.tree.leaves(state.params["vae"]), jax.tree.leaves(params)):
+  for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert jax.tree.structure(params) == jax.tree.structure(state.params["vae"])
+  assert jax.tree.structure(params) == jax.tree.structure(want)
+  if ema_decay:  # load_vae returns the EMA, not the raw params
+    assert not np.array_equal(params["decoder"]["conv_out"]["kernel"],
+                              state.params["vae"]["decoder"]["conv_out"]["kernel"])
   np.testing.assert_array_equal(loaded_stats["mean"], stats["mean"])
   np.testing.assert_array_equal(loaded_stats["std"], stats["std"])
   assert loaded_config.vae.to_dict() == config.vae.to_dict()
   video = jnp.asarray(shapes_batch())
   np.testing.assert_array_equal(vae_lib.encode_video(module, params, video)[0],
-                                vae_lib.encode_video(vae, state.params["vae"], video)[0])
+                                vae_lib.encode_video(vae, want, video)[0])
 
 
 def test_load_vae_without_a_run_fails_clearly(tmp_path):

@@ -75,8 +75,10 @@ def main(argv):
   vae = vae_lib.CausalVAE(config.vae)
   discriminator = vae_step.make_discriminator(config)
   tx = make_optimizer(config.train)
-  init_fn = vae_step.make_init_fn(vae, tx, (1, data.num_frames, data.height, data.width, 3), discriminator)
-  train_step = vae_step.make_train_step(vae, tx, config.vae_loss, discriminator)
+  ema = config.train.ema_decay > 0
+  init_fn = vae_step.make_init_fn(vae, tx, (1, data.num_frames, data.height, data.width, 3), discriminator,
+                                  ema=ema)
+  train_step = vae_step.make_train_step(vae, tx, config.vae_loss, discriminator, config.train.ema_decay)
   reconstruct = jax.jit(vae_step.make_reconstruct_fn(vae))
 
   def eval_batches():
@@ -85,7 +87,8 @@ def main(argv):
   def eval_fn(state, step):
     iterator = eval_batches()
     try:
-      return vae_eval.evaluate_reconstructions(lambda v: reconstruct(state.params["vae"], v), iterator,
+      params = vae_step.inference_params(state)
+      return vae_eval.evaluate_reconstructions(lambda v: reconstruct(params, v), iterator,
                                                config.train.eval_batches)
     finally:
       iterator.close()
@@ -96,7 +99,7 @@ def main(argv):
       video = np.asarray(next(iterator)["video"])
     finally:
       iterator.close()
-    recon = reconstruct(state.params["vae"], video)  # the whole batch: it divides the mesh
+    recon = reconstruct(vae_step.inference_params(state), video)  # the whole batch: it divides the mesh
     originals, recons = (np.asarray(jax.device_get(vae_eval.to_uint8(v)))[:_NUM_RECON.value]
                          for v in (video, recon))
     if jax.process_index() == 0:
@@ -109,7 +112,7 @@ def main(argv):
                      eval_fn=eval_fn, sample_fn=sample_fn,
                      per_step_counts={"examples": data.batch_size}, desc="train VAE")
 
-  vae_params = jax.device_get(state.params["vae"])
+  vae_params = jax.device_get(vae_step.inference_params(state))
   stats_path = os.path.join(workdir, vae_lib.LATENT_STATS_FILE)
   if not os.path.exists(stats_path) or os.path.getmtime(stats_path) < _newest_checkpoint_time(workdir):
     stats = compute_latent_stats(vae, vae_params, config)

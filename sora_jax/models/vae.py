@@ -598,7 +598,8 @@ def load_latent_stats(workdir: str, latent_channels: int) -> dict[str, np.ndarra
 def load_vae(workdir: str, step: int | None = None):
   """Restores a trained VAE: (module, params, latent_stats {"mean", "std"} [C], full config).
 
-  Reads <workdir>/config.json and the latest (or `step`'s) Orbax checkpoint, onto one device.
+  Reads <workdir>/config.json and the latest (or `step`'s) Orbax checkpoint, onto one device;
+  params are the EMA ones when the run kept an EMA (config.train.ema_decay > 0).
   Raises checkpointing.CheckpointNotFoundError when the workdir holds no VAE run.
   """
   from sora_jax.sharding import mesh as mesh_lib
@@ -613,11 +614,12 @@ def load_vae(workdir: str, step: int | None = None):
   module = CausalVAE(config.vae)
   tx = make_optimizer(config.train)
   shape = (1, 1 + config.vae.temporal_factor, config.vae.spatial_factor, config.vae.spatial_factor, 3)
-  init_fn = vae_step.make_init_fn(module, tx, shape, vae_step.make_discriminator(config))
+  init_fn = vae_step.make_init_fn(module, tx, shape, vae_step.make_discriminator(config),
+                                  ema=config.train.ema_decay > 0)
   mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
   abstract, _ = partitioning.abstract_state(init_fn, mesh, partitioning.logical_rules(config),
                                             jax.random.key(0))
   with checkpointing.Checkpointer(workdir) as ckpt:
     state, _ = ckpt.restore(abstract, step=step, restore_data=False)
   stats = load_latent_stats(workdir, config.vae.latent_channels)
-  return module, state.params["vae"], stats, config
+  return module, vae_step.inference_params(state), stats, config

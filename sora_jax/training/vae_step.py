@@ -43,10 +43,12 @@ def make_discriminator(config: Any) -> disc_lib.PatchDiscriminator3D | None:
 
 
 def make_init_fn(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation,
-                 video_shape: tuple[int, ...], discriminator=None) -> Callable[[jax.Array], TrainState]:
-  """rng -> TrainState with params {"vae": ..., ["disc": ...]} (logically annotated, no EMA).
+                 video_shape: tuple[int, ...], discriminator=None,
+                 ema: bool = False) -> Callable[[jax.Array], TrainState]:
+  """rng -> TrainState with params {"vae": ..., ["disc": ...]} (logically annotated).
 
   video_shape: [B, T, H, W, 3] of one (small) example batch used to trace the shapes.
+  ema: also keep an EMA of the params (config.train.ema_decay > 0); load_vae prefers it.
   """
   def init_fn(rng: jax.Array) -> TrainState:
     video = jnp.zeros(video_shape, jnp.float32)
@@ -54,7 +56,7 @@ def make_init_fn(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation,
     params = {"vae": vae.init({"params": vae_rng, "sample": sample_rng}, video)["params"]}
     if discriminator is not None:
       params["disc"] = discriminator.init(disc_rng, video)["params"]
-    return create_train_state(params, tx, ema=False)
+    return create_train_state(params, tx, ema=ema)
   return init_fn
 
 
@@ -67,8 +69,10 @@ def reconstruction_terms(recon: jnp.ndarray, video: jnp.ndarray) -> dict[str, jn
 
 
 def make_train_step(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation, loss_cfg: Any,
-                    discriminator=None) -> Callable:
+                    discriminator=None, ema_decay: float = 0.0) -> Callable:
   """(state, batch, rng) -> (state, metrics): one AdamW update of the VAE (and discriminator).
+
+  ema_decay: decay of the parameter EMA (used when the state keeps one).
 
   Metrics: loss (the autoencoder's total), l1, l2, kl, psnr, grad_norm, and with the GAN:
   gan_on, g_loss, d_loss, d_real, d_fake (mean logits).
@@ -107,7 +111,7 @@ def make_train_step(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation, lo
       grads["disc"] = jax.tree.map(lambda g: g * gan_on, disc_grads)
       terms.update(gan_on=gan_on, d_loss=d_loss, d_real=d_real, d_fake=d_fake)
     metrics = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads))
-    return state.apply_gradients(grads, tx), metrics
+    return state.apply_gradients(grads, tx, ema_decay), metrics
 
   return train_step
 
@@ -118,3 +122,9 @@ def make_reconstruct_fn(vae: vae_lib.CausalVAE) -> Callable:
     mean, _ = vae.apply({"params": vae_params}, video, method=vae_lib.CausalVAE.encode)
     return vae.apply({"params": vae_params}, mean, method=vae_lib.CausalVAE.decode)
   return reconstruct
+
+
+def inference_params(state: TrainState) -> Any:
+  """The VAE params to evaluate and encode with: the EMA when kept, else the raw ones."""
+  params = state.ema_params if state.ema_params is not None else state.params
+  return params["vae"]
