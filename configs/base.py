@@ -143,6 +143,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.ddpm_schedule = "linear"  # "linear" or "cosine".
   c.diffusion.ddpm_prediction = "epsilon"  # "epsilon" or "v".
   c.diffusion.num_timesteps = 1000
+  c.diffusion.learn_sigma_loss = "hybrid"  # DDPM + dit.learn_sigma: "hybrid" (MSE + VLB, trains the variance; ADM/DiT) or "mse" (mean only).
   c.diffusion.cfg_dropout = 0.1    # probability of training with the null condition.
 
   # ---------------------------------------------------------------- training

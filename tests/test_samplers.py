@@ -38,6 +38,54 @@ def ddpm_oracle(process):
   return model
 
 
+def optimal_variance_output(process):
+  """The learn_sigma variance output v(k) whose learned-range variance is the exact Var[x_{k-1} | x_k].
+
+  For Gaussian data q(x_{k-1} | x_k) is Gaussian with variance beta_tilde_k + coef_x0_k^2 Var[x0 | x_k]
+  (ADM's formulas written out here; v interpolates log variance between the clipped log beta_tilde
+  (v = -1) and log beta (v = 1)).
+  """
+  abar, betas = process.alphas_cumprod, process.betas
+  abar_prev = np.append(1.0, abar[:-1])
+  post_var = betas * (1 - abar_prev) / (1 - abar)
+  min_log = np.log(np.append(post_var[1], post_var[1:]))
+  coef_x0 = betas * np.sqrt(abar_prev) / (1 - abar)
+  var_x0 = S ** 2 * (1 - abar) / (abar * S ** 2 + 1 - abar)
+  return 2 * (np.log(post_var + coef_x0 ** 2 * var_x0) - min_log) / (np.log(betas) - min_log) - 1
+
+
+def learned_sigma_oracle(process):
+  """[exact epsilon / v, optimal variance output]: a learn_sigma model at the optimum of the hybrid loss."""
+  mean_model = ddpm_oracle(process)
+  v_table = jnp.asarray(optimal_variance_output(process), jnp.float32)
+
+  def model(x, k):
+    return jnp.concatenate([mean_model(x, k), jnp.broadcast_to(v_table[k.astype(jnp.int32)][:, None], x.shape)], -1)
+
+  return model
+
+
+def ancestral_moments(process, num_steps, learned):
+  """Exact mean and std of ADM's respaced ancestral chain from N(0, 1) with the oracle (linear-Gaussian)."""
+  ks = process.sampling_points(num_steps)["t"][:-1].astype(int)[::-1]  # kept timesteps, increasing
+  abar = process.alphas_cumprod[ks]
+  abar_prev = np.append(1.0, abar[:-1])
+  betas = 1 - abar / abar_prev  # SpacedDiffusion's betas
+  post_var = betas * (1 - abar_prev) / (1 - abar)
+  min_log = np.log(np.append(post_var[1], post_var[1:]))
+  coef_x0 = betas * np.sqrt(abar_prev) / (1 - abar)
+  coef_xt = (1 - abar_prev) * np.sqrt(1 - betas) / (1 - abar)
+  frac = (optimal_variance_output(process)[ks] + 1) / 2
+  log_var = frac * np.log(betas) + (1 - frac) * min_log if learned else min_log
+  mean, var = 0.0, 1.0
+  for j in reversed(range(num_steps)):
+    alpha, sigma = np.sqrt(abar[j]), np.sqrt(1 - abar[j])
+    gain = S ** 2 * alpha / (alpha ** 2 * S ** 2 + sigma ** 2)  # E[x0 | x] = MU + gain (x - alpha MU)
+    a, b = coef_xt[j] + coef_x0[j] * gain, coef_x0[j] * (MU - gain * alpha * MU)
+    mean, var = a * mean + b, a ** 2 * var + (np.exp(log_var[j]) if j > 0 else 0.0)  # no noise into x0
+  return mean, np.sqrt(var)
+
+
 def ddpm_answer(process):
   abar = process.alphas_cumprod[-1]
   return MU + S * (NOISE - np.sqrt(abar) * MU) / np.sqrt(abar * S ** 2 + 1 - abar)
@@ -78,19 +126,67 @@ def test_ddpm_samplers_converge_and_dpm_solver_beats_ddim(schedule, prediction):
   assert errs["dpmpp_2m"][0] < errs["ddim"][0] and errs["dpmpp_2m"][1] < errs["ddim"][1]
 
 
-@pytest.mark.parametrize("name", ["euler", "heun", "ddim", "dpmpp_2m"])
+@pytest.mark.parametrize("name", ["euler", "heun", "ddim", "dpmpp_2m", "ddpm"])
 def test_scan_sampler_equals_a_python_loop_of_the_same_step(name):
   process = FLOW if name in ("euler", "heun") else DDPM(schedule="cosine")
   model = exact_velocity if process.kind == "flow" else ddpm_oracle(process)
+  if name == "ddpm":
+    model = learned_sigma_oracle(process)
   num_steps = 7
   scanned = samplers.sample(model, NOISE, process=process, sampler=name, num_steps=num_steps)
   step = jax.jit(samplers.sampling_step(model, process, name))
   inputs = samplers.step_inputs(process, name, num_steps)
-  state = samplers.initial_state(NOISE)
+  state = samplers.initial_state(NOISE, samplers.ancestral_keys(NOISE) if name == "ddpm" else None)
   for i in range(num_steps):
     state = step(state, {k: v[i] for k, v in inputs.items()})
   # Same arithmetic; XLA may fuse the scan body differently (FMA), so allow float32 rounding (~1 ulp).
   np.testing.assert_allclose(scanned, state.x, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("schedule,prediction", [("linear", "epsilon"), ("cosine", "v")])
+def test_ancestral_sampler_with_the_optimal_learned_variance_samples_the_data(schedule, prediction):
+  """Full chain (num_steps = T): with the exact mean and variance every reverse step is exact."""
+  process = DDPM(schedule=schedule, prediction=prediction)
+  noise = jnp.asarray(np.random.default_rng(1).standard_normal((4096, 8)), jnp.float32)
+  x = np.asarray(samplers.sample(learned_sigma_oracle(process), noise, process=process, sampler="ddpm",
+                                 num_steps=1000))
+  mean, std = ancestral_moments(process, 1000, learned=True)
+  assert abs(mean - MU) < 1e-3 and abs(std - S) < 1e-3  # the chain itself is right ...
+  assert abs(x.mean() - mean) < 0.012 and abs(x.std() - std) < 0.01  # ... and so is the sampler (n = 32768)
+  assert np.isfinite(x).all()
+
+
+def test_respaced_ancestral_sampler_matches_the_exact_chain_and_learned_variance_helps():
+  """50 of 1000 steps, ADM respacing: the output moments equal those of the respaced linear-Gaussian chain,
+  for the learned variance and for the fixed beta_tilde of a C-channel model; the learned one is closer."""
+  process = DDPM(schedule="linear")
+  noise = jnp.asarray(np.random.default_rng(2).standard_normal((4096, 8)), jnp.float32)
+  got = {}
+  for learned, model in ((True, learned_sigma_oracle(process)), (False, ddpm_oracle(process))):
+    x = np.asarray(samplers.sample(model, noise, process=process, sampler="ddpm", num_steps=50))
+    mean, std = ancestral_moments(process, 50, learned)
+    assert abs(x.mean() - mean) < 0.012 and abs(x.std() - std) < 0.01, (learned, x.mean(), x.std(), mean, std)
+    got[learned] = x.std()
+  assert abs(got[True] - S) < 0.015 and got[False] < S - 0.04  # beta_tilde is too small for big steps
+
+
+def test_ancestral_sampler_randomness_is_per_example_and_seeded():
+  process = DDPM(schedule="cosine")
+  model = learned_sigma_oracle(process)
+  run = lambda noise, **kw: samplers.sample(model, noise, process=process, sampler="ddpm", num_steps=10, **kw)
+  x = run(NOISE)
+  np.testing.assert_array_equal(run(NOISE), x)  # deterministic given the noise
+  np.testing.assert_allclose(run(NOISE[5:9]), x[5:9], rtol=1e-6, atol=1e-6)  # independent of the rest of the batch
+  other = run(NOISE, rng=jax.random.key(1))
+  assert not np.allclose(other, x)
+  np.testing.assert_array_equal(run(NOISE, rng=jax.random.key(1)), other)
+  # Same start, different rng: the chains differ by the injected noise, not by the mean path.
+  assert float(jnp.abs(other - x).mean()) > 1e-3
+  ddim = samplers.sample(model, NOISE, process=process, sampler="ddim", num_steps=10)
+  assert not np.allclose(ddim, x)
+  first_inputs = {k: v[0] for k, v in samplers.step_inputs(process, "ddpm", 4).items()}
+  with pytest.raises(ValueError, match="ancestral_keys"):  # the step needs the per-example keys
+    samplers.sampling_step(model, process, "ddpm")(samplers.initial_state(NOISE), first_inputs)
 
 
 def test_intermediates_determinism_and_noise_dependence():
@@ -140,6 +236,8 @@ def test_bad_sampler_requests_raise_clear_errors():
     samplers.sample(exact_velocity, NOISE, process=FLOW, sampler="rk4", num_steps=4)
   with pytest.raises(ValueError, match="num_steps"):
     samplers.sample(exact_velocity, NOISE, process=FLOW, sampler="euler", num_steps=0)
+  with pytest.raises(ValueError, match="needs diffusion.kind='ddpm'"):
+    samplers.sample(exact_velocity, NOISE, process=FLOW, sampler="ddpm", num_steps=4)
 
 
 @pytest.mark.peers

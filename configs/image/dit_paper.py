@@ -27,10 +27,13 @@ def get_config(variant: str = "DiT-XL/2"):
   c.vae.temporal_factor = 1
   c.vae.spatial_factor = 8
   c.vae.latent_channels = 4
-  # Training recipe of the paper: DDPM (linear schedule, 1000 steps), AdamW 1e-4, no weight decay, EMA 0.9999.
+  # Training recipe of the paper: DDPM (linear schedule, 1000 steps) with learned sigma trained by
+  # ADM's hybrid loss (MSE + variational bound), AdamW 1e-4, no weight decay, EMA 0.9999.
   c.diffusion.kind = "ddpm"
   c.diffusion.ddpm_schedule = "linear"
   c.diffusion.ddpm_prediction = "epsilon"
+  c.diffusion.num_timesteps = 1000
+  c.diffusion.learn_sigma_loss = "hybrid"
   c.train.learning_rate = 1e-4
   c.train.lr_schedule = "constant"
   c.train.warmup_steps = 0

@@ -4,9 +4,11 @@ The network is always called as `model_fn(x_t, t_model [B], cond) -> prediction`
 `t_model` on the 0..1000 scale (flow: 1000 * t; DDPM: the integer timestep).
 
 * `flow.FlowMatching` (default): rectified flow, velocity target, logit-normal t, timestep shift.
-* `ddpm.DDPM`: linear / cosine betas, epsilon- or v-prediction (DiT-paper configurations).
+* `ddpm.DDPM`: linear / cosine betas, epsilon- or v-prediction, learned variance trained by ADM's
+  hybrid loss (MSE + variational bound) for learn_sigma models (DiT-paper configurations).
 * `guidance`: condition dropout for training, classifier-free guidance for sampling.
-* `samplers.sample`: Euler, Heun, DDIM, DPM-Solver++(2M), each one jit-compiled lax.scan.
+* `samplers.sample`: Euler, Heun, DDIM, DPM-Solver++(2M) and DDPM's ancestral sampler (with the
+  learned variance), each one jit-compiled lax.scan.
 
     process = build_diffusion(config.diffusion)
     loss, aux = process.loss(model_fn, x0, cond, rng, num_tokens=n)

@@ -10,9 +10,27 @@ The network is called as `model_fn(x_k, k (float [B]), cond)` and predicts eithe
 on that target.
 
 learn_sigma (DiT paper): a model whose output has twice the input's channels (last axis)
-predicts [target, variance]; only the first half enters the MSE and the samplers (DDIM,
-DPM-Solver++ are deterministic and ignore the variance). The paper's extra variational
-bound term that trains the variance half is not implemented: that half gets no gradient.
+predicts [target, variance]. The variance half v (nominally in [-1, 1]) interpolates the
+log-variance of the reverse step p(x_{k-1} | x_k) between the two fixed choices of Ho et al.
+("learned range", Nichol & Dhariwal 2021):
+
+    log var_k = f log(beta_k) + (1 - f) log(beta_tilde_k),   f = (v + 1) / 2,
+
+beta_tilde_k = beta_k (1 - alpha_bar_{k-1}) / (1 - alpha_bar_k) being the variance of the
+posterior q(x_{k-1} | x_k, x0) (0 at k = 0, so its log is clipped there to beta_tilde_1).
+With `learn_sigma_loss="hybrid"` (default; ADM / DiT) the loss is ADM's hybrid objective
+
+    L = weight(k) * MSE + (T / 1000) * L_vlb(k),
+
+L_vlb in bits per dimension: KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k)) for k > 0 and the
+negative discretized Gaussian log-likelihood of x0 (256 bins on [-1, 1], ADM's decoder, kept
+for latents as DiT does) at k = 0. The model mean in L_vlb uses a stop-gradient copy of the
+prediction half, so L_vlb trains only the variance half (the MSE trains only the prediction).
+`learn_sigma_loss="mse"` trains the prediction half only (the variance half gets no gradient).
+The T / 1000 factor is ADM's "rescaled MSE" convention (1 at the paper's T = 1000; DiT's own
+code never rescales, which is the same at T = 1000). A model with C output channels keeps the
+plain MSE. The "ddpm" sampler (`samplers.py`) is ADM's ancestral sampler with this variance;
+DDIM and DPM-Solver++ are deterministic and ignore it.
 """
 
 from __future__ import annotations
@@ -44,6 +62,75 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
 PREDICTIONS = ("epsilon", "v")
+LEARN_SIGMA_LOSSES = ("hybrid", "mse")
+
+
+def posterior_coefficients(alphas_cumprod: np.ndarray) -> dict[str, np.ndarray]:
+  """Reverse-step tables of the chain with cumulative products alpha_bar [K] (increasing k; alpha_bar_{-1} = 1).
+
+  The chain's betas are recomputed as beta_k = 1 - alpha_bar_k / alpha_bar_{k-1}, so a subset
+  of a schedule's timesteps gives ADM's respaced chain (and the full schedule its own betas).
+  q(x_{k-1} | x_k, x0) = N(coef_x0 x0 + coef_xt x_k, var). Returns float64 arrays [K]:
+  'beta', 'log_beta', 'var' (beta_tilde), 'log_var_clipped' (log beta_tilde with entry 0
+  replaced by entry 1: beta_tilde_0 = 0; log(beta_0) for a one-step chain), 'coef_x0', 'coef_xt'.
+  """
+  abar = np.asarray(alphas_cumprod, np.float64)
+  abar_prev = np.append(1.0, abar[:-1])
+  beta = 1.0 - abar / abar_prev
+  var = beta * (1.0 - abar_prev) / (1.0 - abar)
+  log_var_clipped = np.log(np.append(var[1], var[1:])) if len(abar) > 1 else np.log(beta)
+  return {"beta": beta, "log_beta": np.log(beta), "var": var, "log_var_clipped": log_var_clipped,
+          "coef_x0": beta * np.sqrt(abar_prev) / (1.0 - abar),
+          "coef_xt": (1.0 - abar_prev) * np.sqrt(1.0 - beta) / (1.0 - abar)}
+
+
+def learned_range_log_variance(v: jax.Array, min_log: jax.Array, max_log: jax.Array) -> jax.Array:
+  """log var = f max_log + (1 - f) min_log with f = (v + 1) / 2 (v = -1: min_log, v = 1: max_log)."""
+  frac = (v + 1.0) / 2.0
+  return frac * max_log + (1.0 - frac) * min_log
+
+
+# ---------------------------------------------------------------- variational bound terms
+def normal_kl(mean1, logvar1, mean2, logvar2) -> jax.Array:
+  """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) per element, in nats (broadcasting)."""
+  return 0.5 * (logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
+                + jnp.square(mean1 - mean2) * jnp.exp(-logvar2) - 1.0)
+
+
+def _approx_cdf_logit(x: jax.Array) -> jax.Array:
+  """g(x) with Phi(x) ~ sigmoid(g(x)) = 0.5 (1 + tanh(g(x) / 2)): ADM's tanh approximation of the normal CDF."""
+  return 2.0 * math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
+
+
+def approx_standard_normal_cdf(x: jax.Array) -> jax.Array:
+  """Phi(x) ~ 0.5 (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))): ADM's (and DiT's) approximation.
+
+  Evaluated as the identical sigmoid(2 sqrt(2 / pi) (...)), which keeps float32 precision in the
+  lower tail (1 + tanh cancels there); g is odd, so 1 - Phi(x) = sigmoid(-g(x)) likewise.
+  """
+  return jax.nn.sigmoid(_approx_cdf_logit(x))
+
+
+def discretized_gaussian_log_likelihood(x: jax.Array, mean: jax.Array, log_scale: jax.Array) -> jax.Array:
+  """log P(bin of x) under N(mean, exp(log_scale)^2), per element, in nats (ADM's decoder likelihood).
+
+  Data in [-1, 1] quantised to 256 levels: the bin of x is [x - 1/255, x + 1/255], with the
+  outer bins open (x < -0.999: (-inf, x + 1/255]; x > 0.999: [x - 1/255, inf)); probabilities
+  floored at 1e-12. Values outside [-1, 1] (latents) fall in the open outer bins, as in ADM.
+  The CDF is ADM's tanh approximation; a bin above the mean is measured with upper-tail
+  probabilities (1 - Phi), the same quantity without float32 cancellation.
+  """
+  centered = x - mean
+  inv_std = jnp.exp(-log_scale)
+  g_plus = _approx_cdf_logit(inv_std * (centered + 1.0 / 255.0))
+  g_min = _approx_cdf_logit(inv_std * (centered - 1.0 / 255.0))
+  cdf_plus = jax.nn.sigmoid(g_plus)
+  one_minus_cdf_min = jax.nn.sigmoid(-g_min)
+  delta = jnp.where(centered > 0, one_minus_cdf_min - jax.nn.sigmoid(-g_plus), cdf_plus - jax.nn.sigmoid(g_min))
+  log_cdf_plus = jnp.log(jnp.maximum(cdf_plus, 1e-12))
+  log_one_minus_cdf_min = jnp.log(jnp.maximum(one_minus_cdf_min, 1e-12))
+  log_delta = jnp.log(jnp.maximum(delta, 1e-12))
+  return jnp.where(x < -0.999, log_cdf_plus, jnp.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
 # ---------------------------------------------------------------- conversions (alpha^2 + sigma^2 = 1)
@@ -74,6 +161,18 @@ def split_learned_sigma(pred: jax.Array, x: jax.Array) -> jax.Array:
                    f"(or have twice its channels on the last axis with learn_sigma)")
 
 
+def split_variance(pred: jax.Array, x: jax.Array) -> jax.Array | None:
+  """The variance half of a learn_sigma output [..., 2C] as float32 [..., C]; None for a C-channel output."""
+  split_learned_sigma(pred, x)  # shape check
+  if pred.shape == x.shape:
+    return None
+  return pred[..., x.shape[-1]:].astype(jnp.float32)
+
+
+def _mean_flat(x: jax.Array) -> jax.Array:
+  return jnp.mean(x, axis=tuple(range(1, x.ndim)))
+
+
 def _per_example(x: jax.Array, a: jax.Array) -> jax.Array:
   return a.reshape(a.shape + (1,) * (x.ndim - 1))
 
@@ -87,6 +186,7 @@ class DDPM:
   prediction: str = "epsilon"
   loss_weighting: str = "none"
   min_snr_gamma: float = 5.0
+  learn_sigma_loss: str = "hybrid"
 
   kind = "ddpm"
 
@@ -97,6 +197,10 @@ class DDPM:
       raise ValueError(f"diffusion.ddpm_prediction={self.prediction!r} is not one of {PREDICTIONS}")
     if self.loss_weighting not in ("none", "min_snr"):
       raise ValueError(f"diffusion.loss_weighting={self.loss_weighting!r} is not one of ['min_snr', 'none']")
+    if self.learn_sigma_loss not in LEARN_SIGMA_LOSSES:
+      raise ValueError(f"diffusion.learn_sigma_loss={self.learn_sigma_loss!r} is not one of {list(LEARN_SIGMA_LOSSES)} "
+                       "('hybrid': MSE + variational bound, trains the variance of learn_sigma models; "
+                       "'mse': prediction half only)")
     if self.num_timesteps < 2:
       raise ValueError(f"diffusion.num_timesteps={self.num_timesteps} must be >= 2")
 
@@ -104,7 +208,8 @@ class DDPM:
   def from_config(cls, diffusion_cfg) -> "DDPM":
     return cls(num_timesteps=diffusion_cfg.num_timesteps, schedule=diffusion_cfg.ddpm_schedule,
                prediction=diffusion_cfg.ddpm_prediction, loss_weighting=diffusion_cfg.loss_weighting,
-               min_snr_gamma=diffusion_cfg.get("min_snr_gamma", 5.0))
+               min_snr_gamma=diffusion_cfg.get("min_snr_gamma", 5.0),
+               learn_sigma_loss=diffusion_cfg.get("learn_sigma_loss", "hybrid"))
 
   # ------------------------------------------------------------------ schedule
   @functools.cached_property
@@ -116,9 +221,18 @@ class DDPM:
     """alpha_bar_k [T], float64, decreasing from ~1 to ~0."""
     return np.cumprod(1.0 - self.betas)
 
+  @functools.cached_property
+  def posterior(self) -> dict[str, np.ndarray]:
+    """`posterior_coefficients` of the full chain (float64 [T]): q(x_{k-1} | x_k, x0) and the variance range."""
+    return posterior_coefficients(self.alphas_cumprod)
+
+  def _posterior_at(self, name: str, k: jax.Array) -> jax.Array:
+    return jnp.asarray(self.posterior[name], jnp.float32)[k]
+
   def _alpha_sigma(self, k: jax.Array) -> tuple[jax.Array, jax.Array]:
-    abar = jnp.asarray(self.alphas_cumprod, jnp.float32)[k]
-    return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+    # sqrt(1 - alpha_bar) from the float64 table: in float32, 1 - alpha_bar cancels at small k.
+    return (jnp.asarray(np.sqrt(self.alphas_cumprod), jnp.float32)[k],
+            jnp.asarray(np.sqrt(1.0 - self.alphas_cumprod), jnp.float32)[k])
 
   def sample_t(self, rng: jax.Array, batch_size: int, num_tokens: int | None = None) -> jax.Array:
     """Training timesteps k [B], int32 uniform in [0, T)."""
@@ -140,26 +254,60 @@ class DDPM:
     """Min-SNR-gamma: min(SNR, g) / SNR for epsilon, min(SNR, g) / (SNR + 1) for v; else 1."""
     if self.loss_weighting == "none":
       return jnp.ones(k.shape, jnp.float32)
-    abar = jnp.asarray(self.alphas_cumprod, jnp.float32)[k]
-    snr = abar / (1.0 - abar)
+    snr = jnp.asarray(self.alphas_cumprod / (1.0 - self.alphas_cumprod), jnp.float32)[k]
     return jnp.minimum(snr, self.min_snr_gamma) / (snr if self.prediction == "epsilon" else snr + 1.0)
 
   def loss(self, model_fn: ModelFn, x0: jax.Array, cond: Any, rng: jax.Array, num_tokens: int | None = None,
            *, t: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """MSE on the epsilon or v target; same interface as `FlowMatching.loss` (t = timesteps k [B])."""
+    """MSE on the epsilon or v target (+ the VLB term for learn_sigma outputs with "hybrid").
+
+    Same interface as `FlowMatching.loss` (t = timesteps k [B]). Returns (loss: batch mean of
+    weight * mse (+ vlb), aux {'t', 'mse' [B] unweighted, 'weight' [B], and with the hybrid
+    loss 'vlb' [B]: the bits-per-dim VLB term as added, i.e. already times T / 1000}).
+    """
     del num_tokens
     x0 = x0.astype(jnp.float32)
     rng_t, rng_noise = jax.random.split(rng)
     k = self.sample_t(rng_t, x0.shape[0]) if t is None else jnp.asarray(t, jnp.int32)
     noise = jax.random.normal(rng_noise, x0.shape, jnp.float32)
     x_t = self.add_noise(x0, noise, k)
-    pred = split_learned_sigma(model_fn(x_t, k.astype(jnp.float32), cond), x0)
-    mse = jnp.mean(jnp.square(pred - self.target(x0, noise, k)), axis=tuple(range(1, x0.ndim)))
+    out = model_fn(x_t, k.astype(jnp.float32), cond)
+    pred, var_out = split_learned_sigma(out, x0), split_variance(out, x0)
+    mse = _mean_flat(jnp.square(pred - self.target(x0, noise, k)))
     weight = self.loss_weight(k)
-    return jnp.mean(weight * mse), {"t": k, "mse": mse, "weight": weight}
+    per_example = weight * mse
+    aux = {"t": k, "mse": mse, "weight": weight}
+    if var_out is not None and self.learn_sigma_loss == "hybrid":
+      vlb = self.vlb_terms(jax.lax.stop_gradient(pred), var_out, x0, x_t, k) * (self.num_timesteps / 1000.0)
+      per_example = per_example + vlb
+      aux["vlb"] = vlb
+    return jnp.mean(per_example), aux
+
+  def vlb_terms(self, pred: jax.Array, var_out: jax.Array, x0: jax.Array, x_t: jax.Array,
+                k: jax.Array) -> jax.Array:
+    """L_vlb [B] in bits per dimension: KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k)) for k > 0,
+    -log p(x0 | x_1) (discretized Gaussian) for k = 0.
+
+    pred: prediction half [B, ..., C] (epsilon or v); var_out: variance half, same shape.
+    Not rescaled by T / 1000 (`loss` does that). Gradients flow to whatever is not stopped:
+    `loss` passes a stop-gradient `pred`.
+    """
+    alpha, sigma = self._alpha_sigma(k)
+    x0_hat = self.predict_x0(pred, x_t, _per_example(x0, alpha), _per_example(x0, sigma))
+    coef_x0 = _per_example(x0, self._posterior_at("coef_x0", k))
+    coef_xt = _per_example(x0, self._posterior_at("coef_xt", k))
+    min_log = _per_example(x0, self._posterior_at("log_var_clipped", k))
+    max_log = _per_example(x0, self._posterior_at("log_beta", k))
+    model_mean = coef_x0 * x0_hat + coef_xt * x_t
+    model_log_var = learned_range_log_variance(var_out, min_log, max_log)
+    # KL between the posterior N(coef_x0 x0 + coef_xt x_k, beta_tilde) and the model step: only the mean
+    # difference coef_x0 (x0 - x0_hat) matters, so pass that (no float32 cancellation of the x_k terms).
+    kl = _mean_flat(normal_kl(coef_x0 * (x0 - x0_hat), min_log, 0.0, model_log_var)) / math.log(2.0)
+    nll = -_mean_flat(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_var)) / math.log(2.0)
+    return jnp.where(k == 0, nll, kl)
 
   def loss_at(self, model_fn: ModelFn, x0: jax.Array, cond: Any, rng: jax.Array, t: float) -> jax.Array:
-    """Unweighted MSE with every example at timestep round(t * (T - 1)), t in [0, 1]."""
+    """Unweighted MSE (prediction half only, no VLB) with every example at timestep round(t * (T - 1)), t in [0, 1]."""
     k = jnp.full((x0.shape[0],), round(t * (self.num_timesteps - 1)), jnp.int32)
     _, aux = self.loss(model_fn, x0, cond, rng, t=k)
     return jnp.mean(aux["mse"])
