@@ -17,6 +17,7 @@ def get_config():
   c.text.encoder = "small"
   c.text.tokenizer = "word"  # hashed words: <= 14 tokens per caption instead of ~70 bytes
   c.text.max_length = 24
+  c.dit.scan_layers = False  # unrolled layers: ~15 % faster train steps on CPU (4 layers compile quickly)
   c.data.batch_size = 32
   c.train.steps = 4000
   c.train.max_minutes = 8.0
