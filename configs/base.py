@@ -122,7 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dit.qk_norm = True             # RMSNorm on queries and keys.
   c.dit.learn_sigma = False        # DDPM: also predict the variance (DiT paper: True).
   c.dit.modulation = "per_block"   # adaLN: "per_block" (DiT: own Linear per block) or "shared" (Wan: one Linear + per-block offsets).
-  c.dit.attention_impl = "xla"     # "xla", "cudnn" (GPU), or "chunked" (memory-efficient, query-chunked).
+  c.dit.attention_impl = "xla"     # "xla" (einsum on CPU, jax.nn on GPU/TPU), "einsum", "jax_nn", "cudnn" (GPU), or "chunked" (query-chunked).
   c.dit.query_chunk_size = 1024    # "chunked": queries per chunk.
   c.dit.scan_layers = True         # one compiled block under nn.scan, params stacked on a "layers" axis.
   c.dit.remat_policy = "none"      # "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable".
@@ -175,7 +175,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- sampling
   c.sample = ml_collections.ConfigDict()
-  c.sample.sampler = "euler"       # "euler", "heun", "ddim", "dpmpp_2m".
+  c.sample.sampler = "euler"       # "euler", "heun" (flow); "ddim", "dpmpp_2m" (both); "ddpm" (DDPM, ancestral).
   c.sample.num_steps = 30
   c.sample.guidance_scale = 4.0
   c.sample.negative_prompt = ""

@@ -161,6 +161,16 @@ def test_sample_benchmark_reports_scan_overhead(bench):
   assert result["flops_per_step"] == pytest.approx(result["forward_flops_per_example"] * 4 * 3)
 
 
+def test_sample_benchmark_runs_the_ddpm_ancestral_sampler(bench):
+  # A learn_sigma DiT (2C output channels) under CFG with the stochastic sampler: one model call a step.
+  config = _tiny_config("diffusion.kind=ddpm", "dit.learn_sigma=True", "sample.sampler=ddpm")
+  result = bench.run(config, "sample", steps=1, warmup=0, batch=2, frames=5, height=8, width=8,
+                     cpu_peak_tflops=1.0)
+  _check_common_schema(result, "sample", 1)
+  assert result["sampler"] == "ddpm" and result["model_calls_per_step"] == 1 and result["cfg"]
+  assert result["time_per_sampler_step_s"] == pytest.approx(result["median_s"] / 3)
+
+
 def test_vae_benchmark_counts_flops_from_xla(bench):
   config = _tiny_config()
   result = bench.run(config, "vae", steps=1, warmup=0, batch=1, frames=5, height=8, width=8, cpu_peak_tflops=1.0)

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # pylint: disable=g-import-not-at-top
-from sora_jax.diffusion import DDPM, FlowMatching, build_diffusion, ddpm, flow, guidance
+from sora_jax.diffusion import DDPM, FlowMatching, build_diffusion, ddpm, flow, guidance, samplers
 
 X_SHAPE = (6, 3, 4, 4, 2)  # [B, T, H, W, C]
 
@@ -351,6 +351,8 @@ def test_dit_paper_configs_train_learned_sigma_with_the_hybrid_loss():
   process = build_diffusion(config.diffusion)
   assert config.dit.learn_sigma and isinstance(process, DDPM)
   assert process.learn_sigma_loss == "hybrid" and process.num_timesteps == 1000 and process.prediction == "epsilon"
+  assert config.sample.sampler == "ddpm" and config.sample.num_steps == 250  # the paper's 250 ancestral steps
+  samplers.step_inputs(process, config.sample.sampler, config.sample.num_steps)  # a valid sampler for DDPM
 
 
 # ---------------------------------------------------------------- guidance

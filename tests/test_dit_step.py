@@ -16,9 +16,11 @@ from sora_jax.training.optimizer import make_optimizer
 LATENT = (3, 4, 4, 4)  # T', H', W', C
 
 
-def _setup(cfg_dropout=0.1, lr=3e-3):
+def _setup(cfg_dropout=0.1, lr=3e-3, diffusion=None, learn_sigma=False):
   config = base.get_config()
-  config.dit.update(dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=(1, 2, 2)))
+  config.dit.update(dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=(1, 2, 2),
+                         learn_sigma=learn_sigma))
+  config.diffusion.update(diffusion or {})
   config.text.update(dict(encoder="small", max_length=32, width=32, depth=1, num_heads=2))
   config.train.update(dict(learning_rate=lr, warmup_steps=0, lr_schedule="constant", ema_decay=0.9))
   text = build_text_encoder(config.text)
@@ -64,6 +66,26 @@ def test_train_steps_reduce_the_loss_and_update_ema():
   assert last < 0.8 * first, (first, last)
   moved = jax.tree.leaves(jax.tree.map(lambda a, b: jnp.abs(a - b).max(), state.ema_params, state.params))
   assert max(float(m) for m in moved) > 0  # EMA lags the raw params
+
+
+@pytest.mark.parametrize("kind,learn_sigma,terms", [("flow", False, {"mse"}), ("ddpm", True, {"mse", "vlb"})])
+def test_train_step_logs_the_loss_terms(kind, learn_sigma, terms):
+  _, text, _, _, _, step, _, state = _setup(diffusion={"kind": kind}, learn_sigma=learn_sigma)
+  _, metrics = jax.jit(step)(state, _batch(text), jax.random.PRNGKey(5))
+  assert set(metrics) == {"loss", "grad_norm"} | terms
+  assert all(np.shape(v) == () and np.isfinite(float(v)) for v in metrics.values()), metrics
+  # Loss weighting "none": the loss is the mean MSE, plus the mean VLB term with the hybrid loss.
+  expected = float(metrics["mse"]) + (float(metrics["vlb"]) if "vlb" in terms else 0.0)
+  assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)
+  if "vlb" in terms:
+    assert float(metrics["vlb"]) > 0
+
+
+def test_loss_terms_are_batch_means_of_what_the_aux_has():
+  aux = {"t": jnp.arange(4), "mse": jnp.array([1.0, 2.0, 3.0, 6.0]), "weight": jnp.ones(4)}
+  assert {k: float(v) for k, v in dit_step.loss_terms(aux).items()} == {"mse": 3.0}
+  aux["vlb"] = jnp.array([0.5, 0.5, 1.0, 2.0])
+  assert {k: float(v) for k, v in dit_step.loss_terms(aux).items()} == {"mse": 3.0, "vlb": 1.0}
 
 
 def test_full_cfg_dropout_makes_the_loss_ignore_the_caption():

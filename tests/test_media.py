@@ -221,3 +221,23 @@ def test_uint8_float_round_trip():
   np.testing.assert_array_equal(convert.to_uint8(f), x)
   np.testing.assert_array_equal(convert.to_uint8(np.array([-3.0, 0.0, 3.0])), [0, 128, 255])
   np.testing.assert_array_equal(convert.to_uint8(np.array([0.5]), value_range=(0, 1)), [128])
+
+
+def test_to_uint8_on_jax_arrays_matches_numpy_and_works_under_jit():
+  import jax
+  import jax.numpy as jnp
+  x = np.concatenate([np.linspace(-1.2, 1.2, 4001, dtype=np.float32),
+                      (np.arange(256, dtype=np.float32) + 0.5) / 127.5 - 1.0])  # exact .5 ties: half to even
+  expected = convert.to_uint8(x)
+  assert isinstance(expected, np.ndarray) and expected.dtype == np.uint8
+  # What the sampler and the VAE evaluation computed before sharing this function: round((x + 1) * 127.5).
+  np.testing.assert_array_equal(expected, np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8))
+  eager = convert.to_uint8(jnp.asarray(x))
+  jitted = jax.jit(convert.to_uint8)(jnp.asarray(x))
+  for out in (eager, jitted):
+    assert isinstance(out, jax.Array) and out.dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(out), expected)
+  np.testing.assert_array_equal(np.asarray(convert.to_uint8(jnp.asarray(x, jnp.bfloat16))),
+                                convert.to_uint8(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32)))
+  u = jnp.arange(256, dtype=jnp.uint8)
+  assert convert.to_uint8(u) is u  # uint8 passes through

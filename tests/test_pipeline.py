@@ -108,6 +108,29 @@ def test_clear_errors_for_bad_requests(pipe, kwargs, match):
     pipe(["a red circle moving left"], num_steps=2, **kwargs)
 
 
+def test_ddpm_sampler_on_a_flow_model_is_a_clear_error(pipe):
+  assert pipe.config.diffusion.kind == "flow"
+  with pytest.raises(ValueError, match="needs diffusion.kind='ddpm'"):
+    pipe(["a red circle moving left"], num_steps=2, sampler="ddpm")
+
+
+def test_every_sampler_is_counted_and_selectable():
+  from absl import flags
+  from sora_jax.diffusion import samplers
+  from sora_jax.sampling import flags as sampling_flags
+  from sora_jax.sampling import generate
+  assert set(generate.MODEL_EVALS_PER_STEP) == set(samplers.STEPS)
+  assert set(sampling_flags.SAMPLERS) == set(samplers.STEPS)
+  fv = flags.FlagValues()
+  holders = sampling_flags.define_sampling_flags(fv)
+  fv(["tool", "--sampler=ddpm", "--num_steps=7"])
+  assert holders.overrides() == {"num_steps": 7, "guidance_scale": None, "sampler": "ddpm"}
+  config = type("C", (), {"sample": type("S", (), {"num_steps": 30, "guidance_scale": 4.0, "sampler": "euler"})})
+  assert holders.resolved(config) == {"num_steps": 7, "guidance_scale": 4.0, "sampler": "ddpm"}
+  with pytest.raises(flags.IllegalFlagValueError):
+    fv(["tool", "--sampler=rk4"])
+
+
 def test_empty_prompt_list_is_an_error_but_empty_prompt_works(pipe):
   with pytest.raises(ValueError, match="prompts is empty"):
     pipe([])
@@ -141,6 +164,7 @@ def test_evaluate_tool_reports_adherence_and_vae_metrics(workdir, tmp_path):
             "--batch_size=128")
   result = json.loads((out / "eval.json").read_text())
   assert result["num_videos"] == 105
+  assert result["sampling"] == {"num_steps": 1, "guidance_scale": 4.0, "sampler": "euler"}  # flag, then config's
   for key in ("accuracy_color", "accuracy_shape", "accuracy_motion", "accuracy_all"):
     assert 0.0 <= result[key] <= 1.0
   assert np.isfinite(result["vae_psnr"]) and "eval/loss" in result["dit_eval"]

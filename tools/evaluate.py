@@ -23,12 +23,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from sora_jax.configuration import run_tool  # noqa: E402
+from sora_jax.sampling import flags as sampling_flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir (make demo's runs/demo, or a DiT workdir).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default <workdir>/eval).")
-_STEPS = flags.DEFINE_integer("num_steps", None, "Denoising steps; default: config.sample.num_steps.")
-_GUIDANCE = flags.DEFINE_float("guidance_scale", None, "CFG scale; default: config.sample.guidance_scale.")
-_SAMPLER = flags.DEFINE_string("sampler", None, "Default: config.sample.sampler.")
+_SAMPLING = sampling_flags.define_sampling_flags()  # --num_steps, --guidance_scale, --sampler
 _PER_PROMPT = flags.DEFINE_integer("videos_per_prompt", 1, "Videos (seeds) per prompt.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts per sampling call.")
 _SEED = flags.DEFINE_integer("seed", 1234, "Noise seed of the first video.")
@@ -69,15 +68,11 @@ def main(argv):
 
   if not _SKIP_ADHERENCE.value:
     pipe = Pipeline.from_pretrained(_WORKDIR.value)
-    kwargs = dict(num_steps=_STEPS.value, guidance_scale=_GUIDANCE.value, sampler=_SAMPLER.value)
     adh = adherence.evaluate_adherence(pipe, batch_size=_BATCH.value, seed=_SEED.value,
-                                       videos_per_prompt=_PER_PROMPT.value, **kwargs)
+                                       videos_per_prompt=_PER_PROMPT.value, **_SAMPLING.overrides())
     videos = adh.pop("videos")
     result.update(adh)
-    result["sampling"] = {"num_steps": _STEPS.value or pipe.config.sample.num_steps,
-                          "guidance_scale": _GUIDANCE.value if _GUIDANCE.value is not None
-                          else pipe.config.sample.guidance_scale,
-                          "sampler": _SAMPLER.value or pipe.config.sample.sampler}
+    result["sampling"] = _SAMPLING.resolved(pipe.config)
     adherence.plot_summary(result, os.path.join(out, "summary.png"))
     shown = min(16, len(videos))
     captions = [f"{r['prompt']}  | read: {r['predicted']['color']} {r['predicted']['shape']} "

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import flags  # noqa: E402
 
 from sora_jax.configuration import run_tool  # noqa: E402
+from sora_jax.sampling import flags as sampling_flags  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir (make demo's runs/demo, or a DiT workdir).")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "A text prompt; repeat the flag for several.")
@@ -29,9 +30,7 @@ _OUT = flags.DEFINE_string("out", None, "Output folder (default <workdir>/sample
 _FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per video (1+4k); default: trained config.")
 _HEIGHT = flags.DEFINE_integer("height", None, "Pixels; default: trained config.")
 _WIDTH = flags.DEFINE_integer("width", None, "Pixels; default: trained config.")
-_STEPS = flags.DEFINE_integer("num_steps", None, "Denoising steps; default: config.sample.num_steps.")
-_GUIDANCE = flags.DEFINE_float("guidance_scale", None, "Classifier-free guidance (1 = off); default: config.")
-_SAMPLER = flags.DEFINE_enum("sampler", None, ["euler", "heun", "ddim", "dpmpp_2m"], "Default: config.sample.sampler.")
+_SAMPLING = sampling_flags.define_sampling_flags()  # --num_steps, --guidance_scale, --sampler
 _SEED = flags.DEFINE_integer("seed", 0, "Noise seed (prompt i uses seed + i).")
 _NEGATIVE = flags.DEFINE_string("negative_prompt", None, "What to steer away from; default: the empty prompt.")
 _FPS = flags.DEFINE_float("fps", 8.0, "Frame rate of the written files.")
@@ -55,9 +54,8 @@ def main(argv):
   prompts = list(_PROMPTS.value)
   expanded = [pipe.prompt_expander(p) for p in prompts] if _EXPAND.value else prompts
   start = time.time()
-  videos = pipe(expanded, num_frames=_FRAMES.value, height=_HEIGHT.value, width=_WIDTH.value,
-                num_steps=_STEPS.value, guidance_scale=_GUIDANCE.value, seed=_SEED.value,
-                negative_prompt=_NEGATIVE.value, sampler=_SAMPLER.value, expand_prompts=False, progress=True)
+  videos = pipe(expanded, num_frames=_FRAMES.value, height=_HEIGHT.value, width=_WIDTH.value, seed=_SEED.value,
+                negative_prompt=_NEGATIVE.value, expand_prompts=False, progress=True, **_SAMPLING.overrides())
   seconds = time.time() - start
   files = []
   for i, (prompt, video) in enumerate(zip(prompts, videos)):

@@ -20,7 +20,7 @@ def get_config():
   c.dit.scan_layers = False  # unrolled layers: ~15 % faster train steps on CPU (4 layers compile quickly)
   c.data.batch_size = 32
   c.train.steps = 4000
-  c.train.max_minutes = 8.0
+  c.train.max_minutes = 9.0
   c.train.learning_rate = 5e-4
   c.train.warmup_steps = 200
   c.train.weight_decay = 0.0

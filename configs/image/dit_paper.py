@@ -40,7 +40,8 @@ def get_config(variant: str = "DiT-XL/2"):
   c.train.weight_decay = 0.0
   c.train.ema_decay = 0.9999
   c.train.steps = 400_000
-  c.sample.sampler = "ddim"
+  # Sampling as in the paper: 250 ancestral DDPM steps (respaced) with the learned variance.
+  c.sample.sampler = "ddpm"
   c.sample.num_steps = 250
   c.sample.guidance_scale = 1.5
   return c

@@ -11,6 +11,8 @@ over 2B examples and returns
 (= pred_uncond + scale * (pred_cond - pred_uncond), written so that scale = 1 returns the
 conditional prediction exactly). A negative prompt is simply its embedding used as `uncond`.
 Guidance is linear in the prediction, so it applies unchanged to velocity, epsilon or v.
+A learn_sigma model's output [..., 2C] (prediction, variance) is guided on the prediction
+half only; the variance half is the conditional branch's, as in DiT (`forward_with_cfg`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,20 @@ def drop_condition(rng: jax.Array, cond: Any, null_cond: Any, p: float) -> Any:
   return jax.tree.map(choose, cond, null_cond)
 
 
+def guide(pred_cond: jax.Array, pred_uncond: jax.Array, scale, *, channels: int) -> jax.Array:
+  """pred_cond + (scale - 1) (pred_cond - pred_uncond) on the first `channels` channels (last axis).
+
+  `channels` is the sample's channel count C: a C-channel prediction is guided whole; of a
+  learn_sigma output [..., 2C] only the prediction half is, and the variance half is
+  pred_cond's (extrapolating it would leave the range the variance was trained in).
+  """
+  if pred_cond.shape[-1] != 2 * channels:  # no variance half (a wrong shape is the sampler's to report)
+    return pred_cond + (scale - 1.0) * (pred_cond - pred_uncond)
+  eps_cond, var_cond = pred_cond[..., :channels], pred_cond[..., channels:]
+  eps = eps_cond + (scale - 1.0) * (eps_cond - pred_uncond[..., :channels])
+  return jnp.concatenate([eps, var_cond], axis=-1)
+
+
 def cfg_model_fn(model_fn: ModelFn, cond: Any, uncond: Any, scale) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """Guided `fn(x_t [B, ...], t_model [B]) -> prediction [B, ...]` for the samplers.
 
@@ -78,7 +94,7 @@ def cfg_model_fn(model_fn: ModelFn, cond: Any, uncond: Any, scale) -> Callable[[
   def guided(x_t: jax.Array, t_model: jax.Array) -> jax.Array:
     pred = model_fn(jnp.concatenate([x_t, x_t], axis=0), jnp.concatenate([t_model, t_model], axis=0), both)
     pred_cond, pred_uncond = jnp.split(pred.astype(jnp.float32), 2, axis=0)
-    return pred_cond + (scale - 1.0) * (pred_cond - pred_uncond)
+    return guide(pred_cond, pred_uncond, scale, channels=x_t.shape[-1])
 
   return guided
 

@@ -21,11 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax.evaluation import metrics
-
-
-def to_uint8(video: jnp.ndarray) -> jnp.ndarray:
-  """[-1, 1] float video -> uint8 (rounded, clipped)."""
-  return jnp.clip(jnp.round((video.astype(jnp.float32) + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+from sora_jax.media.convert import to_uint8
 
 
 @jax.jit

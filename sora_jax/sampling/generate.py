@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax.diffusion import guidance, samplers
+from sora_jax.media.convert import to_uint8
 from sora_jax.models import vae as vae_lib
 from sora_jax.training import dit_step
 
@@ -45,11 +46,6 @@ def text_fields(models: Models, text_params, prompts: list[str]) -> dict[str, np
 def initial_noise(seeds: jax.Array, latent_shape: tuple[int, ...]) -> jax.Array:
   """Standard normal [B, *latent_shape], example i drawn from PRNGKey(seeds[i])."""
   return jax.vmap(lambda s: jax.random.normal(jax.random.PRNGKey(s), latent_shape, jnp.float32))(seeds)
-
-
-def to_uint8(video: jax.Array) -> jax.Array:
-  """[-1, 1] float -> uint8 [0, 255]."""
-  return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
 
 
 class StepTicker:
@@ -109,7 +105,8 @@ def _with_tick(fn, ticker: StepTicker):
   return ticking
 
 
-MODEL_EVALS_PER_STEP = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 1}
+# Model calls (guided: one forward over 2B) per sampler step; every sampler of `samplers.STEPS`.
+MODEL_EVALS_PER_STEP = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 1, "ddpm": 1}
 
 
 @functools.lru_cache(maxsize=None)

@@ -89,9 +89,23 @@ def num_tokens(latent_shape, patch_size) -> int:
   return (t // pt) * (h // ph) * (w // pw)
 
 
+# Per-example terms of a diffusion loss's aux dict logged (as batch means) next to the loss.
+LOGGED_LOSS_TERMS = ("mse", "vlb")
+
+
+def loss_terms(aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """Batch means of the loss terms in a diffusion loss's aux: 'mse' (unweighted; every process)
+  and 'vlb' (DDPM's variational bound term of the hybrid loss for learn_sigma models, bits/dim)."""
+  return {name: jnp.mean(aux[name]) for name in LOGGED_LOSS_TERMS if name in aux}
+
+
 def make_train_step(*, dit, text_encoder, diffusion, latent_stats, null_fields, cfg_dropout: float,
                     tx, ema_decay: float):
-  """Returns `(train_step(state, batch, rng) -> (state, metrics), loss_fn)` (pure; jit with shardings)."""
+  """Returns `(train_step(state, batch, rng) -> (state, metrics), loss_fn)` (pure; jit with shardings).
+
+  metrics: 'loss', 'grad_norm' and the loss's terms (`loss_terms`: 'mse', and 'vlb' with the
+  hybrid DDPM loss), scalars the training loop averages and logs under train/.
+  """
   null_fields = {k: jnp.asarray(v) for k, v in null_fields.items()}
 
   def loss_fn(params, batch, rng):
@@ -103,9 +117,9 @@ def make_train_step(*, dit, text_encoder, diffusion, latent_stats, null_fields, 
     return loss, aux
 
   def train_step(state, batch, rng):
-    (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
     new_state = state.apply_gradients(grads, tx, ema_decay)
-    metrics = {"loss": loss, "grad_norm": _global_norm(grads)}
+    metrics = {"loss": loss, "grad_norm": _global_norm(grads), **loss_terms(aux)}
     return new_state, metrics
 
   return train_step, loss_fn
