@@ -80,3 +80,13 @@ def test_a_tool_rejects_an_unknown_key_before_doing_any_work():
                            "--config.train.stepz=3"], cwd=REPO, capture_output=True, text=True)
   assert result.returncode != 0
   assert "unknown config key 'train.stepz'" in result.stderr and "train.steps" in result.stderr
+
+
+def test_dit_demo_config_describes_the_demo_vae_latents():
+  # tools/benchmark.py and tools/estimate.py size the DiT from config.vae; train_dit reads the
+  # VAE workdir. Both must agree for the demo (17x32x32 clips -> 5x8x8x8 latents).
+  from sora_jax.sharding import memory
+  dit_config = configuration.load_config(os.path.join(REPO, "configs/dit/demo.py"))
+  vae_config = configuration.load_config(os.path.join(REPO, "configs/vae/demo.py"))
+  assert dit_config.vae.to_dict() == vae_config.vae.to_dict()
+  assert memory.latent_shape_of(dit_config, 17, 32, 32) == (5, 8, 8, 8)

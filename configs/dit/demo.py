@@ -7,11 +7,15 @@ train.steps or after train.max_minutes, whichever comes first, and checkpoints.
 """
 
 from configs import base
+from configs.vae import demo as vae_demo
 from sora_jax.models import variants
 
 
 def get_config():
   c = base.get_config()
+  # The demo VAE's geometry (5x8x8x8 latents for 17x32x32 clips), so tools/benchmark.py and
+  # tools/estimate.py size this DiT as train_dit does (which reads the VAE workdir itself).
+  c.vae = vae_demo.get_config().vae
   c.dit.variant = "video-tiny"
   c.dit = variants.apply_variant(c.dit)
   c.text.encoder = "small"
@@ -19,9 +23,9 @@ def get_config():
   c.text.max_length = 24
   c.dit.scan_layers = False  # unrolled layers: ~15 % faster train steps on CPU (4 layers compile quickly)
   c.data.batch_size = 32
-  c.train.steps = 4000
+  c.train.steps = 1600
   c.train.max_minutes = 9.0
-  c.train.learning_rate = 5e-4
+  c.train.learning_rate = 1e-3
   c.train.warmup_steps = 200
   c.train.weight_decay = 0.0
   c.train.ema_decay = 0.995
