@@ -21,7 +21,7 @@ DEMO = os.path.join(REPO, "configs", "dit", "demo.py")
 # A DiT / text encoder / VAE small enough to compile in seconds.
 TINY = ["dit.variant=", "dit.depth=1", "dit.hidden_size=32", "dit.num_heads=2", "dit.mlp_dim=64",
         "text.width=32", "text.depth=1", "text.num_heads=2", "text.max_length=8",
-        "vae.base_channels=8", "vae.channel_multipliers=(1, 1)", "vae.spatial_factor=2",
+        "vae.base_channels=8", "vae.channel_multipliers=(1, 1)", "vae.spatial_factor=2", "vae.patch_size=(1, 1, 1)",
         "vae.temporal_factor=2", "vae.num_res_blocks=1", "vae.mid_attention=False", "vae.latent_channels=4",
         "sample.num_steps=3"]
 
