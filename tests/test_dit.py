@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sora_jax.models import attention, dit, patchify, rope, variants
+from sora_jax.models import attention, dit, embeddings, patchify, rope, variants
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import base  # noqa: E402
@@ -133,6 +133,38 @@ def test_rope_band_split_and_errors():
   assert sum(rope.band_sizes(128)) == 128
   with pytest.raises(ValueError, match="even head_dim"):
     rope.band_sizes(7)
+
+
+def test_sincos_3d_table_encodes_each_coordinate_in_its_band():
+  t_dim, h_dim, w_dim = embeddings.sincos_3d_bands(128)
+  assert (t_dim, h_dim, w_dim) == (32, 48, 48)
+  table = embeddings.sincos_3d_embedding(128, 3, 4, 5)
+  assert table.shape == (60, 128) and table.dtype == np.float32
+  grid = np.asarray(rope.grid_positions((3, 4, 5)))          # patchify (t, h, w) order
+  for axis, (start, size) in enumerate(((0, t_dim), (t_dim, h_dim), (t_dim + h_dim, w_dim))):
+    band = table[:, start:start + size]
+    omega = 1.0 / 10_000 ** (np.arange(size // 2) / (size / 2))
+    angles = grid[:, axis, None] * omega[None, :]
+    np.testing.assert_allclose(band, np.concatenate([np.sin(angles), np.cos(angles)], 1), atol=1e-6)
+  with pytest.raises(ValueError, match="divisible by 4"):
+    embeddings.sincos_3d_bands(30)
+
+
+def test_absolute_positions_break_the_translation_symmetry_of_rope():
+  """A latent that is the same at every voxel: with RoPE only every token computes the same thing
+  (attention over identical values), so the output is uniform; sincos3d lets each token know its place."""
+  x, t, cond = _inputs(t=3, h=4, w=4)
+  x = jnp.broadcast_to(x[:, :1, :1, :1, :], x.shape)
+  outputs = {}
+  for kind in ("none", "sincos3d"):
+    model = dit.DiT(**dict(TINY, abs_pos_embedding=kind))
+    params = _perturbed(_init(model, x, t, cond)["params"])
+    outputs[kind] = np.asarray(_apply(model, params, x, t, cond))
+  def spread(out):  # how much tokens' outputs differ (patches, not pixels: a patch has its own layout)
+    tokens, _ = patchify.patchify(jnp.asarray(out), model.patch_size)
+    return float(jnp.abs(tokens - tokens[:, :1]).max())
+  assert spread(outputs["none"]) < 1e-4
+  assert spread(outputs["sincos3d"]) > 1e-2
 
 
 # ----------------------------------------------------------------------------- attention
@@ -318,6 +350,7 @@ def test_from_config_uses_the_variant_sizes():
 @pytest.mark.parametrize("change,message", [
     (dict(conditioning="image"), r"dit.conditioning='image' is not one of text, class"),
     (dict(remat_policy="some"), r"dit.remat_policy='some' is not one of none, full"),
+    (dict(abs_pos_embedding="learned"), r"dit.abs_pos_embedding='learned' is not one of none, sincos3d"),
     (dict(hidden_size=30, num_heads=4), r"hidden_size=30 must be divisible by dit.num_heads=4"),
     (dict(attention_impl="cudnn"), r"'cudnn' runs in bfloat16: also set dit.dtype='bfloat16'"),
 ])

@@ -1,7 +1,8 @@
 """The Diffusion Transformer (DiT) over spacetime latent patches.
 
     latents [B, T, H, W, C] --patchify--> tokens [B, N, pt*ph*pw*C] --linear--> [B, N, D]
-    (+ fixed 2D sin-cos positions in image mode; 3D RoPE inside attention in video mode)
+    (+ fixed 2D sin-cos positions in image mode; 3D RoPE inside attention in video mode,
+     optionally plus fixed 3D sin-cos absolute positions: abs_pos_embedding="sincos3d")
     conditioning c = timestep embedding + (pooled text projection | class embedding)
     depth x DiTBlock(x, c, text)  (under nn.scan: one compiled block, params stacked on "layers")
     final adaLN + linear -> patch values -> unpatchify -> [B, T, H, W, C_out]
@@ -44,6 +45,7 @@ REMAT_POLICIES = {
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONDITIONINGS = ("text", "class")
 POS_EMBEDDINGS = ("rope3d", "sincos2d")
+ABS_POS_EMBEDDINGS = ("none", "sincos3d")
 MODULATIONS = ("per_block", "shared")
 NORM_EPS = 1e-6
 
@@ -193,6 +195,7 @@ class DiT(nn.Module):
   conditioning: str = "text"
   num_classes: int = 1000
   pos_embedding: str = "rope3d"
+  abs_pos_embedding: str = "none"
   qk_norm: bool = True
   learn_sigma: bool = False
   modulation: str = "per_block"
@@ -210,7 +213,8 @@ class DiT(nn.Module):
     fields = dict(
         hidden_size=dit_cfg.hidden_size, depth=dit_cfg.depth, num_heads=dit_cfg.num_heads,
         mlp_dim=dit_cfg.mlp_dim, patch_size=tuple(dit_cfg.patch_size), conditioning=dit_cfg.conditioning,
-        num_classes=dit_cfg.num_classes, pos_embedding=dit_cfg.pos_embedding, qk_norm=dit_cfg.qk_norm,
+        num_classes=dit_cfg.num_classes, pos_embedding=dit_cfg.pos_embedding,
+        abs_pos_embedding=dit_cfg.get("abs_pos_embedding", "none"), qk_norm=dit_cfg.qk_norm,
         learn_sigma=dit_cfg.learn_sigma, modulation=dit_cfg.get("modulation", "per_block"),
         attention_impl=dit_cfg.attention_impl, query_chunk_size=dit_cfg.query_chunk_size,
         scan_layers=dit_cfg.scan_layers, remat_policy=dit_cfg.remat_policy, dtype=dit_cfg.dtype)
@@ -227,7 +231,8 @@ class DiT(nn.Module):
 
   def check_settings(self) -> None:
     """Raises ValueError naming the wrong setting and the allowed values."""
-    choices = {"conditioning": CONDITIONINGS, "pos_embedding": POS_EMBEDDINGS, "modulation": MODULATIONS,
+    choices = {"conditioning": CONDITIONINGS, "pos_embedding": POS_EMBEDDINGS,
+               "abs_pos_embedding": ABS_POS_EMBEDDINGS, "modulation": MODULATIONS,
                "attention_impl": ATTENTION_IMPLS, "remat_policy": tuple(REMAT_POLICIES), "dtype": tuple(DTYPES)}
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
@@ -317,6 +322,8 @@ class DiT(nn.Module):
       h = h + jnp.asarray(embeddings.sincos_2d_embedding(width, grid[1], grid[2]))[None]
     else:
       rope = rope_lib.rope_tables(grid, width // self.num_heads)
+      if self.abs_pos_embedding == "sincos3d":
+        h = h + jnp.asarray(embeddings.sincos_3d_embedding(width, *grid))[None]
     h = nn.with_logical_constraint(h, TOKEN_AXES)
 
     c, text = self._conditioning(t, cond, dtype)

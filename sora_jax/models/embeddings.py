@@ -8,6 +8,8 @@
 * `PooledTextProjection`: pooled sentence vector -> conditioning vector (added to
   the timestep embedding, drives adaLN).
 * `sincos_2d_embedding`: the DiT paper's fixed 2D sin-cos position table (image mode).
+* `sincos_3d_embedding`: a fixed (t, h, w) sin-cos table for video tokens (as CogVideoX),
+  added on top of 3D RoPE so that every token knows where it is, not only how far apart.
 """
 
 from __future__ import annotations
@@ -119,4 +121,25 @@ def sincos_2d_embedding(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
     raise ValueError(f"sincos2d position embedding needs hidden_size divisible by 4, got {dim}")
   rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
   emb = np.concatenate([_sincos_1d(dim // 2, cols), _sincos_1d(dim // 2, rows)], axis=1)
+  return emb.astype(np.float32)
+
+
+def sincos_3d_bands(dim: int) -> tuple[int, int, int]:
+  """Channels of the (t, h, w) bands of `sincos_3d_embedding`: a quarter for time, the rest split."""
+  if dim % 4:
+    raise ValueError(f"sincos3d position embedding needs hidden_size divisible by 4, got {dim}")
+  t_dim = 2 * (dim // 8)
+  h_dim = 2 * ((dim - t_dim) // 4)
+  return t_dim, h_dim, dim - t_dim - h_dim
+
+
+def sincos_3d_embedding(dim: int, grid_t: int, grid_h: int, grid_w: int) -> np.ndarray:
+  """Fixed 3D position table [grid_t*grid_h*grid_w, dim] (float32) in patchify (t, h, w) order.
+
+  Channels are [time band | row band | column band] (`sincos_3d_bands`), each the 1D
+  sin-cos features of that coordinate. Any grid size works (no learned table).
+  """
+  t_dim, h_dim, w_dim = sincos_3d_bands(dim)
+  t, h, w = np.meshgrid(np.arange(grid_t), np.arange(grid_h), np.arange(grid_w), indexing="ij")
+  emb = np.concatenate([_sincos_1d(t_dim, t), _sincos_1d(h_dim, h), _sincos_1d(w_dim, w)], axis=1)
   return emb.astype(np.float32)
