@@ -36,6 +36,14 @@ def patched_config(**overrides):
   return tiny_config(patch_size=(2, 2, 2), channel_multipliers=(1, 2), base_channels=8, **overrides)
 
 
+def asymmetric_config(**overrides):
+  """The demo layout: a (4, 2, 2) patchify encoder; a wider decoder that un-patchifies 2 frames at a time
+  after one temporal upsampling in its convs."""
+  overrides = {"mid_attention": False, "norm": "none", "decoder_time_patch": 2,
+               "decoder_channel_multipliers": (2, 2), **overrides}
+  return tiny_config(patch_size=(4, 2, 2), channel_multipliers=(1, 2), base_channels=8, **overrides)
+
+
 def random_video(frames, height=8, width=8, batch=1):
   return jnp.asarray(RNG.uniform(-1, 1, (batch, frames, height, width, 3)), jnp.float32)
 
@@ -64,6 +72,11 @@ def tiny():
 @pytest.fixture(scope="module")
 def patched():
   return init(patched_config(), random_video(5))
+
+
+@pytest.fixture(scope="module")
+def asymmetric():
+  return init(asymmetric_config(), random_video(5))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -143,7 +156,8 @@ def test_params_carry_logical_axis_names():
 @pytest.mark.parametrize("make_config,frames,height,width", [
     (tiny_config, 1, 8, 8), (tiny_config, 5, 16, 24), (tiny_config, 17, 32, 8), (tiny_config, 33, 8, 16),
     (patched_config, 1, 16, 16), (patched_config, 5, 8, 8), (patched_config, 17, 24, 16),
-    (patched_config, 33, 8, 8)])
+    (patched_config, 33, 8, 8), (asymmetric_config, 1, 8, 8), (asymmetric_config, 5, 16, 8),
+    (asymmetric_config, 17, 8, 8), (asymmetric_config, 33, 8, 16)])
 def test_shapes(make_config, frames, height, width):
   cfg = make_config()
   model = CausalVAE(cfg)
@@ -174,7 +188,7 @@ def test_forward_runs_and_is_finite(tiny):
 # ---------------------------------------------------------------------------- causality
 
 
-@pytest.mark.parametrize("fixture", ["tiny", "patched"])
+@pytest.mark.parametrize("fixture", ["tiny", "patched", "asymmetric"])
 def test_changing_frame_k_never_changes_earlier_latents(fixture, request):
   model, params = request.getfixturevalue(fixture)
   video = random_video(9, batch=2)
@@ -186,7 +200,7 @@ def test_changing_frame_k_never_changes_earlier_latents(fixture, request):
     assert np.abs(np.asarray(mean2[:, first_affected] - mean[:, first_affected])).max() > 1e-5
 
 
-@pytest.mark.parametrize("fixture", ["tiny", "patched"])
+@pytest.mark.parametrize("fixture", ["tiny", "patched", "asymmetric"])
 def test_decoder_is_causal(fixture, request):
   model, params = request.getfixturevalue(fixture)
   z = jnp.asarray(RNG.normal(size=(2, 3, 2, 2, 4)), jnp.float32)
@@ -199,7 +213,7 @@ def test_decoder_is_causal(fixture, request):
 # ---------------------------------------------------------------------------- chunked == whole
 
 
-@pytest.mark.parametrize("fixture", ["tiny", "patched"])
+@pytest.mark.parametrize("fixture", ["tiny", "patched", "asymmetric"])
 def test_chunked_encode_decode_equals_whole_clip(fixture, request):
   model, params = request.getfixturevalue(fixture)
   chunk = 2
@@ -336,6 +350,23 @@ def test_inconsistent_config_is_rejected():
     vae_lib.compression_plan(tiny_config(temporal_factor=3))
   with pytest.raises(ValueError, match="vae.norm"):
     vae_lib.compression_plan(tiny_config(norm="group"))
+  with pytest.raises(ValueError, match="decoder_time_patch"):  # more frames than the encoder patchifies
+    vae_lib.compression_plan(patched_config(decoder_time_patch=4))
+  with pytest.raises(ValueError, match="decoder_time_patch"):  # 2 levels allow one temporal upsampling
+    vae_lib.compression_plan(asymmetric_config(decoder_time_patch=1))
+  with pytest.raises(ValueError, match="decoder_channel_multipliers"):
+    vae_lib.compression_plan(patched_config(decoder_channel_multipliers=(1, 2, 2)))
+
+
+def test_asymmetric_decoder_layout():
+  """decoder_time_patch moves time upsampling into the decoder's convs; the encoder is unchanged."""
+  plan = vae_lib.compression_plan(asymmetric_config())
+  assert plan["patch"] == (4, 2, 2) and plan["temporal_downsamples"] == 0
+  assert plan["decoder_patch"] == (2, 2, 2) and plan["temporal_upsamples"] == 1
+  assert plan["channels"] == (8, 16) and plan["decoder_channels"] == (16, 16)
+  same = vae_lib.compression_plan(patched_config())
+  assert same["decoder_patch"] == same["patch"] and same["temporal_upsamples"] == same["temporal_downsamples"]
+  assert same["decoder_channels"] == same["channels"]
 
 
 # ---------------------------------------------------------------------------- diffusers parity

@@ -61,7 +61,11 @@ def compression_plan(config) -> dict:
   """Checks a VAE config and derives its layout.
 
   Returns a dict with: patch (pt, ph, pw), num_levels, temporal_downsamples (how many of the
-  first downsampling stages also halve time), channels (per level).
+  first downsampling stages also halve time), channels (per level), and the decoder's own
+  decoder_patch (pt_dec, ph, pw), temporal_upsamples and decoder_channels: the decoder may
+  un-patchify fewer frames per latent frame than the encoder patchifies (vae.decoder_time_patch),
+  doing the rest of the time upsampling in its convs, and may be wider
+  (vae.decoder_channel_multipliers).
   Raises ValueError naming the field to change when the factors do not fit together.
   """
   tf, sf = config.temporal_factor, config.spatial_factor
@@ -88,8 +92,21 @@ def compression_plan(config) -> dict:
         f"downsamplings but there are only {num_levels - 1} downsampling stages; raise "
         f"vae.patch_size[0] or the spatial factor")
   channels = tuple(config.base_channels * m for m in config.channel_multipliers)
+  pt_dec = config.get("decoder_time_patch", 0) or pt
+  temporal_upsamples = int(round(math.log2(tf // pt_dec))) if tf % pt_dec == 0 else -1
+  if pt_dec > pt or temporal_upsamples < 0 or temporal_upsamples > num_levels - 1:
+    raise ValueError(
+        f"vae.decoder_time_patch={pt_dec} must divide temporal_factor={tf}, be at most patch_size[0]={pt} "
+        f"and leave at most {num_levels - 1} temporal upsamplings (one per level); e.g. "
+        f"--config.vae.decoder_time_patch={max(pt, tf >> (num_levels - 1))} (0 = patch_size[0])")
+  decoder_multipliers = tuple(config.get("decoder_channel_multipliers", ()) or config.channel_multipliers)
+  if len(decoder_multipliers) != num_levels:
+    raise ValueError(f"vae.decoder_channel_multipliers={decoder_multipliers} needs {num_levels} entries, one per "
+                     f"level like vae.channel_multipliers (or () for the same)")
   return dict(patch=(pt, ph, pw), num_levels=num_levels,
-              temporal_downsamples=temporal_downsamples, channels=channels)
+              temporal_downsamples=temporal_downsamples, channels=channels,
+              decoder_patch=(pt_dec, ph, pw), temporal_upsamples=temporal_upsamples,
+              decoder_channels=tuple(config.base_channels * m for m in decoder_multipliers))
 
 
 def latent_shape(config, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -309,21 +326,21 @@ class Decoder(nn.Module):
     plan = compression_plan(cfg)
     dtype = DTYPES[cfg.dtype]
     block = _res_block_class(cfg.remat)
-    pt, ph, pw = plan["patch"]
-    x = CausalConv3d(plan["channels"][-1], dtype=dtype, name="conv_in")(z.astype(dtype))
-    x = block(plan["channels"][-1], dtype, norm_kind(cfg), name="mid_block0")(x)
+    pt, ph, pw = plan["decoder_patch"]
+    widths = plan["decoder_channels"]
+    x = CausalConv3d(widths[-1], dtype=dtype, name="conv_in")(z.astype(dtype))
+    x = block(widths[-1], dtype, norm_kind(cfg), name="mid_block0")(x)
     if cfg.mid_attention:
       x = FrameAttention(dtype, norm_kind(cfg), name="mid_attention")(x)
-    x = block(plan["channels"][-1], dtype, norm_kind(cfg), name="mid_block1")(x)
+    x = block(widths[-1], dtype, norm_kind(cfg), name="mid_block1")(x)
     for level in reversed(range(plan["num_levels"])):
-      channels = plan["channels"][level]
       for i in range(cfg.num_res_blocks + 1):
-        x = block(channels, dtype, norm_kind(cfg), name=f"level{level}_block{i}")(x)
+        x = block(widths[level], dtype, norm_kind(cfg), name=f"level{level}_block{i}")(x)
       if level > 0:
-        x = Upsample(level - 1 < plan["temporal_downsamples"], dtype, name=f"up{level}")(x)
+        x = Upsample(level - 1 < plan["temporal_upsamples"], dtype, name=f"up{level}")(x)
     x = nn.silu(make_norm(norm_kind(cfg), dtype, name="norm_out")(x))
     x = CausalConv3d(3 * pt * ph * pw, dtype=jnp.float32, name="conv_out")(x)
-    return _constrain(Unpatchify(plan["patch"])(x))
+    return _constrain(Unpatchify(plan["decoder_patch"])(x))
 
 
 # ---------------------------------------------------------------------------- the VAE
