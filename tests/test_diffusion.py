@@ -36,6 +36,27 @@ def test_flow_interpolation_and_velocity_target_are_consistent():
   np.testing.assert_allclose(fm.predict_x0(fm.target(x0, noise), x_t, 1 - sigma, sigma), x0, atol=1e-5)
 
 
+def test_flow_x0_prediction_derives_the_velocity_and_floors_t():
+  cfg = base.get_config().diffusion
+  cfg.flow_prediction, cfg.flow_x0_min_t = "x0", 0.2
+  fm = build_diffusion(cfg)
+  assert (fm.prediction, fm.x0_min_t) == ("x0", 0.2)
+  x0, noise = data(0), data(1) - 2.0
+  t = jnp.asarray([0.05, 0.1, 0.2, 0.5, 0.9, 1.0])
+  x_t = fm.add_noise(x0, noise, t)
+  v = fm.velocity(x0, x_t, fm.model_time(t))     # the network's output is x0 itself
+  exact = np.asarray(t) >= 0.2                    # below the floor v is scaled down by t / 0.2
+  np.testing.assert_allclose(np.asarray(v)[exact], np.asarray(fm.target(x0, noise))[exact], atol=1e-4)
+  np.testing.assert_allclose(np.asarray(v)[:2], (np.asarray(t[:2]) / 0.2)[:, None, None, None, None]
+                             * np.asarray(fm.target(x0, noise))[:2], atol=1e-4)
+  np.testing.assert_allclose(fm.predict_x0(x0, x_t, None, t), x0)
+  oracle = lambda x, t_model, cond: x0  # noqa: E731
+  assert float(fm.loss_at(oracle, x0, None, jax.random.key(0), 0.5)) < 1e-8
+  assert float(fm.loss_at(oracle, x0, None, jax.random.key(0), 0.1)) > 0.1  # under the floor
+  with pytest.raises(ValueError, match="flow_prediction='eps'"):
+    FlowMatching(prediction="eps")
+
+
 def test_logit_normal_samples_lie_in_the_unit_interval_with_median_sigmoid_mean():
   for mean in (0.0, 1.0):
     fm = FlowMatching(t_sampling="logit_normal", logit_mean=mean, logit_std=1.0, shift=1.0)

@@ -4,7 +4,13 @@ Path and target (data at t = 0, noise at t = 1):
 
     x_t = (1 - t) * x0 + t * noise          v = d x_t / dt = noise - x0
 
-The network is trained with an MSE on v, called as `model_fn(x_t, 1000 * t, cond)`.
+The network is trained with an MSE on v, called as `model_fn(x_t, 1000 * t, cond)`. It
+predicts v itself (`prediction="velocity"`, the default), or the clean data x0
+(`prediction="x0"`, as JiT, Li & He 2025) from which v = (x_t - x0) / t is derived, with t
+floored at `x0_min_t` in the division. Near t = 1 a velocity network must reproduce its
+input noise and subtract the conditional mean E[x0 | text], while an x0 network only
+regresses that mean: on the small CPU models the layout of a clip (where the object is in
+each frame, hence its motion) is decided there.
 As a Gaussian path x_t = alpha_t x0 + sigma_t noise it has alpha_t = 1 - t, sigma_t = t,
 which is how the samplers (`samplers.py`) treat flow and DDPM alike.
 
@@ -35,6 +41,7 @@ import numpy as np
 
 ModelFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 T_MODEL_SCALE = 1000.0  # the network sees t on the 0..1000 scale, like DDPM timesteps
+PREDICTIONS = ("velocity", "x0")
 
 
 def shift_timesteps(t, shift: float):
@@ -96,9 +103,10 @@ class FlowMatching:
   max_shift: float = 3.0
   loss_weighting: str = "none"
   min_snr_gamma: float = 5.0
+  prediction: str = "velocity"
+  x0_min_t: float = 0.05
 
   kind = "flow"
-  prediction = "velocity"
 
   def __post_init__(self):
     if self.t_sampling not in T_SAMPLINGS:
@@ -107,12 +115,18 @@ class FlowMatching:
       raise ValueError(f"diffusion.loss_weighting={self.loss_weighting!r} is not one of {sorted(LOSS_WEIGHTINGS)}")
     if self.shift < 0:
       raise ValueError(f"diffusion.shift={self.shift} must be >= 0 (0 = automatic from the token count)")
+    if self.prediction not in PREDICTIONS:
+      raise ValueError(f"diffusion.flow_prediction={self.prediction!r} is not one of {PREDICTIONS}")
+    if not 0.0 < self.x0_min_t <= 1.0:
+      raise ValueError(f"diffusion.flow_x0_min_t={self.x0_min_t} must be in (0, 1]")
 
   @classmethod
   def from_config(cls, diffusion_cfg) -> "FlowMatching":
     """From `config.diffusion` (fields absent from an older saved config keep their defaults)."""
+    renamed = {"flow_prediction": "prediction", "flow_x0_min_t": "x0_min_t"}
     fields = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in diffusion_cfg.items() if k in fields})
+    values = {renamed.get(k, k): v for k, v in diffusion_cfg.items()}
+    return cls(**{k: v for k, v in values.items() if k in fields})
 
   # ------------------------------------------------------------------ timesteps
   def shift_for(self, num_tokens: int | None) -> float:
@@ -172,7 +186,7 @@ class FlowMatching:
       t = self.sample_t(rng_t, x0.shape[0], num_tokens)
     noise = jax.random.normal(rng_noise, x0.shape, jnp.float32)
     x_t = self.add_noise(x0, noise, t)
-    pred = _check_prediction(model_fn(x_t, self.model_time(t), cond), x0)
+    pred = self.velocity(model_fn(x_t, self.model_time(t), cond), x_t, self.model_time(t))
     mse = jnp.mean(jnp.square(pred - self.target(x0, noise)), axis=tuple(range(1, x0.ndim)))
     weight = self.loss_weight(t)
     return jnp.mean(weight * mse), {"t": t, "mse": mse, "weight": weight}
@@ -193,10 +207,17 @@ class FlowMatching:
     return {"t": t, "t_model": T_MODEL_SCALE * t, "alpha": 1.0 - t, "sigma": t}
 
   def predict_x0(self, pred: jax.Array, x_t: jax.Array, alpha, sigma) -> jax.Array:
-    """Data prediction from a velocity: x0 = x_t - sigma * v (uses alpha + sigma = 1)."""
+    """Data prediction: the network's output (x0 prediction), or x0 = x_t - sigma * v (alpha + sigma = 1)."""
     del alpha
+    if self.prediction == "x0":
+      return _check_prediction(pred, x_t)
     return x_t - sigma * _check_prediction(pred, x_t)
 
-  def velocity(self, pred: jax.Array, x_t: jax.Array) -> jax.Array:
-    """dx/dt of the sampling ODE (the network's prediction itself)."""
-    return _check_prediction(pred, x_t)
+  def velocity(self, pred: jax.Array, x_t: jax.Array, t_model: jax.Array) -> jax.Array:
+    """dx/dt of the sampling ODE at x_t, time t_model [B] (0..1000): the network's velocity
+    prediction, or (x_t - x0_pred) / max(t, x0_min_t) for an x0 prediction."""
+    pred = _check_prediction(pred, x_t)
+    if self.prediction == "velocity":
+      return pred
+    t = jnp.maximum(_per_example(x_t, jnp.asarray(t_model, jnp.float32) / T_MODEL_SCALE), self.x0_min_t)
+    return (x_t - pred) / t

@@ -66,15 +66,20 @@ def _time(x: jax.Array, t_model: jax.Array) -> jax.Array:
 
 
 def _euler_step(model_fn: GuidedFn, process, state: SamplerState, inp: dict) -> SamplerState:
-  v = process.velocity(model_fn(state.x, _time(state.x, inp["t_model"])), state.x)
+  t_model = _time(state.x, inp["t_model"])
+  v = process.velocity(model_fn(state.x, t_model), state.x, t_model)
   return state._replace(x=state.x + inp["dt"] * v)
 
 
 def _heun_step(model_fn: GuidedFn, process, state: SamplerState, inp: dict) -> SamplerState:
-  v = process.velocity(model_fn(state.x, _time(state.x, inp["t_model"])), state.x)
+  t_model, t_next = _time(state.x, inp["t_model"]), _time(state.x, inp["t_model_next"])
+  v = process.velocity(model_fn(state.x, t_model), state.x, t_model)
   x_euler = state.x + inp["dt"] * v
-  v_next = process.velocity(model_fn(x_euler, _time(state.x, inp["t_model_next"])), x_euler)
-  return state._replace(x=state.x + inp["dt"] * 0.5 * (v + v_next))
+  v_next = process.velocity(model_fn(x_euler, t_next), x_euler, t_next)
+  x_heun = state.x + inp["dt"] * 0.5 * (v + v_next)
+  if process.prediction == "x0":  # v = (x - x0) / t is undefined at t = 0: the last step stays Euler (as EDM)
+    x_heun = jnp.where(inp["t_model_next"] > 0, x_heun, x_euler)
+  return state._replace(x=x_heun)
 
 
 def _multistep_step(model_fn: GuidedFn, process, state: SamplerState, inp: dict) -> SamplerState:
