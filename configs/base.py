@@ -79,6 +79,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.vae.base_channels = 64
   c.vae.channel_multipliers = (1, 2, 4, 4)  # one per resolution level (log2(spatial_factor)+1 levels).
   c.vae.num_res_blocks = 2         # residual blocks per level.
+  c.vae.decoder_time_patch = 0     # frames the decoder's output un-patchify makes per step (0 = patch_size[0]); smaller
+                                   # moves time upsampling into the decoder's convs: sharper motion, more compute.
+  c.vae.decoder_channel_multipliers = ()  # the decoder's widths per level (() = channel_multipliers).
   c.vae.mid_attention = True       # spatial self-attention in the middle block.
   c.vae.norm = "rms"               # "rms" (per-position RMS norm, as Wan 2.1) or "none" (small CPU configs learn faster).
   c.vae.dtype = "float32"          # compute dtype ("float32" or "bfloat16"); params stay float32.
@@ -119,6 +122,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dit.num_heads = 6
   c.dit.mlp_dim = 0                # 0 = 4 * hidden_size.
   c.dit.pos_embedding = "rope3d"   # "rope3d" (video) or "sincos2d" (DiT-paper image mode).
+  c.dit.abs_pos_embedding = "none"  # rope3d only: also add fixed 3D sin-cos positions to the tokens ("sincos3d"),
+                                   # so each token knows its absolute place (layout), not only offsets.
   c.dit.qk_norm = True             # RMSNorm on queries and keys.
   c.dit.learn_sigma = False        # DDPM: also predict the variance (DiT paper: True).
   c.dit.modulation = "per_block"   # adaLN: "per_block" (DiT: own Linear per block) or "shared" (Wan: one Linear + per-block offsets).
@@ -138,6 +143,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.base_shift_tokens = 256    # auto shift: shift=1 at this many tokens ...
   c.diffusion.max_shift_tokens = 4096    # ... and shift=max_shift at this many.
   c.diffusion.max_shift = 3.0
+  c.diffusion.flow_prediction = "velocity"  # flow: what the network outputs, "velocity" or "x0" (v derived as (x_t - x0) / t).
+  c.diffusion.flow_x0_min_t = 0.05  # flow + "x0": t is floored at this in v = (x_t - x0) / t (bounds the low-noise loss).
   c.diffusion.loss_weighting = "none"  # "none" or "min_snr".
   c.diffusion.min_snr_gamma = 5.0  # "min_snr": clamp of the signal-to-noise ratio (Hang et al. 2023).
   c.diffusion.ddpm_schedule = "linear"  # "linear" or "cosine".
