@@ -356,6 +356,17 @@ def test_inconsistent_config_is_rejected():
     vae_lib.compression_plan(asymmetric_config(decoder_time_patch=1))
   with pytest.raises(ValueError, match="decoder_channel_multipliers"):
     vae_lib.compression_plan(patched_config(decoder_channel_multipliers=(1, 2, 2)))
+  with pytest.raises(ValueError, match="vae.output_activation='relu'"):
+    vae_lib.compression_plan(patched_config(output_activation="relu"))
+
+
+def test_tanh_output_squashes_the_linear_decoder_output(patched):
+  model, params = patched
+  z = jnp.asarray(RNG.normal(size=(1, 2, 2, 2, 4)) * 3, jnp.float32)
+  linear = decode(model, params, z)
+  squashed = decode(CausalVAE(patched_config(output_activation="tanh")), params, z)
+  np.testing.assert_allclose(squashed, np.tanh(np.asarray(linear)), atol=1e-5)
+  assert float(jnp.abs(linear).max()) > 1.0 >= float(jnp.abs(squashed).max())
 
 
 def test_asymmetric_decoder_layout():

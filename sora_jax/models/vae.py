@@ -46,6 +46,10 @@ from sora_jax.models.causal_conv import (CACHE, VIDEO_AXES, CausalConv3d, is_fir
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 NORMS = ("rms", "none")
+# The decoder's last activation: "none" (linear output) or "tanh", which saturates at the
+# ends of [-1, 1] where most pixels of a synthetic clip sit (black background, 255 channels),
+# so those cost no effort and the capacity goes to edges.
+OUTPUT_ACTIVATIONS = {"none": lambda x: x, "tanh": jnp.tanh}
 LATENT_STATS_FILE = "latent_stats.json"
 
 
@@ -85,6 +89,9 @@ def compression_plan(config) -> dict:
         f"--config.vae.channel_multipliers={tuple([1] + [2] * (num_levels - 1))}")
   if norm_kind(config) not in NORMS:
     raise ValueError(f"vae.norm={norm_kind(config)!r} is not one of {NORMS}")
+  if config.get("output_activation", "none") not in OUTPUT_ACTIVATIONS:
+    raise ValueError(f"vae.output_activation={config.output_activation!r} is not one of "
+                     f"{tuple(OUTPUT_ACTIVATIONS)}")
   temporal_downsamples = int(round(math.log2(tf // pt)))
   if temporal_downsamples > num_levels - 1:
     raise ValueError(
@@ -340,6 +347,7 @@ class Decoder(nn.Module):
         x = Upsample(level - 1 < plan["temporal_upsamples"], dtype, name=f"up{level}")(x)
     x = nn.silu(make_norm(norm_kind(cfg), dtype, name="norm_out")(x))
     x = CausalConv3d(3 * pt * ph * pw, dtype=jnp.float32, name="conv_out")(x)
+    x = OUTPUT_ACTIVATIONS[cfg.get("output_activation", "none")](x)
     return _constrain(Unpatchify(plan["decoder_patch"])(x))
 
 
