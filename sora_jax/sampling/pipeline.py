@@ -73,7 +73,8 @@ class Pipeline:
   # ------------------------------------------------------------------ loading
   @classmethod
   def from_pretrained(cls, workdir: str, *, mesh: jax.sharding.Mesh | None = None, use_ema: bool = True,
-                      prompt_expander: str | Callable[[str], str] = "auto") -> "Pipeline":
+                      prompt_expander: str | Callable[[str], str] = "auto",
+                      step: int | None = None) -> "Pipeline":
     """Restores a trained system from `workdir` (see module docstring).
 
     Args:
@@ -82,6 +83,7 @@ class Pipeline:
       use_ema: sample with the EMA parameters (recommended) instead of the raw ones.
       prompt_expander: "auto" (the shapes expander for the shapes dataset, none otherwise),
         "shapes", "none", or any callable str -> str (e.g. an LLM rewrite).
+      step: the DiT checkpoint step to restore (default: the latest).
     """
     dit_dir, vae_dir = resolve_workdirs(workdir)
     config = checkpointing.load_config_from_workdir(dit_dir)
@@ -97,7 +99,7 @@ class Pipeline:
                                     tx=make_optimizer(config.train), ema=config.train.ema_decay > 0)
     abstract, _ = partitioning.abstract_state(init_fn, mesh, rules, jax.random.PRNGKey(0))
     with checkpointing.Checkpointer(dit_dir) as ckpt:
-      state, _ = ckpt.restore(abstract, restore_data=False)
+      state, _ = ckpt.restore(abstract, step=step, restore_data=False)
     params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
     # The VAE and a frozen text encoder are small: a full copy on every device of the mesh.
     replicated = partitioning.replicated(mesh)
