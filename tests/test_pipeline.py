@@ -90,6 +90,16 @@ def test_restores_onto_a_callers_mesh_with_the_same_result(workdir, pipe):
                              pipe(prompts, num_steps=2, seed=1).astype(int), atol=2)
 
 
+def test_restores_a_chosen_checkpoint_step(workdir, pipe):
+  from sora_jax import Pipeline
+  from sora_jax.training.checkpointing import CheckpointNotFoundError
+  chosen = Pipeline.from_pretrained(str(workdir), step=3)  # the tiny run's only (and last) step
+  prompts = ["a red circle moving left"]
+  np.testing.assert_array_equal(chosen(prompts, num_steps=2, seed=1), pipe(prompts, num_steps=2, seed=1))
+  with pytest.raises(CheckpointNotFoundError, match=r"no checkpoint for step 2 .*available steps: \[3\]"):
+    Pipeline.from_pretrained(str(workdir), step=2)
+
+
 def test_encode_decode_shapes(pipe):
   videos = pipe(["a yellow triangle moving right"], num_steps=2)
   latents = pipe.encode(videos)
