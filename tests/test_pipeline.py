@@ -170,7 +170,7 @@ def test_sample_tool_writes_playable_files(workdir, tmp_path):
 
 def test_evaluate_tool_reports_adherence_and_vae_metrics(workdir, tmp_path):
   out = tmp_path / "eval"
-  _run_tool("tools/evaluate.py", f"--workdir={workdir}", f"--out={out}", "--num_steps=1", "--vae_batches=1",
+  _run_tool("tools/evaluate.py", f"--workdir={workdir}", f"--out={out}", "--num_steps=1", "--vae_clips=2",
             "--batch_size=128")
   result = json.loads((out / "eval.json").read_text())
   assert result["num_videos"] == 105

@@ -132,6 +132,21 @@ def test_reconstruction_metrics():
   assert 20 * np.log10(255 / 8) - 0.01 <= shifted["psnr"] < 60 and shifted["ssim"] < 1.0
 
 
+def test_reconstruction_metrics_score_a_fixed_number_of_clips():
+  """A score covers the first N clips whatever the batch size: batches of 2 and of 3 give the same number."""
+  clips = shapes_batch()
+  video = np.concatenate([(clips + 1) * scale - 1 for scale in (1.0, 0.8, 0.6)])  # 6 distinct clips
+  reconstruct = lambda v: v + 0.1 * (v + 1)  # the error depends on the clip, not on its place in a batch
+  in_twos = vae_eval.evaluate_reconstructions(reconstruct, [{"video": video[i:i + 2]} for i in range(0, 6, 2)],
+                                              max_clips=3)
+  in_threes = vae_eval.evaluate_reconstructions(reconstruct, [{"video": video[i:i + 3]} for i in range(0, 6, 3)],
+                                                max_clips=3)
+  assert in_twos["num_clips"] == in_threes["num_clips"] == 3
+  assert in_twos["psnr"] == pytest.approx(in_threes["psnr"], rel=1e-6)
+  everything = vae_eval.evaluate_reconstructions(reconstruct, [{"video": video}])
+  assert everything["num_clips"] == 6 and abs(everything["psnr"] - in_twos["psnr"]) > 0.1
+
+
 @pytest.mark.slow
 def test_train_vae_tool_end_to_end(tmp_path):
   workdir = tmp_path / "vae"
@@ -146,7 +161,7 @@ def test_train_vae_tool_end_to_end(tmp_path):
       "--config.vae.mid_attention=False",
   ]
   command = [sys.executable, os.path.join(REPO, "tools", "train_vae.py"), "--config=configs/vae/demo.py",
-             f"--workdir={workdir}", "--eval_batches=1", "--num_reconstructions=2", *overrides]
+             f"--workdir={workdir}", "--eval_clips=4", "--num_reconstructions=2", *overrides]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -159,9 +174,10 @@ def test_train_vae_tool_end_to_end(tmp_path):
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert any("psnr" in r and "grad_norm" in r for r in logged) and any("eval/psnr" in r for r in logged)
 
-  again = subprocess.run(command[:4] + ["--eval_only", "--eval_split=validation", "--eval_batches=1"] + overrides,
+  again = subprocess.run(command[:4] + ["--eval_only", "--eval_split=validation", "--eval_clips=3"] + overrides,
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   assert "PSNR" in again.stdout
   on_validation = json.loads((workdir / "eval_validation.json").read_text())
   assert on_validation["split"] == "validation" and on_validation["step"] == 2
+  assert on_validation["num_clips"] == 3  # a clip count, not batches: the last batch of 4 is cut

@@ -32,7 +32,7 @@ _PER_PROMPT = flags.DEFINE_integer("videos_per_prompt", 1, "Videos (seeds) per p
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts per sampling call.")
 _SEED = flags.DEFINE_integer("seed", 1234, "Noise seed of the first video.")
 _VAE_SPLIT = flags.DEFINE_string("vae_split", "test", "Held-out split for VAE PSNR/SSIM.")
-_VAE_BATCHES = flags.DEFINE_integer("vae_batches", 8, "Batches of that split for VAE PSNR/SSIM.")
+_VAE_CLIPS = flags.DEFINE_integer("vae_clips", 64, "Clips of that split for VAE PSNR/SSIM (0 = all).")
 _SKIP_ADHERENCE = flags.DEFINE_bool("skip_adherence", False, "Only VAE / loss metrics (non-shapes data).")
 flags.mark_flags_as_required(["workdir"])
 
@@ -62,7 +62,7 @@ def main(argv):
   result: dict = {"workdir": os.path.abspath(_WORKDIR.value)}
 
   start = time.time()
-  vae_metrics = vae_eval.evaluate_vae(vae_dir, split=_VAE_SPLIT.value, max_batches=_VAE_BATCHES.value)
+  vae_metrics = vae_eval.evaluate_vae(vae_dir, split=_VAE_SPLIT.value, num_clips=_VAE_CLIPS.value)
   result.update({f"vae_{k}": v for k, v in vae_metrics.items()})
   result["dit_eval"] = last_eval_metrics(dit_dir)
 

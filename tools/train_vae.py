@@ -33,17 +33,17 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, config.json, TensorBoard, samples.")
 _EVAL_ONLY = flags.DEFINE_bool("eval_only", False, "Only evaluate the latest checkpoint in --workdir.")
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "test", "Held-out split for the final PSNR/SSIM.")
-_EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 8, "Batches of --eval_split for the final PSNR/SSIM (0 = all).")
+_EVAL_CLIPS = flags.DEFINE_integer("eval_clips", 64, "Clips of --eval_split for the final PSNR/SSIM (0 = all).")
 _NUM_RECON = flags.DEFINE_integer("num_reconstructions", 4, "Clips in each reconstruction sheet.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def evaluate_and_report(workdir: str, split: str, max_batches: int) -> dict:
+def evaluate_and_report(workdir: str, split: str, num_clips: int) -> dict:
   """Evaluates the workdir's latest checkpoint, prints and writes <workdir>/eval_<split>.json."""
   import jax
 
   from sora_jax.evaluation import vae_eval
-  result = vae_eval.evaluate_vae(workdir, split=split, max_batches=max_batches)
+  result = vae_eval.evaluate_vae(workdir, split=split, num_clips=num_clips)
   if jax.process_index() == 0:
     path = vae_eval.write_json(os.path.join(workdir, f"eval_{split}.json"), result)
     print(f"VAE on {split} ({result['num_clips']} clips, step {result['step']}): PSNR {result['psnr']:.2f} dB, "
@@ -67,7 +67,7 @@ def main(argv):
   config, workdir = _CONFIG.value, os.path.abspath(_WORKDIR.value)
   distributed.initialize(config.distributed)
   if _EVAL_ONLY.value:
-    evaluate_and_report(workdir, _EVAL_SPLIT.value, _EVAL_BATCHES.value)
+    evaluate_and_report(workdir, _EVAL_SPLIT.value, _EVAL_CLIPS.value)
     return
 
   data = config.data
@@ -121,7 +121,7 @@ def main(argv):
                                 split=data.train_split)
       logging.info("latent stats: mean %s std %s -> %s", np.round(stats["mean"], 3),
                    np.round(stats["std"], 3), stats_path)
-  evaluate_and_report(workdir, _EVAL_SPLIT.value, _EVAL_BATCHES.value)
+  evaluate_and_report(workdir, _EVAL_SPLIT.value, _EVAL_CLIPS.value)
   if jax.process_index() == 0:
     _plot_psnr_curve(workdir)
 

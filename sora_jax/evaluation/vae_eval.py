@@ -1,6 +1,6 @@
 """VAE reconstruction quality on a held-out split: PSNR and SSIM, written as JSON.
 
-    result = evaluate_vae("runs/demo/vae", split="test", max_batches=8)
+    result = evaluate_vae("runs/demo/vae", split="test", num_clips=64)
     # {"psnr": 31.2, "ssim": 0.97, "num_clips": 64, "split": "test", "step": 1500, ...}
 
 Clips are reconstructed from the posterior mean (encode -> decode, with the config's
@@ -38,19 +38,22 @@ def frame_metrics(original: jnp.ndarray, reconstruction: jnp.ndarray) -> dict[st
 
 
 def evaluate_reconstructions(reconstruct: Callable[[np.ndarray], jnp.ndarray],
-                             batches: Iterable[dict], max_batches: int = 0) -> dict[str, float]:
+                             batches: Iterable[dict], max_batches: int = 0,
+                             max_clips: int = 0) -> dict[str, float]:
   """Mean per-frame PSNR / SSIM of `reconstruct(batch["video"])` over the batches.
 
   Args:
     reconstruct: video [B, T, H, W, 3] in [-1, 1] -> reconstruction, same shape.
     batches: dicts with "video" float32 [B, T, H, W, 3] in [-1, 1].
     max_batches: stop after this many (0 = all).
+    max_clips: score only the first this many clips (0 = all), so that a score does not
+      depend on the batch size it was computed with.
   Returns:
     {"psnr", "psnr_min" (worst clip), "ssim", "num_clips"}.
   """
   psnr, ssim = [], []
   for i, batch in enumerate(batches):
-    if max_batches and i >= max_batches:
+    if (max_batches and i >= max_batches) or (max_clips and sum(len(p) for p in psnr) >= max_clips):
       break
     video = np.asarray(batch["video"], np.float32)
     result = jax.device_get(frame_metrics(video, reconstruct(video)))
@@ -60,13 +63,16 @@ def evaluate_reconstructions(reconstruct: Callable[[np.ndarray], jnp.ndarray],
     raise ValueError("no batches to evaluate: the split is empty or smaller than one batch "
                      "(lower --config.data.batch_size)")
   psnr, ssim = np.concatenate(psnr), np.concatenate(ssim)
+  if max_clips:
+    psnr, ssim = psnr[:max_clips], ssim[:max_clips]
   return {"psnr": float(psnr.mean()), "psnr_min": float(psnr.mean(axis=1).min()),
           "ssim": float(ssim.mean()), "num_clips": int(psnr.shape[0])}
 
 
-def evaluate_vae(workdir: str, split: str = "test", max_batches: int = 8,
+def evaluate_vae(workdir: str, split: str = "test", num_clips: int = 64,
                  batch_size: int | None = None) -> dict:
-  """Restores the VAE in `workdir` and evaluates it on `split` of its own dataset config.
+  """Restores the VAE in `workdir` and evaluates it on the first `num_clips` clips of `split`
+  (0 = all of it) of its own dataset config, in batches of `batch_size` (default: the config's).
 
   Returns {"psnr", "psnr_min", "ssim", "num_clips", "split", "step"}.
   """
@@ -85,7 +91,7 @@ def evaluate_vae(workdir: str, split: str = "test", max_batches: int = 8,
   iterator = pipeline.make_eval_iterator(config.data, split, batch_size=batch_size or config.data.batch_size,
                                          drop_remainder=False)
   try:
-    result = evaluate_reconstructions(reconstruct, iterator, max_batches)
+    result = evaluate_reconstructions(reconstruct, iterator, max_clips=num_clips)
   finally:
     close = getattr(iterator, "close", None)
     if close is not None:
