@@ -51,14 +51,15 @@ def evaluate_reconstructions(reconstruct: Callable[[np.ndarray], jnp.ndarray],
   Returns:
     {"psnr", "psnr_min" (worst clip), "ssim", "num_clips"}.
   """
-  psnr, ssim = [], []
+  psnr, ssim, clips = [], [], 0
   for i, batch in enumerate(batches):
-    if (max_batches and i >= max_batches) or (max_clips and sum(len(p) for p in psnr) >= max_clips):
+    if (max_batches and i >= max_batches) or (max_clips and clips >= max_clips):
       break
     video = np.asarray(batch["video"], np.float32)
     result = jax.device_get(frame_metrics(video, reconstruct(video)))
     psnr.append(result["psnr"])
     ssim.append(result["ssim"])
+    clips += len(video)
   if not psnr:
     raise ValueError("no batches to evaluate: the split is empty or smaller than one batch "
                      "(lower --config.data.batch_size)")
