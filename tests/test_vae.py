@@ -37,10 +37,11 @@ def patched_config(**overrides):
 
 
 def asymmetric_config(**overrides):
-  """A (4, 2, 2) patchify encoder; a wider decoder with per-frame 2D convs at its finest level that
-  un-patchifies 2 frames at a time after one temporal upsampling in its convs."""
+  """A (4, 2, 2) patchify encoder; a wider decoder that un-patchifies 2 frames at a time after one
+  temporal upsampling in its convs; both with per-frame 2D convs at their finest level."""
   overrides = {"mid_attention": False, "norm": "none", "decoder_time_patch": 2,
-               "decoder_channel_multipliers": (2, 2), "decoder_time_kernels": (1, 3), **overrides}
+               "decoder_channel_multipliers": (2, 2), "encoder_time_kernels": (1, 3),
+               "decoder_time_kernels": (1, 3), **overrides}
   return tiny_config(patch_size=(4, 2, 2), channel_multipliers=(1, 2), base_channels=8, **overrides)
 
 
@@ -358,6 +359,8 @@ def test_inconsistent_config_is_rejected():
     vae_lib.compression_plan(patched_config(decoder_channel_multipliers=(1, 2, 2)))
   with pytest.raises(ValueError, match="decoder_time_kernels"):
     vae_lib.compression_plan(patched_config(decoder_time_kernels=(2, 3)))
+  with pytest.raises(ValueError, match=r"encoder_time_kernels=\(1,\) needs 2 entries"):
+    vae_lib.compression_plan(patched_config(encoder_time_kernels=(1,)))
   with pytest.raises(ValueError, match="vae.output_activation='relu'"):
     vae_lib.compression_plan(patched_config(output_activation="relu"))
 
@@ -372,20 +375,25 @@ def test_tanh_output_squashes_the_linear_decoder_output(patched):
 
 
 def test_asymmetric_decoder_layout():
-  """decoder_time_patch moves time upsampling into the decoder's convs; the encoder is unchanged."""
+  """decoder_time_patch moves time upsampling into the decoder's convs; the time kernels are per level."""
   plan = vae_lib.compression_plan(asymmetric_config())
   assert plan["patch"] == (4, 2, 2) and plan["temporal_downsamples"] == 0
   assert plan["decoder_patch"] == (2, 2, 2) and plan["temporal_upsamples"] == 1
   assert plan["channels"] == (8, 16) and plan["decoder_channels"] == (16, 16)
-  assert plan["decoder_time_kernels"] == (1, 3)
+  assert plan["encoder_time_kernels"] == plan["decoder_time_kernels"] == (1, 3)
   model, params = init(asymmetric_config(), random_video(5))
-  decoder = params["decoder"]
+  encoder, decoder = params["encoder"], params["decoder"]
+  assert encoder["conv_in"]["kernel"].shape[:3] == (1, 3, 3)
+  assert encoder["level0_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (1, 3, 3)
+  assert encoder["mid_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (3, 3, 3)
+  assert encoder["conv_out"]["kernel"].shape[:3] == (3, 3, 3)
   assert decoder["level0_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (1, 3, 3)   # per-frame 2D
   assert decoder["level1_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (3, 3, 3)   # causal 3D
   assert decoder["conv_out"]["kernel"].shape == (1, 3, 3, 16, 3 * 2 * 2 * 2)           # 2 frames of 2x2 pixels
   same = vae_lib.compression_plan(patched_config())
   assert same["decoder_patch"] == same["patch"] and same["temporal_upsamples"] == same["temporal_downsamples"]
   assert same["decoder_channels"] == same["channels"]
+  assert same["encoder_time_kernels"] == same["decoder_time_kernels"] == (3, 3)
 
 
 # ---------------------------------------------------------------------------- diffusers parity

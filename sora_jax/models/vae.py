@@ -70,8 +70,9 @@ def compression_plan(config) -> dict:
   decoder_patch (pt_dec, ph, pw), temporal_upsamples and decoder_channels: the decoder may
   un-patchify fewer frames per latent frame than the encoder patchifies (vae.decoder_time_patch),
   doing the rest of the time upsampling in its convs, may be wider
-  (vae.decoder_channel_multipliers), and decoder_time_kernels gives its convs' time extent
-  per level (vae.decoder_time_kernels: 3 = causal 3D, 1 = per-frame 2D).
+  (vae.decoder_channel_multipliers). encoder_time_kernels and decoder_time_kernels give the
+  time extent of each level's convs (vae.encoder_time_kernels / vae.decoder_time_kernels:
+  3 = causal 3D, 1 = per-frame 2D).
   Raises ValueError naming the field to change when the factors do not fit together.
   """
   tf, sf = config.temporal_factor, config.spatial_factor
@@ -112,15 +113,21 @@ def compression_plan(config) -> dict:
   if len(decoder_multipliers) != num_levels:
     raise ValueError(f"vae.decoder_channel_multipliers={decoder_multipliers} needs {num_levels} entries, one per "
                      f"level like vae.channel_multipliers (or () for the same)")
-  time_kernels = tuple(config.get("decoder_time_kernels", ()) or (3,) * num_levels)
-  if len(time_kernels) != num_levels or any(k not in (1, 3) for k in time_kernels):
-    raise ValueError(f"vae.decoder_time_kernels={time_kernels} needs {num_levels} entries of 1 (per-frame 2D "
-                     f"convs) or 3 (causal 3D convs), one per level (or () for 3 everywhere)")
   return dict(patch=(pt, ph, pw), num_levels=num_levels,
               temporal_downsamples=temporal_downsamples, channels=channels,
+              encoder_time_kernels=_time_kernels(config, "encoder_time_kernels", num_levels),
               decoder_patch=(pt_dec, ph, pw), temporal_upsamples=temporal_upsamples,
               decoder_channels=tuple(config.base_channels * m for m in decoder_multipliers),
-              decoder_time_kernels=time_kernels)
+              decoder_time_kernels=_time_kernels(config, "decoder_time_kernels", num_levels))
+
+
+def _time_kernels(config, field: str, num_levels: int) -> tuple[int, ...]:
+  """config.<field>: the time extent (1 or 3) of the convs at each level; () means 3 everywhere."""
+  kernels = tuple(config.get(field, ()) or (3,) * num_levels)
+  if len(kernels) != num_levels or any(k not in (1, 3) for k in kernels):
+    raise ValueError(f"vae.{field}={kernels} needs {num_levels} entries of 1 (per-frame 2D "
+                     f"convs) or 3 (causal 3D convs), one per level (or () for 3 everywhere)")
+  return kernels
 
 
 def latent_shape(config, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
@@ -318,19 +325,20 @@ class Encoder(nn.Module):
     plan = compression_plan(cfg)
     dtype = DTYPES[cfg.dtype]
     block = _res_block_class(cfg.remat)
+    kernels = plan["encoder_time_kernels"]
     x = Patchify(plan["patch"])(video.astype(dtype))
-    x = CausalConv3d(plan["channels"][0], dtype=dtype, name="conv_in")(x)
+    x = CausalConv3d(plan["channels"][0], (kernels[0], 3, 3), dtype=dtype, name="conv_in")(x)
     for level, channels in enumerate(plan["channels"]):
       for i in range(cfg.num_res_blocks):
-        x = block(channels, dtype, norm_kind(cfg), name=f"level{level}_block{i}")(x)
+        x = block(channels, dtype, norm_kind(cfg), kernels[level], name=f"level{level}_block{i}")(x)
       if level < plan["num_levels"] - 1:
         x = Downsample(level < plan["temporal_downsamples"], dtype, name=f"down{level}")(x)
-    x = block(plan["channels"][-1], dtype, norm_kind(cfg), name="mid_block0")(x)
+    x = block(plan["channels"][-1], dtype, norm_kind(cfg), kernels[-1], name="mid_block0")(x)
     if cfg.mid_attention:
       x = FrameAttention(dtype, norm_kind(cfg), name="mid_attention")(x)
-    x = block(plan["channels"][-1], dtype, norm_kind(cfg), name="mid_block1")(x)
+    x = block(plan["channels"][-1], dtype, norm_kind(cfg), kernels[-1], name="mid_block1")(x)
     x = nn.silu(make_norm(norm_kind(cfg), dtype, name="norm_out")(x))
-    moments = CausalConv3d(2 * cfg.latent_channels, dtype=jnp.float32, name="conv_out")(x)
+    moments = CausalConv3d(2 * cfg.latent_channels, (kernels[-1], 3, 3), dtype=jnp.float32, name="conv_out")(x)
     mean, logvar = jnp.split(moments, 2, axis=-1)
     return _constrain(mean), _constrain(jnp.clip(logvar, -30.0, 20.0))
 
