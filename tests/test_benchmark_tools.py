@@ -179,6 +179,19 @@ def test_vae_benchmark_counts_flops_from_xla(bench):
   assert result["frames_per_s"] == pytest.approx(5 / result["median_s"])
 
 
+def test_vae_train_benchmark_times_the_real_train_step(bench):
+  config = _tiny_config("train.learning_rate=1e-3", "train.warmup_steps=0")
+  result = bench.run(config, "vae_train", steps=3, warmup=1, batch=2, frames=5, height=8, width=8,
+                     cpu_peak_tflops=1.0)
+  _check_common_schema(result, "vae_train", 3)
+  assert result["latent_shape"] == [3, 4, 4, 4] and not result["gan"]
+  assert result["examples_per_s"] == pytest.approx(2 / result["median_s"])
+  assert result["params"] > 0 and result["loss"] == result["loss"]  # finite
+  # The step must contain the backward pass: more FLOPs than the encode + decode alone.
+  forward = bench.run(config, "vae", steps=1, warmup=0, batch=2, frames=5, height=8, width=8, cpu_peak_tflops=1.0)
+  assert result["flops_per_step"] > 2 * forward["flops_per_step"]
+
+
 def test_random_params_like_scales_kernels_by_fan_in(bench):
   import jax
   import numpy as np

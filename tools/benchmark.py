@@ -4,6 +4,7 @@ r"""Speed of a config: compile time, step time, tokens/s, achieved TFLOP/s and M
       --height=128 --width=128 --batch=2 --config.dit.dtype=bfloat16 --json
   python tools/benchmark.py --config=configs/dit/demo.py --what=sample --config.sample.num_steps=10
   python tools/benchmark.py --config=configs/dit/demo.py --what=vae --batch=2
+  python tools/benchmark.py --config=configs/vae/demo.py --what=vae_train --json
 
 What is timed (inputs are synthetic; no dataset, VAE checkpoint or pretrained weights):
 
@@ -15,6 +16,9 @@ What is timed (inputs are synthetic; no dataset, VAE checkpoint or pretrained we
           (one forward over 2B examples with CFG), so `scan_overhead` = time per sampler model call
           / time of one standalone call (1.00 = the scan adds nothing).
 * vae:    encode + decode of a clip with `config.vae` (`encode_video` / `decode_latents`).
+* vae_train: the real VAE train step (`sora_jax.training.vae_step`: losses from `config.vae_loss`,
+          AdamW from `config.train`), jitted with the state donated as tools/train_vae.py runs it,
+          on one device.
 
 Each timed step is run `--warmup` times, then `--steps` times; the median, p10 and p90 are
 reported. FLOPs: the DiT's analytic count (`sora_jax.models.counting`, 2 per multiply-add;
@@ -57,7 +61,7 @@ PEAK_TFLOPS = {
     "H100": 989.0,          # SXM
     "H200": 989.0,
 }
-WHATS = ("train", "sample", "vae")
+WHATS = ("train", "sample", "vae", "vae_train")
 
 
 def define_flags() -> None:
@@ -65,7 +69,7 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file(
       "config", None, "Config file, e.g. configs/dit/video.py:wan-small or configs/dit/demo.py; override any field "
       "with --config.KEY=VALUE (e.g. --config.dit.dtype=bfloat16 --config.mesh.shape='(1,-1,1,1)').")
-  flags.DEFINE_enum("what", "train", WHATS, "train: DiT train step; sample: scan sampler; vae: encode+decode.")
+  flags.DEFINE_enum("what", "train", WHATS, "train: DiT train step; sample: scan sampler; vae: encode+decode; vae_train: VAE train step.")
   flags.DEFINE_integer("steps", 10, "Timed repetitions (after warm-up); the median is reported.")
   flags.DEFINE_integer("warmup", 2, "Untimed repetitions after compiling (caches, allocator, threads).")
   flags.DEFINE_integer("batch", 0, "Global batch size (default config.data.batch_size).")
@@ -369,7 +373,54 @@ def benchmark_vae(config, *, steps: int, warmup: int, batch: int = 0, frames: in
   return add_rates(result, _xla_flops(compiled), stats["median_s"], peak or peak_info(1))
 
 
-BENCHMARKS = {"train": benchmark_train, "sample": benchmark_sample, "vae": benchmark_vae}
+def benchmark_vae_train(config, *, steps: int, warmup: int, batch: int = 0, frames: int = 0, height: int = 0,
+                        width: int = 0, peak: dict | None = None) -> dict:
+  """Times one VAE train step (forward, losses, backward, AdamW; the GAN too when configured) on one device."""
+  import flax.linen as nn
+  import jax
+
+  from sora_jax.models import vae as vae_lib
+  from sora_jax.training import vae_step
+  from sora_jax.training.optimizer import make_optimizer
+
+  b = batch or config.data.batch_size
+  frames, height, width = frames or config.data.num_frames, height or config.data.height, width or config.data.width
+  video = jax.random.uniform(jax.random.key(config.seed), (b, frames, height, width, 3), minval=-1.0, maxval=1.0)
+  vae_lib.check_video_shape(video.shape, config.vae)
+  module, tx = vae_lib.CausalVAE(config.vae), make_optimizer(config.train)
+  discriminator = vae_step.make_discriminator(config)
+  ema_decay = config.train.ema_decay
+  init_fn = vae_step.make_init_fn(module, tx, (1, frames, height, width, 3), discriminator, ema=ema_decay > 0)
+  state = nn.meta.unbox(jax.jit(init_fn)(jax.random.key(config.seed + 1)))
+  train_step = jax.jit(vae_step.make_train_step(module, tx, config.vae_loss, discriminator, ema_decay),
+                       donate_argnums=0)
+  batch_arrays, rng = {"video": video}, jax.random.key(config.seed + 2)
+  start = time.perf_counter()
+  compiled = train_step.lower(state, batch_arrays, rng).compile()
+  compile_s = time.perf_counter() - start
+  losses = []
+
+  def step():
+    nonlocal state
+    state, metrics = compiled(state, batch_arrays, rng)
+    losses.append(metrics["loss"])
+    return state, metrics
+
+  stats = summarize(time_calls(step, steps, warmup))
+  latent = vae_lib.latent_shape(config.vae, frames, height, width)
+  result = {"what": "vae_train", "compile_s": compile_s, **stats, "steps": steps, "warmup": warmup, "batch": b,
+            "pixels": [frames, height, width], "latent_shape": list(latent), "num_devices": 1,
+            "vae_dtype": config.vae.dtype, "gan": discriminator is not None,
+            "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+            "tokens_per_s": b * latent[0] * latent[1] * latent[2] / stats["median_s"],
+            "examples_per_s": b / stats["median_s"], "steps_per_s": 1.0 / stats["median_s"],
+            "flops_source": "XLA cost analysis of the compiled train step",
+            "loss": float(losses[-1])}
+  return add_rates(result, _xla_flops(compiled), stats["median_s"], peak or peak_info(1))
+
+
+BENCHMARKS = {"train": benchmark_train, "sample": benchmark_sample, "vae": benchmark_vae,
+              "vae_train": benchmark_vae_train}
 
 
 def environment() -> dict:
