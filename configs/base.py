@@ -83,7 +83,8 @@ def get_config() -> ml_collections.ConfigDict:
                                    # moves time upsampling into the decoder's convs: sharper motion, more compute.
   c.vae.decoder_channel_multipliers = ()  # the decoder's widths per level (() = channel_multipliers).
   c.vae.encoder_time_kernels = ()  # time extent of the encoder's convs per level: 3 (causal 3D) or 1 (per-frame 2D;
-                                   # a time patchify already puts each latent frame's pixel frames in its channels).
+                                   # a time patchify already puts each latent frame's pixel frames in its channels,
+                                   # but 3D convs make each latent carry earlier frames' features); () = 3 everywhere.
   c.vae.decoder_time_kernels = ()  # time extent of the decoder's convs per level: 3 (causal 3D) or 1 (per-frame 2D,
                                    # 3x cheaper; time is then mixed at the coarser levels); () = 3 everywhere.
   c.vae.output_activation = "none"  # decoder output: "none" (linear) or "tanh" (saturates at the ends of [-1, 1]).
