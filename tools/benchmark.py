@@ -133,6 +133,24 @@ def time_calls(fn, steps: int, warmup: int) -> list[float]:
   return times
 
 
+def time_train_steps(compiled, state, batch, rng, steps: int, warmup: int) -> tuple[list[float], float]:
+  """Times a compiled (state, batch, rng) -> (state, metrics) step that donates its state.
+
+  Each call feeds the previous call's state back in (the donated input is gone). Returns the
+  timed durations and the last step's loss.
+  """
+  losses = []
+
+  def step():
+    nonlocal state
+    state, metrics = compiled(state, batch, rng)
+    losses.append(metrics["loss"])
+    return state, metrics
+
+  times = time_calls(step, steps, warmup)
+  return times, float(losses[-1])
+
+
 def measure_cpu_matmul_tflops(size: int = 2048, repeats: int = 5) -> dict[str, float]:
   """This machine's TFLOP/s (best of `repeats`) for a [size, size] x [size, size] matmul, by input dtype.
 
@@ -228,16 +246,8 @@ def benchmark_train(config, *, steps: int, warmup: int, batch: int = 0, frames: 
   state, _ = partitioning.init_sharded_state(setup.init_fn, mesh, rules, jax.random.key(config.seed))
   batch_arrays = partitioning.shard_batch(setup.synthetic_batch(config.seed), mesh)
   rng = jax.random.key(config.seed + 1)
-  losses = []
-
-  def step():
-    nonlocal state
-    state, metrics = compiled(state, batch_arrays, rng)
-    losses.append(metrics["loss"])
-    return state, metrics
-
   with partitioning.use_mesh(mesh, rules):
-    times = time_calls(step, steps, warmup)
+    times, last_loss = time_train_steps(compiled, state, batch_arrays, rng, steps, warmup)
   stats = summarize(times)
   peak = peak or peak_info(mesh.devices.size)
   forward = _dit_forward_flops(setup)
@@ -247,7 +257,7 @@ def benchmark_train(config, *, steps: int, warmup: int, batch: int = 0, frames: 
             "tokens_per_s": setup.batch_size * setup.num_tokens / stats["median_s"],
             "forward_flops_per_example": forward, "flops_source": "sora_jax.models.counting (train = 3 x forward)",
             "xla_flops_per_device_step": _xla_flops(compiled),
-            "loss": float(losses[-1])}
+            "loss": last_loss}
   return add_rates(result, 3.0 * forward * setup.batch_size, stats["median_s"], peak)
 
 
@@ -398,15 +408,8 @@ def benchmark_vae_train(config, *, steps: int, warmup: int, batch: int = 0, fram
   start = time.perf_counter()
   compiled = train_step.lower(state, batch_arrays, rng).compile()
   compile_s = time.perf_counter() - start
-  losses = []
-
-  def step():
-    nonlocal state
-    state, metrics = compiled(state, batch_arrays, rng)
-    losses.append(metrics["loss"])
-    return state, metrics
-
-  stats = summarize(time_calls(step, steps, warmup))
+  times, last_loss = time_train_steps(compiled, state, batch_arrays, rng, steps, warmup)
+  stats = summarize(times)
   latent = vae_lib.latent_shape(config.vae, frames, height, width)
   result = {"what": "vae_train", "compile_s": compile_s, **stats, "steps": steps, "warmup": warmup, "batch": b,
             "pixels": [frames, height, width], "latent_shape": list(latent), "num_devices": 1,
@@ -415,7 +418,7 @@ def benchmark_vae_train(config, *, steps: int, warmup: int, batch: int = 0, fram
             "tokens_per_s": b * latent[0] * latent[1] * latent[2] / stats["median_s"],
             "examples_per_s": b / stats["median_s"], "steps_per_s": 1.0 / stats["median_s"],
             "flops_source": "XLA cost analysis of the compiled train step",
-            "loss": float(losses[-1])}
+            "loss": last_loss}
   return add_rates(result, _xla_flops(compiled), stats["median_s"], peak or peak_info(1))
 
 
