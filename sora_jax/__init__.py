@@ -1,8 +1,8 @@
 """sora_jax: the Sora recipe (causal 3D VAE, spacetime-patch DiT, flow matching) in JAX/Flax.
 
-    from sora_jax import Pipeline
-    pipe = Pipeline.from_pretrained("runs/demo")
-    videos = pipe(["a red circle moving left"])   # np.uint8 [B, T, H, W, 3]
+from sora_jax import Pipeline
+pipe = Pipeline.from_pretrained("runs/demo")
+videos = pipe(["a red circle moving left"])   # np.uint8 [B, T, H, W, 3]
 """
 
 __version__ = "0.1.0"
@@ -12,5 +12,6 @@ def __getattr__(name):
   # Lazy: importing sora_jax must not initialise JAX (tests set device counts first).
   if name == "Pipeline":
     from sora_jax.sampling.pipeline import Pipeline
+
     return Pipeline
   raise AttributeError(f"module 'sora_jax' has no attribute {name!r}")

@@ -105,8 +105,9 @@ def check_key(config: ml_collections.ConfigDict, dotted_key: str) -> None:
       known = all_keys(config)
       close = difflib.get_close_matches(dotted_key, known, n=3, cutoff=0.5)
       hint = f" Did you mean {', '.join(close)}?" if close else ""
-      raise ConfigError(f"unknown config key {dotted_key!r}.{hint} "
-                        f"Run with --helpfull or read configs/base.py for every key.")
+      raise ConfigError(
+        f"unknown config key {dotted_key!r}.{hint} Run with --helpfull or read configs/base.py for every key."
+      )
     node = node[part]
 
 
@@ -135,12 +136,14 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:
   """Inverse of `to_json` (JSON lists come back as tuples where a config holds tuples)."""
+
   def fix(x):
     if isinstance(x, dict):
       return {k: fix(v) for k, v in x.items()}
     if isinstance(x, list):
       return tuple(fix(v) for v in x)
     return x
+
   return ml_collections.ConfigDict(fix(d))
 
 
@@ -170,6 +173,7 @@ def run_tool(main: Callable[[list[str]], None]) -> None:
   Also defaults absl logging to WARNING (pass --verbosity=0 for INFO).
   """
   from absl import app
+
   try:
     check_argv_overrides(sys.argv[1:])
   except ConfigError as e:

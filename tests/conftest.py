@@ -1,4 +1,5 @@
 """Test set-up: 8 virtual CPU devices (for sharding tests) before JAX initialises."""
+
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")

@@ -29,16 +29,22 @@ from sora_jax.training import loop  # noqa: E402
 def main(workdir: str, port: int) -> None:
   config = toy_training.toy_config(steps=3, mesh_shape=(2, 2, 1, 1), checkpoint_every=0)
   if NUM_PROCESSES > 1:
-    config.distributed.update(coordinator_address=f"127.0.0.1:{port}", num_processes=NUM_PROCESSES,
-                              process_id=PROCESS_ID)
+    config.distributed.update(
+      coordinator_address=f"127.0.0.1:{port}", num_processes=NUM_PROCESSES, process_id=PROCESS_ID
+    )
     config.mesh.dcn_shape = (NUM_PROCESSES, 1, 1, 1)  # hybrid layout: data parallelism across hosts
   index, count = distributed.initialize(config.distributed)
   assert (index, count) == (PROCESS_ID, NUM_PROCESSES) and jax.device_count() == 4
   init_fn, train_step = toy_training.toy_fns(config)
   writer = toy_training.RecordingWriter()
-  state = loop.train(config=config, workdir=workdir, init_fn=init_fn, train_step=train_step,
-                     make_iterator=lambda: toy_training.ToyIterator(process_index=index, process_count=count),
-                     writer=writer)
+  state = loop.train(
+    config=config,
+    workdir=workdir,
+    init_fn=init_fn,
+    train_step=train_step,
+    make_iterator=lambda: toy_training.ToyIterator(process_index=index, process_count=count),
+    writer=writer,
+  )
   params = multihost_utils.process_allgather(state.params, tiled=True)
   flat = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
   np.savez(os.path.join(workdir, f"result_{index}.npz"), losses=np.asarray(writer.losses()), **flat)

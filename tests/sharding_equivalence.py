@@ -27,8 +27,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 def initial_state(init_fn, seed=0):
   """The unboxed initial state as numpy arrays (initialised once, then placed on each mesh)."""
-  state = jax.jit(lambda rng: partitioning.unbox(init_fn(rng)), compiler_options=FAST_COMPILE)(
-      jax.random.key(seed))
+  state = jax.jit(lambda rng: partitioning.unbox(init_fn(rng)), compiler_options=FAST_COMPILE)(jax.random.key(seed))
   return jax.device_get(state)
 
 
@@ -38,18 +37,24 @@ def run_on_mesh(boxed, train_step, batches, mesh_shape, rules, host_state, seed=
   `host_state` (from `initial_state`) is placed with the shardings the rules derive from
   `boxed` = jax.eval_shape(init_fn, key), exactly as `init_sharded_state` lays it out.
   """
-  devices = jax.devices()[:math.prod(mesh_shape)]
+  devices = jax.devices()[: math.prod(mesh_shape)]
   mesh = mesh_lib.make_mesh(mesh_shape, devices=devices)
   shardings = partitioning.state_shardings(boxed, mesh, rules)
   state = jax.device_put(host_state, shardings)
   replicated = partitioning.replicated(mesh)
   losses = []
   with partitioning.use_mesh(mesh, rules):
-    step = jax.jit(train_step, in_shardings=(shardings, partitioning.batch_sharding(mesh), replicated),
-                   out_shardings=(shardings, replicated), donate_argnums=0, compiler_options=FAST_COMPILE)
+    step = jax.jit(
+      train_step,
+      in_shardings=(shardings, partitioning.batch_sharding(mesh), replicated),
+      out_shardings=(shardings, replicated),
+      donate_argnums=0,
+      compiler_options=FAST_COMPILE,
+    )
     for i, batch in enumerate(batches):
-      state, metrics = step(state, partitioning.shard_batch(batch, mesh), jax.random.fold_in(
-          jax.random.key(seed + 1), i))
+      state, metrics = step(
+        state, partitioning.shard_batch(batch, mesh), jax.random.fold_in(jax.random.key(seed + 1), i)
+      )
       losses.append(float(metrics["loss"]))
   params = jax.tree.map(np.asarray, jax.device_get(state.params))
   return np.asarray(losses), params, state
@@ -63,8 +68,11 @@ def _num_split_params(boxed, state, rules) -> int:
   split = 0
   for spec, leaf in zip(flat_expected, jax.tree.leaves(state.params), strict=True):
     assert leaf.sharding.spec == spec, (leaf.shape, leaf.sharding.spec, spec)
-    ways = math.prod(math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
-                     for axes in spec if axes is not None)
+    ways = math.prod(
+      math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+      for axes in spec
+      if axes is not None
+    )
     assert leaf.addressable_shards[0].data.size * ways == leaf.size  # really split that many ways
     split += ways > 1
   return split
@@ -90,8 +98,9 @@ def assert_equivalent(init_fn, train_step, batches, rules, meshes=EQUIVALENCE_ME
     losses, params, state = run_on_mesh(boxed, train_step, batches, shape, rules, host_state)
     np.testing.assert_allclose(losses, ref_losses, rtol=rtol, atol=atol, err_msg=f"losses on mesh {shape}")
     for (path, ref), value in zip(jax.tree_util.tree_leaves_with_path(ref_params), jax.tree.leaves(params)):
-      np.testing.assert_allclose(value, ref, rtol=rtol, atol=atol,
-                                 err_msg=f"param {jax.tree_util.keystr(path)} on mesh {shape}")
+      np.testing.assert_allclose(
+        value, ref, rtol=rtol, atol=atol, err_msg=f"param {jax.tree_util.keystr(path)} on mesh {shape}"
+      )
     split[shape] = _num_split_params(boxed, state, rules)
   return ref_losses, split
 

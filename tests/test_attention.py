@@ -13,7 +13,7 @@ B, N, H, K = 2, 7, 3, 8
 
 def _qkv(length, seed=0, dtype=jnp.float32):
   rng = np.random.default_rng(seed)
-  q = jnp.asarray(rng.standard_normal((B, N, H, K)) * 2.0, dtype)      # large-ish logits: exercises the max shift
+  q = jnp.asarray(rng.standard_normal((B, N, H, K)) * 2.0, dtype)  # large-ish logits: exercises the max shift
   k = jnp.asarray(rng.standard_normal((B, length, H, K)) * 2.0, dtype)
   v = jnp.asarray(rng.standard_normal((B, length, H, K)), dtype)
   return q, k, v
@@ -29,9 +29,9 @@ def _reference(q, k, v, mask):
 
 # Padding on the right (text), an arbitrary pattern, and a fully masked row (empty caption).
 MASKS = {
-    "none": None,
-    "right_padding": np.array([[True] * 3 + [False] * 2, [True] * 5]),
-    "pattern_and_empty": np.array([[True, False, True, True, False], [False] * 5]),
+  "none": None,
+  "right_padding": np.array([[True] * 3 + [False] * 2, [True] * 5]),
+  "pattern_and_empty": np.array([[True, False, True, True, False], [False] * 5]),
 }
 
 
@@ -55,17 +55,18 @@ def test_fast_attention_equals_jax_nn_in_values_and_gradients(impl, mask_name):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5, err_msg=f"d{name}")
   if mask_name == "pattern_and_empty":
     out = ours(q, k, v)
-    np.testing.assert_array_equal(out[1], 0.0)                      # the fully masked row is zero ...
-    np.testing.assert_array_equal(grads[0][1], 0.0)                 # ... and passes no gradient back
+    np.testing.assert_array_equal(out[1], 0.0)  # the fully masked row is zero ...
+    np.testing.assert_array_equal(grads[0][1], 0.0)  # ... and passes no gradient back
     np.testing.assert_array_equal(grads[1][1], 0.0)
     np.testing.assert_array_equal(grads[2][1], 0.0)
-    np.testing.assert_array_equal(grads[2][0][~np.asarray(mask[0])], 0.0)   # masked keys get no value gradient
+    np.testing.assert_array_equal(grads[2][0][~np.asarray(mask[0])], 0.0)  # masked keys get no value gradient
 
 
 def test_self_attention_shape_without_mask_matches():
   q, k, v = _qkv(N, seed=3)
-  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, impl="einsum"),
-                             _reference(q, k, v, None), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    attention.dot_product_attention(q, k, v, impl="einsum"), _reference(q, k, v, None), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_heads_major_layout_is_the_transposed_problem():
@@ -100,10 +101,11 @@ def test_heads_major_rope_equals_token_major_rope():
   cos, sin = rope.rope_tables((1, 2, 3), 12)
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 6, 4, 12)), jnp.float32)
   t = lambda a: jnp.transpose(a, (0, 2, 1, 3))  # noqa: E731
-  np.testing.assert_allclose(t(rope.apply_rope(t(x), cos, sin, heads_major=True)), rope.apply_rope(x, cos, sin),
-                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    t(rope.apply_rope(t(x), cos, sin, heads_major=True)), rope.apply_rope(x, cos, sin), rtol=1e-6, atol=1e-6
+  )
   with pytest.raises(ValueError, match="do not match"):
-    rope.apply_rope(x, cos, sin, heads_major=True)   # 4 "tokens" in the heads-major reading
+    rope.apply_rope(x, cos, sin, heads_major=True)  # 4 "tokens" in the heads-major reading
 
 
 @pytest.mark.parametrize("cross", [False, True])
@@ -118,8 +120,9 @@ def test_attention_module_same_params_and_results_for_every_impl(cross):
   for impl in ("jax_nn", "einsum", "chunked"):
     module = attention.Attention(num_heads=3, impl=impl, query_chunk_size=4)
     params = nn.unbox(module.init(jax.random.key(0), x, **kwargs))
-    params = jax.tree.map(lambda p: p + 0.1 * jnp.asarray(np.random.default_rng(1).standard_normal(p.shape),
-                                                          jnp.float32), params)
+    params = jax.tree.map(
+      lambda p: p + 0.1 * jnp.asarray(np.random.default_rng(1).standard_normal(p.shape), jnp.float32), params
+    )
     out = module.apply(params, x, **kwargs)
     grads = jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x, **kwargs))), argnums=(0, 1))(params, x)
     results[impl] = (params, out, grads)

@@ -19,11 +19,26 @@ from sora_jax.sharding import memory
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "dit", "demo.py")
 # A DiT / text encoder / VAE small enough to compile in seconds.
-TINY = ["dit.variant=", "dit.depth=1", "dit.hidden_size=32", "dit.num_heads=2", "dit.mlp_dim=64",
-        "text.width=32", "text.depth=1", "text.num_heads=2", "text.max_length=8",
-        "vae.base_channels=8", "vae.channel_multipliers=(1, 1)", "vae.spatial_factor=2", "vae.patch_size=(1, 1, 1)",
-        "vae.temporal_factor=2", "vae.num_res_blocks=1", "vae.mid_attention=False", "vae.latent_channels=4",
-        "sample.num_steps=3"]
+TINY = [
+  "dit.variant=",
+  "dit.depth=1",
+  "dit.hidden_size=32",
+  "dit.num_heads=2",
+  "dit.mlp_dim=64",
+  "text.width=32",
+  "text.depth=1",
+  "text.num_heads=2",
+  "text.max_length=8",
+  "vae.base_channels=8",
+  "vae.channel_multipliers=(1, 1)",
+  "vae.spatial_factor=2",
+  "vae.patch_size=(1, 1, 1)",
+  "vae.temporal_factor=2",
+  "vae.num_res_blocks=1",
+  "vae.mid_attention=False",
+  "vae.latent_channels=4",
+  "sample.num_steps=3",
+]
 
 
 def _load_tool(name, relative_path):
@@ -54,7 +69,9 @@ LEAN = ("text.encoder=minilm", "train.ema_decay=0.0")
 # ------------------------------------------------------------------------------------------ arithmetic
 
 
-@pytest.mark.parametrize("kind, key, peak", [
+@pytest.mark.parametrize(
+  "kind, key, peak",
+  [
     ("TPU v4", "TPU v4", 275.0),
     ("TPU v5 lite", "TPU v5 lite", 197.0),
     ("TPU v5", "TPU v5", 459.0),
@@ -64,7 +81,8 @@ LEAN = ("text.encoder=minilm", "train.ema_decay=0.0")
     ("NVIDIA H100 80GB HBM3", "H100", 989.0),
     ("NVIDIA H100 PCIe", "H100 PCIe", 756.0),
     ("NVIDIA H200", "H200", 989.0),
-])
+  ],
+)
 def test_peak_table_takes_the_longest_matching_key(bench, kind, key, peak):
   assert bench.lookup_peak_tflops(kind) == (key, peak)
 
@@ -95,7 +113,7 @@ def test_add_rates_leaves_mfu_empty_without_a_peak(bench):
 def test_peak_info_scales_accelerator_peaks_by_device_count_not_cpu(bench):
   info = bench.peak_info(8, cpu_peak=0.25)
   assert info["platform"] == "cpu"
-  assert info["peak_tflops"] == pytest.approx(0.25)          # virtual CPU devices share the cores
+  assert info["peak_tflops"] == pytest.approx(0.25)  # virtual CPU devices share the cores
   assert bench.peak_info(4, peak_override=100.0)["peak_tflops"] == pytest.approx(400.0)
 
 
@@ -113,8 +131,21 @@ def test_summarize_percentiles(bench):
 
 
 def _check_common_schema(result, what, steps):
-  for key in ("compile_s", "median_s", "p10_s", "p90_s", "tokens_per_s", "flops_per_step", "achieved_tflops",
-              "mfu", "peak_tflops", "peak_source", "device_kind", "platform", "environment"):
+  for key in (
+    "compile_s",
+    "median_s",
+    "p10_s",
+    "p90_s",
+    "tokens_per_s",
+    "flops_per_step",
+    "achieved_tflops",
+    "mfu",
+    "peak_tflops",
+    "peak_source",
+    "device_kind",
+    "platform",
+    "environment",
+  ):
     assert key in result, key
   assert result["what"] == what and result["steps"] == steps
   assert result["p10_s"] <= result["median_s"] <= result["p90_s"]
@@ -125,9 +156,21 @@ def _check_common_schema(result, what, steps):
 
 
 def test_train_cli_prints_one_json_object():
-  args = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), f"--config={DEMO}", "--what=train",
-          "--steps=2", "--warmup=1", "--batch=4", "--frames=5", "--height=8", "--width=8", "--json",
-          "--cpu_peak_tflops=0.5", "--config.mesh.shape=(2, 2, 1, 2)"] + [f"--config.{o}" for o in TINY]
+  args = [
+    sys.executable,
+    os.path.join(REPO, "tools", "benchmark.py"),
+    f"--config={DEMO}",
+    "--what=train",
+    "--steps=2",
+    "--warmup=1",
+    "--batch=4",
+    "--frames=5",
+    "--height=8",
+    "--width=8",
+    "--json",
+    "--cpu_peak_tflops=0.5",
+    "--config.mesh.shape=(2, 2, 1, 2)",
+  ] + [f"--config.{o}" for o in TINY]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -143,18 +186,22 @@ def test_train_cli_prints_one_json_object():
 
 
 def test_cli_rejects_an_unknown_benchmark():
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "benchmark.py"), f"--config={DEMO}",
-                         "--what=everything"], capture_output=True, text=True, cwd=REPO, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), f"--config={DEMO}", "--what=everything"],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=120,
+  )
   assert proc.returncode != 0
   assert "train" in proc.stderr and "sample" in proc.stderr
 
 
 def test_sample_benchmark_reports_scan_overhead(bench):
   config = _tiny_config()
-  result = bench.run(config, "sample", steps=1, warmup=0, batch=2, frames=5, height=8, width=8,
-                     cpu_peak_tflops=1.0)
+  result = bench.run(config, "sample", steps=1, warmup=0, batch=2, frames=5, height=8, width=8, cpu_peak_tflops=1.0)
   _check_common_schema(result, "sample", 1)
-  assert result["cfg"] and result["examples_per_model_call"] == 4      # guidance_scale 4 -> 2B per call
+  assert result["cfg"] and result["examples_per_model_call"] == 4  # guidance_scale 4 -> 2B per call
   assert result["num_steps"] == 3 and result["model_calls_per_step"] == 1
   assert result["time_per_sampler_step_s"] == pytest.approx(result["median_s"] / 3)
   assert result["scan_overhead"] == pytest.approx(result["time_per_sampler_step_s"] / result["model_call_s"])
@@ -164,8 +211,7 @@ def test_sample_benchmark_reports_scan_overhead(bench):
 def test_sample_benchmark_runs_the_ddpm_ancestral_sampler(bench):
   # A learn_sigma DiT (2C output channels) under CFG with the stochastic sampler: one model call a step.
   config = _tiny_config("diffusion.kind=ddpm", "dit.learn_sigma=True", "sample.sampler=ddpm")
-  result = bench.run(config, "sample", steps=1, warmup=0, batch=2, frames=5, height=8, width=8,
-                     cpu_peak_tflops=1.0)
+  result = bench.run(config, "sample", steps=1, warmup=0, batch=2, frames=5, height=8, width=8, cpu_peak_tflops=1.0)
   _check_common_schema(result, "sample", 1)
   assert result["sampler"] == "ddpm" and result["model_calls_per_step"] == 1 and result["cfg"]
   assert result["time_per_sampler_step_s"] == pytest.approx(result["median_s"] / 3)
@@ -181,8 +227,7 @@ def test_vae_benchmark_counts_flops_from_xla(bench):
 
 def test_vae_train_benchmark_times_the_real_train_step(bench):
   config = _tiny_config("train.learning_rate=1e-3", "train.warmup_steps=0")
-  result = bench.run(config, "vae_train", steps=3, warmup=1, batch=2, frames=5, height=8, width=8,
-                     cpu_peak_tflops=1.0)
+  result = bench.run(config, "vae_train", steps=3, warmup=1, batch=2, frames=5, height=8, width=8, cpu_peak_tflops=1.0)
   _check_common_schema(result, "vae_train", 3)
   assert result["latent_shape"] == [3, 4, 4, 4] and not result["gan"]
   assert result["examples_per_s"] == pytest.approx(2 / result["median_s"])
@@ -195,9 +240,14 @@ def test_vae_train_benchmark_times_the_real_train_step(bench):
 def test_random_params_like_scales_kernels_by_fan_in(bench):
   import jax
   import numpy as np
-  abstract = {"conv": {"kernel": jax.ShapeDtypeStruct((3, 3, 3, 64, 32), np.float32),
-                       "bias": jax.ShapeDtypeStruct((32,), np.float32)},
-              "norm": {"scale": jax.ShapeDtypeStruct((32,), np.float32)}}
+
+  abstract = {
+    "conv": {
+      "kernel": jax.ShapeDtypeStruct((3, 3, 3, 64, 32), np.float32),
+      "bias": jax.ShapeDtypeStruct((32,), np.float32),
+    },
+    "norm": {"scale": jax.ShapeDtypeStruct((32,), np.float32)},
+  }
   params = bench.random_params_like(abstract, seed=0)
   assert params["conv"]["kernel"].shape == (3, 3, 3, 64, 32) and params["conv"]["kernel"].dtype == np.float32
   assert np.std(params["conv"]["kernel"]) == pytest.approx(1 / np.sqrt(27 * 64), rel=0.05)
@@ -218,8 +268,9 @@ def test_run_rejects_bad_arguments(bench):
 def test_memory_estimate_is_positive_grows_with_batch_and_shrinks_with_fsdp():
   config = _tiny_config(*LEAN)  # the default rules put "embed" params on the fsdp axis
   # 192 tokens per example, so activations (not the tiny weights' gradients) show in temp.
-  estimate = lambda mesh, batch: memory.estimate_train_memory(config, frames=5, height=32, width=32,
-                                                              mesh_shape=mesh, batch_size=batch)
+  estimate = lambda mesh, batch: memory.estimate_train_memory(
+    config, frames=5, height=32, width=32, mesh_shape=mesh, batch_size=batch
+  )
   small, large, sharded = estimate((1, 1, 1, 1), 4), estimate((1, 1, 1, 1), 16), estimate((1, 4, 1, 1), 4)
   for key in ("params_bytes", "optimizer_bytes", "temp_bytes", "peak_bytes", "batch_bytes"):
     assert small[key] > 0, key
@@ -242,8 +293,7 @@ def test_memory_estimate_is_positive_grows_with_batch_and_shrinks_with_fsdp():
 
 def test_memory_estimate_compiles_meshes_larger_than_this_machine_on_virtual_devices():
   config = _tiny_config(*LEAN)
-  result = memory.estimate_train_memory(config, frames=5, height=8, width=8, mesh_shape=(16, 1, 1, 1),
-                                        batch_size=16)
+  result = memory.estimate_train_memory(config, frames=5, height=8, width=8, mesh_shape=(16, 1, 1, 1), batch_size=16)
   assert result["method"] == "compiled_virtual_cpu"
   assert result["num_devices"] == 16 and result["mesh_shape"] == [16, 1, 1, 1]
   assert result["temp_bytes"] > 0 and result["params_bytes"] > 0
@@ -261,8 +311,10 @@ def test_memory_estimate_rejects_bad_meshes():
 
 
 def test_vs_diffusers_settings_and_schedule(vs):
-  assert vs.parse_settings("dit.dtype=bfloat16; dit.scan_layers=False") == ["dit.dtype=bfloat16",
-                                                                           "dit.scan_layers=False"]
+  assert vs.parse_settings("dit.dtype=bfloat16; dit.scan_layers=False") == [
+    "dit.dtype=bfloat16",
+    "dit.scan_layers=False",
+  ]
   with pytest.raises(ValueError, match="key=value"):
     vs.parse_settings("bfloat16")
   assert vs.schedule(["a", "b", "c"], 3) == [["a", "b", "c"], ["c", "b", "a"], ["a", "b", "c"]]
@@ -277,8 +329,14 @@ def test_vs_diffusers_settings_and_schedule(vs):
 
 
 def test_vs_diffusers_result_schema_and_ratios(vs):
-  times = {"ours_train[0]": [0.2, 0.3, 0.25], "ours_train[1]": [0.4], "diffusers_eager_train": [0.7, 0.7],
-           "diffusers_compiled_train": [0.5], "ours_vae": [0.1], "diffusers_vae": [0.3]}
+  times = {
+    "ours_train[0]": [0.2, 0.3, 0.25],
+    "ours_train[1]": [0.4],
+    "diffusers_eager_train": [0.7, 0.7],
+    "diffusers_compiled_train": [0.5],
+    "ours_vae": [0.1],
+    "diffusers_vae": [0.3],
+  }
   result = vs.compare(times, num_ours=2)
   assert result["ours_train_s"] == pytest.approx(0.25)
   assert result["ours_settings_train_s"] == [pytest.approx(0.25), pytest.approx(0.4)]
@@ -292,6 +350,11 @@ def test_vs_diffusers_result_schema_and_ratios(vs):
 
 
 def test_vs_diffusers_cli_rejects_unknown_peers():
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "benchmarks", "vs_diffusers.py"),
-                         "--peers=eager,jit"], capture_output=True, text=True, cwd=REPO, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, os.path.join(REPO, "tools", "benchmarks", "vs_diffusers.py"), "--peers=eager,jit"],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=120,
+  )
   assert proc.returncode != 0 and "jit" in proc.stderr

@@ -34,7 +34,7 @@ def _sharded_state(shape=(1, 2, 1, 4), ema=True):
 
 
 def _abstract(shape, ema=True):
-  devices = jax.devices()[:int(np.prod(shape))]
+  devices = jax.devices()[: int(np.prod(shape))]
   mesh = mesh_lib.make_mesh(shape, devices=devices)
   abstract, _ = partitioning.abstract_state(_init_fn(ema), mesh, _rules(), jax.random.key(0))
   return abstract

@@ -1,4 +1,5 @@
 """Config files and overrides: every config loads, documents its command, and rejects bad keys/values."""
+
 import glob
 import os
 import subprocess
@@ -11,11 +12,14 @@ from sora_jax import configuration
 from sora_jax.models import variants
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True)
-                      if not p.endswith("__init__.py"))
+CONFIG_FILES = sorted(
+  p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.py"), recursive=True) if not p.endswith("__init__.py")
+)
 # Config files that take an argument, and the arguments to load them with.
-ARGS = {"configs/dit/video.py": [v for v in variants.VARIANTS if not v.startswith("DiT-")],
-        "configs/image/dit_paper.py": [v for v in variants.VARIANTS if v.startswith("DiT-")]}
+ARGS = {
+  "configs/dit/video.py": [v for v in variants.VARIANTS if not v.startswith("DiT-")],
+  "configs/image/dit_paper.py": [v for v in variants.VARIANTS if v.startswith("DiT-")],
+}
 
 
 def _cases():
@@ -47,9 +51,10 @@ def test_every_config_docstring_holds_the_command_that_runs_it(path):
 
 
 def test_overrides_are_typed_and_unknown_keys_name_the_key():
-  config = configuration.load_config(os.path.join(REPO, "configs/base.py"),
-                                     ["train.steps=7", "dit.patch_size=(1, 4, 4)", "train.learning_rate=3",
-                                      "data.dataset=video_folder"])
+  config = configuration.load_config(
+    os.path.join(REPO, "configs/base.py"),
+    ["train.steps=7", "dit.patch_size=(1, 4, 4)", "train.learning_rate=3", "data.dataset=video_folder"],
+  )
   assert config.train.steps == 7 and config.dit.patch_size == (1, 4, 4)
   assert config.train.learning_rate == 3.0 and isinstance(config.train.learning_rate, float)
   with pytest.raises(configuration.ConfigError, match=r"unknown config key 'train.stpes'.*train.steps"):
@@ -76,8 +81,18 @@ def test_json_round_trip_restores_tuples():
 
 
 def test_a_tool_rejects_an_unknown_key_before_doing_any_work():
-  result = subprocess.run([sys.executable, "tools/train_dit.py", "--config=configs/dit/demo.py", "--workdir=/nonexistent",
-                           "--config.train.stepz=3"], cwd=REPO, capture_output=True, text=True)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "tools/train_dit.py",
+      "--config=configs/dit/demo.py",
+      "--workdir=/nonexistent",
+      "--config.train.stepz=3",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+  )
   assert result.returncode != 0
   assert "unknown config key 'train.stepz'" in result.stderr and "train.steps" in result.stderr
 
@@ -86,6 +101,7 @@ def test_dit_demo_config_describes_the_demo_vae_latents():
   # tools/benchmark.py and tools/estimate.py size the DiT from config.vae; train_dit reads the
   # VAE workdir. Both must agree for the demo (17x32x32 clips -> 5x8x8x8 latents).
   from sora_jax.sharding import memory
+
   dit_config = configuration.load_config(os.path.join(REPO, "configs/dit/demo.py"))
   vae_config = configuration.load_config(os.path.join(REPO, "configs/vae/demo.py"))
   assert dit_config.vae.to_dict() == vae_config.vae.to_dict()

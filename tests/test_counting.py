@@ -19,10 +19,18 @@ from configs import base  # noqa: E402
 
 # Peebles & Xie 2023, Table 4: forward Gflops (multiply-adds) at 256x256 (latent 32x32x4).
 PAPER_GFLOPS = {
-    "DiT-S/8": 0.36, "DiT-S/4": 1.41, "DiT-S/2": 6.06,
-    "DiT-B/8": 1.42, "DiT-B/4": 5.56, "DiT-B/2": 23.01,
-    "DiT-L/8": 5.44, "DiT-L/4": 19.70, "DiT-L/2": 80.71,
-    "DiT-XL/8": 7.39, "DiT-XL/4": 29.05, "DiT-XL/2": 118.64,
+  "DiT-S/8": 0.36,
+  "DiT-S/4": 1.41,
+  "DiT-S/2": 6.06,
+  "DiT-B/8": 1.42,
+  "DiT-B/4": 5.56,
+  "DiT-B/2": 23.01,
+  "DiT-L/8": 5.44,
+  "DiT-L/4": 19.70,
+  "DiT-L/2": 80.71,
+  "DiT-XL/8": 7.39,
+  "DiT-XL/4": 29.05,
+  "DiT-XL/2": 118.64,
 }
 # The paper's L/8 entry is out of line with its own table: every other row, and any consistent
 # count, gives L/8 ~ L/4 / 3.9 (S, B, XL: 3.92, 3.92, 3.93; L: 19.70 / 5.44 = 3.62). A direct
@@ -38,8 +46,11 @@ def _paper_model(name):
 def _cond(model, batch=1, length=3):
   if model.conditioning == "class":
     return {"label": jnp.zeros((batch,), jnp.int32)}
-  return dict(text=jnp.zeros((batch, length, model.text_dim)), text_mask=jnp.ones((batch, length), bool),
-              pooled=jnp.zeros((batch, model.text_dim)))
+  return dict(
+    text=jnp.zeros((batch, length, model.text_dim)),
+    text_mask=jnp.ones((batch, length), bool),
+    pooled=jnp.zeros((batch, model.text_dim)),
+  )
 
 
 def _abstract_param_count(model, latent=(1, 8, 8)):
@@ -56,9 +67,9 @@ def test_paper_variants_match_the_paper_table(name):
   assert gflops == pytest.approx(expected, abs=0.02), f"{name}: {gflops:.3f} vs {expected}"
   params = counting.count_params(model)["total"]
   size, patch = name[4:].split("/")
-  if patch == "2":                                  # the paper quotes params of the /2 models
+  if patch == "2":  # the paper quotes params of the /2 models
     assert round(params / 1e6) == PAPER_PARAMS_MILLIONS[size]
-  assert params == _abstract_param_count(model)     # analytic == the real init (abstractly)
+  assert params == _abstract_param_count(model)  # analytic == the real init (abstractly)
 
 
 def test_dit_xl2_headline_numbers():
@@ -67,16 +78,19 @@ def test_dit_xl2_headline_numbers():
   assert round(counting.count_flops(model, (1, 32, 32))["gflops"], 1) == 118.6
 
 
-@pytest.mark.parametrize("name,text_dim", [("video-tiny", 128), ("video-S", 384), ("wan-small", 384),
-                                           ("wan-1.3b", 4096), ("wan-14b", 4096)])
+@pytest.mark.parametrize(
+  "name,text_dim", [("video-tiny", 128), ("video-S", 384), ("wan-small", 384), ("wan-1.3b", 4096), ("wan-14b", 4096)]
+)
 def test_video_variant_params_match_init(name, text_dim):
   model = dit.DiT(in_channels=16, text_dim=text_dim, **variants.variant_fields(name))
   assert counting.count_params(model)["total"] == _abstract_param_count(model, latent=(2, 4, 4))
 
 
 def test_wan_shapes_are_in_the_expected_range():
-  params = {name: counting.count_params(dit.DiT(in_channels=16, text_dim=4096, **variants.variant_fields(name)))
-            ["total"] for name in ("wan-1.3b", "wan-14b")}
+  params = {
+    name: counting.count_params(dit.DiT(in_channels=16, text_dim=4096, **variants.variant_fields(name)))["total"]
+    for name in ("wan-1.3b", "wan-14b")
+  }
   assert 1.3e9 < params["wan-1.3b"] < 1.5e9 and 13.5e9 < params["wan-14b"] < 15e9, params
 
 
@@ -88,20 +102,24 @@ def test_video_flops_agree_with_xla_cost_analysis():
   params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), x, jnp.zeros(2), cond)))
   cost = jax.jit(model.apply).lower(params, x, jnp.zeros(2), cond).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  ours = 2 * counting.count_flops(model, (3, 8, 8), text_length=5)["forward_flops"]     # batch of 2
+  ours = 2 * counting.count_flops(model, (3, 8, 8), text_length=5)["forward_flops"]  # batch of 2
   assert ours <= cost["flops"] <= 1.15 * ours, (ours, cost["flops"])
   # Attention scores are part of it: doubling the text length adds cross-attention work.
   longer = counting.count_flops(model, (3, 8, 8), text_length=10)
-  assert longer["blocks.cross_attention_scores"] == 2 * counting.count_flops(
-      model, (3, 8, 8), text_length=5)["blocks.cross_attention_scores"]
+  assert (
+    longer["blocks.cross_attention_scores"]
+    == 2 * counting.count_flops(model, (3, 8, 8), text_length=5)["blocks.cross_attention_scores"]
+  )
 
 
 def test_counting_from_a_config_and_errors():
   cfg = base.get_config()
   cfg.dit.variant = "video-tiny"
   cfg.dit = variants.apply_variant(cfg.dit)
-  assert counting.count_params(cfg.dit, in_channels=16, text_dim=128)["total"] == counting.count_params(
-      dit.DiT(in_channels=16, text_dim=128, **variants.variant_fields("video-tiny")))["total"]
+  assert (
+    counting.count_params(cfg.dit, in_channels=16, text_dim=128)["total"]
+    == counting.count_params(dit.DiT(in_channels=16, text_dim=128, **variants.variant_fields("video-tiny")))["total"]
+  )
   with pytest.raises(ValueError, match="needs in_channels"):
     counting.count_params(cfg.dit)
   with pytest.raises(ValueError, match=r"H \(latent height\) = 5 is not divisible"):
@@ -109,8 +127,13 @@ def test_counting_from_a_config_and_errors():
 
 
 def _estimate(*args):
-  result = subprocess.run([sys.executable, os.path.join(REPO, "tools", "estimate.py"), *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=300)
+  result = subprocess.run(
+    [sys.executable, os.path.join(REPO, "tools", "estimate.py"), *args],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    timeout=300,
+  )
   return result
 
 

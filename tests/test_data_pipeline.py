@@ -75,15 +75,17 @@ def test_generic_iterator_epochs_shuffle_and_state(tmp_path):
   seen = np.concatenate([b["x"][:, 0] for b in one_epoch])
   assert len(one_epoch) == 3 and sorted(seen) == list(range(12)), "one epoch = every record once"
   assert list(seen) != list(range(12)), "shuffled"
-  in_order = np.concatenate([b["x"][:, 0] for b in pipeline.make_iterator(source, batch_size=4, seed=0,
-                                                                            shuffle=False, num_epochs=1)])
+  in_order = np.concatenate(
+    [b["x"][:, 0] for b in pipeline.make_iterator(source, batch_size=4, seed=0, shuffle=False, num_epochs=1)]
+  )
   assert list(in_order) == list(range(12))
   assert list(next(iter(one_epoch))["caption"]) == [f"item {i}" for i in seen[:4]]
   forever = pipeline.make_iterator(source, batch_size=4, seed=0)
   first, second = [np.concatenate([next(forever)["x"][:, 0] for _ in range(3)]) for _ in range(2)]
   assert sorted(second) == list(range(12)) and list(first) != list(second), "each epoch reshuffles"
-  other_seed = np.concatenate([b["x"][:, 0] for b in pipeline.make_iterator(source, batch_size=4, seed=1,
-                                                                              num_epochs=1)])
+  other_seed = np.concatenate(
+    [b["x"][:, 0] for b in pipeline.make_iterator(source, batch_size=4, seed=1, num_epochs=1)]
+  )
   assert list(other_seed) != list(seen)
 
 
@@ -102,6 +104,7 @@ def test_each_process_reads_its_own_shard_with_its_part_of_the_global_batch(monk
 
 def test_iterator_round_trips_through_grains_orbax_checkpoint_handler(tmp_path):
   from etils import epath
+
   it = pipeline.make_iterator(ArraySource(10), batch_size=2, seed=0)
   for _ in range(7):
     next(it)
@@ -110,9 +113,10 @@ def test_iterator_round_trips_through_grains_orbax_checkpoint_handler(tmp_path):
   handler = grain.checkpoint.CheckpointHandler()
   handler.save(epath.Path(tmp_path), args=grain.checkpoint.CheckpointSave(it))
   expected = next(it)
-  restored = handler.restore(epath.Path(tmp_path),
-                             args=grain.checkpoint.CheckpointRestore(pipeline.make_iterator(ArraySource(10),
-                                                                                            batch_size=2, seed=0)))
+  restored = handler.restore(
+    epath.Path(tmp_path),
+    args=grain.checkpoint.CheckpointRestore(pipeline.make_iterator(ArraySource(10), batch_size=2, seed=0)),
+  )
   _assert_same_batch(next(restored), expected)
 
 
@@ -121,13 +125,16 @@ def test_bad_batch_size_is_a_clear_error():
     pipeline.make_iterator(ArraySource(8), batch_size=0, seed=0)
 
 
-@pytest.mark.parametrize("text,expected", [
+@pytest.mark.parametrize(
+  "text,expected",
+  [
     ("a red circle moving left", "a red circle moving right"),
     ("the blue box is sliding to the right", "the blue box is sliding to the left"),
     ("Leftward: a dot", "Rightward: a dot"),
     ("a green triangle moving up", "a green triangle moving up"),
     ("a cat on the LEFT, bright", "a cat on the RIGHT, bright"),
-])
+  ],
+)
 def test_swap_left_right(text, expected):
   assert pipeline.swap_left_right(text) == expected
 
@@ -143,9 +150,11 @@ def test_flip_mirrors_pixels_and_swaps_left_right_everywhere():
   assert shapes.parse_caption(flipped["caption"])[2] == "right"
   np.testing.assert_allclose(flipped["start_center"][0], 1 - example["start_center"][0], rtol=1e-6)
   cols = np.arange(32) + 0.5
+
   def x_centroid(frame):
     mass = frame.max(-1).sum(0).astype(float)
     return (mass * cols).sum() / mass.sum()
+
   assert x_centroid(flipped["video"][-1]) > x_centroid(flipped["video"][0]) + 10, "flipped clip moves right"
 
 
@@ -176,14 +185,15 @@ def test_temporal_crop_takes_a_window_of_the_stored_clip(data_cfg):
     assert batch["video"].shape == (4, 5, 32, 32, 3)
     for video, index, offset in zip(batch["video"], batch["index"], batch["start_frame_offset"]):
       original = stored[int(index)]["video"].astype(np.float32) / 127.5 - 1
-      np.testing.assert_allclose(video, original[offset:offset + 5], atol=1e-6)
+      np.testing.assert_allclose(video, original[offset : offset + 5], atol=1e-6)
       offsets.add(int(offset))
   assert len(offsets) > 1 and offsets <= set(range(5)), offsets
   eval_ops = pipeline.video_transforms(cfg, stored_num_frames=9, train=False)
   assert not eval_ops[0].random_offset, "evaluation takes the first frames"
   cfg.num_frames = 17
-  too_long = pipeline.make_iterator(stored, batch_size=4, seed=0,
-                                    transforms=pipeline.video_transforms(cfg, 9, train=True), prefetch=0)
+  too_long = pipeline.make_iterator(
+    stored, batch_size=4, seed=0, transforms=pipeline.video_transforms(cfg, 9, train=True), prefetch=0
+  )
   with pytest.raises(ValueError, match="num_frames"):
     next(too_long)
 

@@ -44,11 +44,14 @@ def test_flow_x0_prediction_derives_the_velocity_and_floors_t():
   x0, noise = data(0), data(1) - 2.0
   t = jnp.asarray([0.05, 0.1, 0.2, 0.5, 0.9, 1.0])
   x_t = fm.add_noise(x0, noise, t)
-  v = fm.velocity(x0, x_t, fm.model_time(t))     # the network's output is x0 itself
-  exact = np.asarray(t) >= 0.2                    # below the floor v is scaled down by t / 0.2
+  v = fm.velocity(x0, x_t, fm.model_time(t))  # the network's output is x0 itself
+  exact = np.asarray(t) >= 0.2  # below the floor v is scaled down by t / 0.2
   np.testing.assert_allclose(np.asarray(v)[exact], np.asarray(fm.target(x0, noise))[exact], atol=1e-4)
-  np.testing.assert_allclose(np.asarray(v)[:2], (np.asarray(t[:2]) / 0.2)[:, None, None, None, None]
-                             * np.asarray(fm.target(x0, noise))[:2], atol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(v)[:2],
+    (np.asarray(t[:2]) / 0.2)[:, None, None, None, None] * np.asarray(fm.target(x0, noise))[:2],
+    atol=1e-4,
+  )
   np.testing.assert_allclose(fm.predict_x0(x0, x_t, None, t), x0)
   oracle = lambda x, t_model, cond: x0  # noqa: E731
   assert float(fm.loss_at(oracle, x0, None, jax.random.key(0), 0.5)) < 1e-8
@@ -110,9 +113,10 @@ def test_flow_loss_is_zero_for_the_exact_velocity_and_known_for_zero():
   assert float(loss) < 1e-6
   big_x0 = data(1, (64, 4, 8, 8, 2))
   zero = lambda x, t, c: jnp.zeros_like(x)
-  zero_loss, fixed = jax.jit(lambda x: (fm.loss(zero, x, None, jax.random.key(3))[0],
-                                        fm.loss_at(zero, x, None, jax.random.key(3), 0.25)))(big_x0)
-  expected = 1.0 + float(jnp.mean(big_x0 ** 2))  # E|noise - x0|^2
+  zero_loss, fixed = jax.jit(
+    lambda x: (fm.loss(zero, x, None, jax.random.key(3))[0], fm.loss_at(zero, x, None, jax.random.key(3), 0.25))
+  )(big_x0)
+  expected = 1.0 + float(jnp.mean(big_x0**2))  # E|noise - x0|^2
   assert abs(float(zero_loss) - expected) < 0.1
   assert abs(float(fixed) - expected) < 0.1
   with pytest.raises(ValueError, match="shape"):
@@ -123,7 +127,7 @@ def test_flow_min_snr_weighting():
   fm = FlowMatching(shift=1.0, loss_weighting="min_snr", min_snr_gamma=5.0)
   t = jnp.array([0.05, 0.3, 0.5, 0.9])
   snr = ((1 - t) / t) ** 2
-  np.testing.assert_allclose(fm.loss_weight(t), jnp.minimum(snr, 5.0) * t ** 2, rtol=1e-5)
+  np.testing.assert_allclose(fm.loss_weight(t), jnp.minimum(snr, 5.0) * t**2, rtol=1e-5)
   with pytest.raises(ValueError, match="loss_weighting"):
     FlowMatching(loss_weighting="p2")
 
@@ -145,7 +149,7 @@ def test_ddpm_schedules(schedule):
 def test_epsilon_v_and_x0_conversions_are_consistent():
   x0, eps = data(0), data(1) - 2.0
   alpha = jnp.sqrt(jnp.array(0.3))
-  sigma = jnp.sqrt(1 - alpha ** 2)
+  sigma = jnp.sqrt(1 - alpha**2)
   x_t = alpha * x0 + sigma * eps
   v = ddpm.velocity_target(x0, eps, alpha, sigma)
   np.testing.assert_allclose(ddpm.x0_from_velocity(x_t, v, alpha, sigma), x0, atol=1e-5)
@@ -194,6 +198,7 @@ def test_ddpm_loss_is_zero_for_the_exact_prediction_even_with_learned_sigma(pred
 # ---------------------------------------------------------------- DDPM: learned variance (hybrid loss)
 def test_normal_kl_matches_numerical_integration():
   from scipy import integrate, stats  # pylint: disable=g-import-not-at-top
+
   cases = [(0.0, 0.0, 0.0, 0.0), (0.3, -1.0, -0.2, 0.5), (2.0, -4.0, 1.5, -3.0), (-1.0, 1.0, 0.5, -0.7)]
   for m1, lv1, m2, lv2 in cases:
     p, q = stats.norm(m1, np.exp(0.5 * lv1)), stats.norm(m2, np.exp(0.5 * lv2))
@@ -206,12 +211,14 @@ def test_normal_kl_matches_numerical_integration():
   m1, m2, lv1 = rng.standard_normal((3, 5, 7))
   lv2 = rng.standard_normal(7)
   ref = np.log(np.exp(0.5 * lv2) / np.exp(0.5 * lv1)) + (np.exp(lv1) + (m1 - m2) ** 2) / (2 * np.exp(lv2)) - 0.5
-  np.testing.assert_allclose(ddpm.normal_kl(*(jnp.asarray(a, jnp.float32) for a in (m1, lv1, m2, lv2))), ref,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    ddpm.normal_kl(*(jnp.asarray(a, jnp.float32) for a in (m1, lv1, m2, lv2))), ref, rtol=1e-5, atol=1e-6
+  )
 
 
 def test_discretized_log_likelihood_matches_scipy_bin_probabilities():
   from scipy import stats  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(1)
   levels = np.concatenate([[-1.0, 1.0], rng.integers(0, 256, 60) / 127.5 - 1.0])  # 8-bit data in [-1, 1]
   x = np.concatenate([levels, [-1.7, 2.3]])  # latents outside [-1, 1] fall in the open outer bins
@@ -257,19 +264,22 @@ def _adm_hybrid_reference(d, x0, noise, out, k):
   log_var = frac * np.log(b(betas)) + (1 - frac) * b(post_log_var)
   lv1 = b(post_log_var)
   kl = 0.5 * (-1 + log_var - lv1 + np.exp(lv1 - log_var) + (true_mean - model_mean) ** 2 * np.exp(-log_var))
-  cdf = lambda z: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z ** 3)))
+  cdf = lambda z: 0.5 * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
   inv_std = np.exp(-0.5 * log_var)
   cdf_plus = cdf(inv_std * (x0 - model_mean + 1 / 255))
   cdf_min = cdf(inv_std * (x0 - model_mean - 1 / 255))
-  log_probs = np.where(x0 < -0.999, np.log(np.maximum(cdf_plus, 1e-12)),
-                       np.where(x0 > 0.999, np.log(np.maximum(1 - cdf_min, 1e-12)),
-                                np.log(np.maximum(cdf_plus - cdf_min, 1e-12))))
+  log_probs = np.where(
+    x0 < -0.999,
+    np.log(np.maximum(cdf_plus, 1e-12)),
+    np.where(x0 > 0.999, np.log(np.maximum(1 - cdf_min, 1e-12)), np.log(np.maximum(cdf_plus - cdf_min, 1e-12))),
+  )
   vb = np.where(k == 0, -mean_flat(log_probs) / np.log(2), mean_flat(kl) / np.log(2)) * d.num_timesteps / 1000.0
   return x_t, mse, vb, np.mean(mse + vb)
 
 
-@pytest.mark.parametrize("schedule,prediction,num_timesteps", [("linear", "epsilon", 1000), ("cosine", "v", 1000),
-                                                               ("linear", "epsilon", 250)])
+@pytest.mark.parametrize(
+  "schedule,prediction,num_timesteps", [("linear", "epsilon", 1000), ("cosine", "v", 1000), ("linear", "epsilon", 250)]
+)
 def test_hybrid_loss_matches_a_numpy_reference_of_the_adm_formulas(schedule, prediction, num_timesteps):
   d = DDPM(schedule=schedule, prediction=prediction, num_timesteps=num_timesteps)
   rng = np.random.default_rng(2)
@@ -368,6 +378,7 @@ def test_build_diffusion_from_config():
 
 def test_dit_paper_configs_train_learned_sigma_with_the_hybrid_loss():
   from configs.image import dit_paper  # pylint: disable=g-import-not-at-top
+
   config = dit_paper.get_config("DiT-S/8")
   process = build_diffusion(config.diffusion)
   assert config.dit.learn_sigma and isinstance(process, DDPM)
@@ -426,8 +437,9 @@ def test_cfg_guides_only_the_prediction_half_of_a_learn_sigma_output():
   out = guidance.cfg_model_fn(wide, cond, uncond, 4.0)(x, t)
   pred_c, pred_u = wide(x, t, cond), wide(x, t, uncond_b)
   assert out.shape == (4, 2, 6)
-  np.testing.assert_allclose(out[..., :3], pred_u[..., :3] + 4.0 * (pred_c[..., :3] - pred_u[..., :3]),
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    out[..., :3], pred_u[..., :3] + 4.0 * (pred_c[..., :3] - pred_u[..., :3]), rtol=1e-5, atol=1e-5
+  )
   np.testing.assert_array_equal(out[..., 3:], pred_c[..., 3:])  # the conditional variance, unguided
   assert not np.allclose(pred_c[..., 3:], pred_u[..., 3:])  # (so guiding it would have changed it)
   # A C-channel model: every channel guided, as before.
@@ -440,8 +452,11 @@ def test_cfg_guides_only_the_prediction_half_of_a_learn_sigma_output():
 
 def test_drop_condition_replaces_whole_examples_with_probability_p():
   cond = {"ids": jnp.ones((2000, 5), jnp.int32), "mask": jnp.ones((2000, 5), bool), "pooled": jnp.ones((2000, 3))}
-  null = {"ids": jnp.zeros((5,), jnp.int32), "mask": jnp.array([True, True, False, False, False]),
-          "pooled": jnp.zeros((3,))}
+  null = {
+    "ids": jnp.zeros((5,), jnp.int32),
+    "mask": jnp.array([True, True, False, False, False]),
+    "pooled": jnp.zeros((3,)),
+  }
   out = guidance.drop_condition(jax.random.key(0), cond, null, 0.3)
   dropped = np.asarray(out["ids"][:, 0] == 0)
   assert abs(dropped.mean() - 0.3) < 0.04

@@ -20,21 +20,23 @@ from sora_jax.training import checkpointing
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 
 
-@pytest.mark.parametrize("env, cluster", [
+@pytest.mark.parametrize(
+  "env, cluster",
+  [
     ({}, None),
     ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}, None),
     ({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"}, "SLURM"),
     ({"OMPI_COMM_WORLD_SIZE": "2"}, "Open MPI"),
     ({"TPU_WORKER_HOSTNAMES": "t1v-0,t1v-1"}, "TPU pod"),
     ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),
-])
+  ],
+)
 def test_detect_cluster(env, cluster):
   assert distributed.detect_cluster(env) == cluster
 
 
 def _cfg(**kwargs):
-  cfg = ml_collections.ConfigDict({"coordinator_address": "", "num_processes": 0, "process_id": -1,
-                                   "mode": "auto"})
+  cfg = ml_collections.ConfigDict({"coordinator_address": "", "num_processes": 0, "process_id": -1, "mode": "auto"})
   cfg.update(kwargs)
   return cfg
 
@@ -45,11 +47,14 @@ def test_single_process_is_a_no_op():
   assert not jax.distributed.is_initialized()
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     ({"coordinator_address": "127.0.0.1:1234", "num_processes": 2, "process_id": 2}, "process_id"),
     ({"coordinator_address": "127.0.0.1", "num_processes": 2, "process_id": 0}, "host:port"),
     ({"mode": "sometimes"}, "distributed.mode"),
-])
+  ],
+)
 def test_bad_settings_fail_before_contacting_anyone(kwargs, match):
   with pytest.raises(ValueError, match=match):
     distributed.initialize(_cfg(**kwargs), env={})
@@ -63,8 +68,13 @@ def _free_port():
 
 def _launch(workdir, num_processes, process_id, port):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  return subprocess.Popen([sys.executable, str(WORKER), str(workdir), str(num_processes), str(process_id),
-                           str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+    [sys.executable, str(WORKER), str(workdir), str(num_processes), str(process_id), str(port)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _wait(process):

@@ -24,17 +24,19 @@ def _inputs(b=2, t=3, h=4, w=4, c=4, length=5, seed=0):
   x = jnp.asarray(rng.standard_normal((b, t, h, w, c)), jnp.float32)
   steps = jnp.asarray(rng.uniform(0, 1000, b), jnp.float32)
   mask = np.ones((b, length), bool)
-  mask[0, 3:] = False                    # sample 0 has 2 padding tokens
-  cond = dict(text=jnp.asarray(rng.standard_normal((b, length, TEXT_DIM)), jnp.float32),
-              text_mask=jnp.asarray(mask), pooled=jnp.asarray(rng.standard_normal((b, TEXT_DIM)), jnp.float32))
+  mask[0, 3:] = False  # sample 0 has 2 padding tokens
+  cond = dict(
+    text=jnp.asarray(rng.standard_normal((b, length, TEXT_DIM)), jnp.float32),
+    text_mask=jnp.asarray(mask),
+    pooled=jnp.asarray(rng.standard_normal((b, TEXT_DIM)), jnp.float32),
+  )
   return x, steps, cond
 
 
 def _perturbed(params, seed=1, scale=0.1):
   """Every parameter moved off its init (zero-init layers would otherwise hide bugs)."""
-  rng = np.random.default_rng(seed)   # numpy: eager jax.random would compile one program per shape
-  return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + scale * rng.standard_normal(p.shape), jnp.float32),
-                      params)
+  rng = np.random.default_rng(seed)  # numpy: eager jax.random would compile one program per shape
+  return jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + scale * rng.standard_normal(p.shape), jnp.float32), params)
 
 
 _JITTED = {}
@@ -67,16 +69,33 @@ def text_model():
 @pytest.fixture(scope="module")
 def image_model():
   """(model, perturbed params) of a tiny DiT-paper-style class-conditional image DiT."""
-  model = dit.DiT(in_channels=4, hidden_size=32, depth=2, num_heads=2, conditioning="class", num_classes=10,
-                  pos_embedding="sincos2d", qk_norm=False, learn_sigma=True)
+  model = dit.DiT(
+    in_channels=4,
+    hidden_size=32,
+    depth=2,
+    num_heads=2,
+    conditioning="class",
+    num_classes=10,
+    pos_embedding="sincos2d",
+    qk_norm=False,
+    learn_sigma=True,
+  )
   params = _init(model, jnp.zeros((2, 1, 8, 8, 4)), jnp.zeros(2), {"label": jnp.array([3, 10])})["params"]
   return model, _perturbed(params)
 
 
 # ----------------------------------------------------------------------------- patchify
 
-@pytest.mark.parametrize("shape,patch", [((2, 1, 8, 8, 4), (1, 2, 2)), ((1, 5, 4, 6, 3), (1, 2, 2)),
-                                         ((2, 4, 4, 8, 2), (2, 2, 4)), ((1, 3, 6, 2, 16), (3, 3, 1))])
+
+@pytest.mark.parametrize(
+  "shape,patch",
+  [
+    ((2, 1, 8, 8, 4), (1, 2, 2)),
+    ((1, 5, 4, 6, 3), (1, 2, 2)),
+    ((2, 4, 4, 8, 2), (2, 2, 4)),
+    ((1, 3, 6, 2, 16), (3, 3, 1)),
+  ],
+)
 def test_patchify_round_trip_and_token_layout(shape, patch):
   x = jnp.asarray(np.random.default_rng(0).standard_normal(shape), jnp.float32)
   tokens, grid = patchify.patchify(x, patch)
@@ -89,7 +108,7 @@ def test_patchify_round_trip_and_token_layout(shape, patch):
   np.testing.assert_array_equal(tokens[:, -1], corner)
   # Token 1 is the next patch along W (raster order within a frame).
   if grid[2] > 1:
-    np.testing.assert_array_equal(tokens[:, 1], x[:, :pt, :ph, pw:2 * pw, :].reshape(shape[0], -1))
+    np.testing.assert_array_equal(tokens[:, 1], x[:, :pt, :ph, pw : 2 * pw, :].reshape(shape[0], -1))
 
 
 def test_patchify_errors_name_axis_and_working_sizes():
@@ -102,6 +121,7 @@ def test_patchify_errors_name_axis_and_working_sizes():
 
 
 # ----------------------------------------------------------------------------- RoPE
+
 
 def test_rope_scores_depend_only_on_relative_position():
   head_dim = 24
@@ -124,8 +144,9 @@ def test_rope_scores_depend_only_on_relative_position():
   # Rotations preserve norms.
   cos, sin = rope.rope_tables((2, 3, 4), head_dim)
   x = jnp.asarray(rng.standard_normal((1, 24, 2, head_dim)), jnp.float32)
-  np.testing.assert_allclose(jnp.linalg.norm(rope.apply_rope(x, cos, sin), axis=-1),
-                             jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+  np.testing.assert_allclose(
+    jnp.linalg.norm(rope.apply_rope(x, cos, sin), axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5
+  )
 
 
 def test_rope_band_split_and_errors():
@@ -140,9 +161,9 @@ def test_sincos_3d_table_encodes_each_coordinate_in_its_band():
   assert (t_dim, h_dim, w_dim) == (32, 48, 48)
   table = embeddings.sincos_3d_embedding(128, 3, 4, 5)
   assert table.shape == (60, 128) and table.dtype == np.float32
-  grid = np.asarray(rope.grid_positions((3, 4, 5)))          # patchify (t, h, w) order
+  grid = np.asarray(rope.grid_positions((3, 4, 5)))  # patchify (t, h, w) order
   for axis, (start, size) in enumerate(((0, t_dim), (t_dim, h_dim), (t_dim + h_dim, w_dim))):
-    band = table[:, start:start + size]
+    band = table[:, start : start + size]
     omega = 1.0 / 10_000 ** (np.arange(size // 2) / (size / 2))
     angles = grid[:, axis, None] * omega[None, :]
     np.testing.assert_allclose(band, np.concatenate([np.sin(angles), np.cos(angles)], 1), atol=1e-6)
@@ -160,14 +181,17 @@ def test_absolute_positions_break_the_translation_symmetry_of_rope():
     model = dit.DiT(**dict(TINY, abs_pos_embedding=kind))
     params = _perturbed(_init(model, x, t, cond)["params"])
     outputs[kind] = np.asarray(_apply(model, params, x, t, cond))
+
   def spread(out):  # how much tokens' outputs differ (patches, not pixels: a patch has its own layout)
     tokens, _ = patchify.patchify(jnp.asarray(out), model.patch_size)
     return float(jnp.abs(tokens - tokens[:, :1]).max())
+
   assert spread(outputs["none"]) < 1e-4
   assert spread(outputs["sincos3d"]) > 1e-2
 
 
 # ----------------------------------------------------------------------------- attention
+
 
 @pytest.mark.parametrize("chunk", [1, 3, 5, 64])
 def test_chunked_attention_equals_full(chunk):
@@ -178,10 +202,18 @@ def test_chunked_attention_equals_full(chunk):
   chunked = attention.dot_product_attention(q, k, v, mask, impl="chunked", query_chunk_size=chunk)
   np.testing.assert_allclose(chunked, full, rtol=1e-5, atol=1e-6)
   # And the gradients (the chunked path rematerialises each chunk).
-  loss = lambda impl: lambda q: jnp.sum(jnp.sin(attention.dot_product_attention(  # noqa: E731
-      q, k, v, mask, impl=impl, query_chunk_size=chunk)))
-  np.testing.assert_allclose(jax.jit(jax.grad(loss("chunked")))(q), jax.jit(jax.grad(loss("xla")))(q),
-                             rtol=1e-5, atol=1e-6)
+  loss = lambda impl: (
+    lambda q: jnp.sum(
+      jnp.sin(
+        attention.dot_product_attention(  # noqa: E731
+          q, k, v, mask, impl=impl, query_chunk_size=chunk
+        )
+      )
+    )
+  )
+  np.testing.assert_allclose(
+    jax.jit(jax.grad(loss("chunked")))(q), jax.jit(jax.grad(loss("xla")))(q), rtol=1e-5, atol=1e-6
+  )
 
 
 def test_attention_masks_padding_and_zeroes_fully_masked_rows():
@@ -198,14 +230,14 @@ def test_attention_masks_padding_and_zeroes_fully_masked_rows():
 
 # ----------------------------------------------------------------------------- blocks and the model
 
+
 @pytest.mark.parametrize("modulation", ["per_block", "shared"])
 def test_adaln_zero_block_is_identity_at_init(modulation):
   block = dit.DiTBlock(num_heads=2, mlp_dim=64, qk_norm=True, cross_attention=True, modulation=modulation)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((2, 6, 32)), jnp.float32)
   # "shared": the block receives the model-level projection, which is zero-initialised.
-  cond = (jnp.asarray(rng.standard_normal((2, 32)), jnp.float32) if modulation == "per_block"
-          else jnp.zeros((2, 6, 32)))
+  cond = jnp.asarray(rng.standard_normal((2, 32)), jnp.float32) if modulation == "per_block" else jnp.zeros((2, 6, 32))
   text = jnp.asarray(rng.standard_normal((2, 3, 32)), jnp.float32)
   mask = jnp.ones((2, 3), bool)
   rope_tables = rope.rope_tables((1, 2, 3), 16)
@@ -228,12 +260,12 @@ def test_cross_attention_ignores_padded_text_tokens(text_model):
   model, _, params = text_model
   x, t, cond = _inputs()
   out = _apply(model, params, x, t, cond)
-  padded = dict(cond, text=cond["text"].at[0, 3:].set(50.0))        # only padding of sample 0 changes
+  padded = dict(cond, text=cond["text"].at[0, 3:].set(50.0))  # only padding of sample 0 changes
   np.testing.assert_allclose(_apply(model, params, x, t, padded), out, atol=1e-6)
-  real = dict(cond, text=cond["text"].at[0, 1].set(50.0))           # a real token of sample 0 changes
+  real = dict(cond, text=cond["text"].at[0, 1].set(50.0))  # a real token of sample 0 changes
   changed = _apply(model, params, x, t, real)
   assert float(jnp.abs(changed[0] - out[0]).max()) > 1e-3
-  np.testing.assert_allclose(changed[1], out[1], atol=1e-6)          # samples do not leak into each other
+  np.testing.assert_allclose(changed[1], out[1], atol=1e-6)  # samples do not leak into each other
 
 
 def test_dit_chunked_attention_matches_xla(text_model):
@@ -250,9 +282,11 @@ def test_scan_equals_unrolled_layers(text_model):
   layer_params = {k: v for k, v in params.items() if k != "blocks"}
   layer_params.update({f"blocks_{i}": p for i, p in enumerate(dit.unstack_layers(params["blocks"], model.depth))})
   assert jax.tree.structure(layer_params) == jax.tree.structure(
-      jax.eval_shape(lambda: nn.unbox(unrolled.init(jax.random.key(0), x, t, cond))["params"]))
-  np.testing.assert_allclose(_apply(unrolled, layer_params, x, t, cond), _apply(model, params, x, t, cond),
-                             rtol=1e-5, atol=1e-5)
+    jax.eval_shape(lambda: nn.unbox(unrolled.init(jax.random.key(0), x, t, cond))["params"])
+  )
+  np.testing.assert_allclose(
+    _apply(unrolled, layer_params, x, t, cond), _apply(model, params, x, t, cond), rtol=1e-5, atol=1e-5
+  )
   restacked = dit.stack_layers(dit.unstack_layers(params["blocks"], model.depth))
   assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), restacked, params["blocks"]))
 
@@ -266,10 +300,10 @@ def test_video_model_accepts_new_clip_sizes_with_the_same_params(text_model):
 
 def test_image_mode_is_the_dit_paper_network(image_model):
   model, params = image_model
-  assert params["label_embedder"]["embedding"].shape == (11, 32)      # + the null class
+  assert params["label_embedder"]["embedding"].shape == (11, 32)  # + the null class
   block = params["blocks"]
-  assert set(block) == {"modulation", "self_attention", "mlp"}         # no cross-attention
-  assert set(block["self_attention"]) == {"query", "key", "value", "out"}   # no QK norm
+  assert set(block) == {"modulation", "self_attention", "mlp"}  # no cross-attention
+  assert set(block["self_attention"]) == {"query", "key", "value", "out"}  # no QK norm
   with pytest.raises(ValueError, match="one latent frame"):
     _apply(model, params, jnp.zeros((2, 2, 8, 8, 4)), jnp.zeros(2), {"label": jnp.array([3, 10])})
 
@@ -279,8 +313,9 @@ def _image_loss(model):
   """Jitted (loss, grads) of a fixed image batch; cached per model so tests share the compilation."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 1, 8, 8, 4)), jnp.float32)
   cond = {"label": jnp.array([3, 10])}
-  return jax.jit(jax.value_and_grad(lambda p: jnp.mean(jnp.sin(model.apply({"params": p}, x, jnp.array([5., 900.]),
-                                                                         cond)))))
+  return jax.jit(
+    jax.value_and_grad(lambda p: jnp.mean(jnp.sin(model.apply({"params": p}, x, jnp.array([5.0, 900.0]), cond))))
+  )
 
 
 def test_remat_keeps_loss_and_gradients(image_model):
@@ -288,7 +323,7 @@ def test_remat_keeps_loss_and_gradients(image_model):
   rematted = model.clone(remat_policy="full")
   x, label = jnp.zeros((2, 1, 8, 8, 4)), {"label": jnp.array([3, 10])}
   forward = lambda m: str(jax.make_jaxpr(lambda p: m.apply({"params": p}, x, jnp.zeros(2), label))(params))  # noqa
-  assert "remat" not in forward(model) and "remat" in forward(rematted)     # the policy is wired in
+  assert "remat" not in forward(model) and "remat" in forward(rematted)  # the policy is wired in
   loss, grads = _image_loss(model)(params)
   remat_loss, remat_grads = _image_loss(rematted)(params)
   np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
@@ -313,8 +348,9 @@ def test_bfloat16_compute_is_close_to_float32_and_keeps_float32_params(text_mode
   for g, g32 in zip(jax.tree.leaves(bf16_grads), jax.tree.leaves(grads)):
     assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
   cosine = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(bf16_grads), jax.tree.leaves(grads))) / (
-      np.sqrt(sum(float(jnp.vdot(a, a)) for a in jax.tree.leaves(bf16_grads)))
-      * np.sqrt(sum(float(jnp.vdot(b, b)) for b in jax.tree.leaves(grads))))
+    np.sqrt(sum(float(jnp.vdot(a, a)) for a in jax.tree.leaves(bf16_grads)))
+    * np.sqrt(sum(float(jnp.vdot(b, b)) for b in jax.tree.leaves(grads)))
+  )
   assert cosine > 0.99, cosine
 
 
@@ -329,11 +365,13 @@ def test_every_param_carries_logical_axis_names():
     assert len(leaf.names) == leaf.value.ndim and set(leaf.names) <= known, leaf.names
   spec = nn.get_partition_spec(boxed)
   assert spec["blocks"]["self_attention"]["query"]["kernel"] == jax.sharding.PartitionSpec(
-      "layers", "embed", "heads", "kv")
+    "layers", "embed", "heads", "kv"
+  )
   assert spec["blocks"]["mlp"]["fc2"]["kernel"] == jax.sharding.PartitionSpec("layers", "mlp", "embed")
 
 
 # ----------------------------------------------------------------------------- config, variants, errors
+
 
 def test_from_config_uses_the_variant_sizes():
   cfg = base.get_config()
@@ -347,13 +385,16 @@ def test_from_config_uses_the_variant_sizes():
   assert variants.variant_mismatches(cfg.dit) == {"depth": (2, 4)}
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize(
+  "change,message",
+  [
     (dict(conditioning="image"), r"dit.conditioning='image' is not one of text, class"),
     (dict(remat_policy="some"), r"dit.remat_policy='some' is not one of none, full"),
     (dict(abs_pos_embedding="learned"), r"dit.abs_pos_embedding='learned' is not one of none, sincos3d"),
     (dict(hidden_size=30, num_heads=4), r"hidden_size=30 must be divisible by dit.num_heads=4"),
     (dict(attention_impl="cudnn"), r"'cudnn' runs in bfloat16: also set dit.dtype='bfloat16'"),
-])
+  ],
+)
 def test_bad_settings_raise_clear_errors(change, message):
   x, t, cond = _inputs()
   with pytest.raises(ValueError, match=message):

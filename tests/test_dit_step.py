@@ -1,4 +1,5 @@
 """DiT training step on cached-latent batches: learning, CFG dropout, eval loss baseline."""
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -18,8 +19,9 @@ LATENT = (3, 4, 4, 4)  # T', H', W', C
 
 def _setup(cfg_dropout=0.1, lr=3e-3, diffusion=None, learn_sigma=False):
   config = base.get_config()
-  config.dit.update(dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=(1, 2, 2),
-                         learn_sigma=learn_sigma))
+  config.dit.update(
+    dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64, patch_size=(1, 2, 2), learn_sigma=learn_sigma)
+  )
   config.diffusion.update(diffusion or {})
   config.text.update(dict(encoder="small", max_length=32, width=32, depth=1, num_heads=2))
   config.train.update(dict(learning_rate=lr, warmup_steps=0, lr_schedule="constant", ema_decay=0.9))
@@ -29,8 +31,16 @@ def _setup(cfg_dropout=0.1, lr=3e-3, diffusion=None, learn_sigma=False):
   tx = make_optimizer(config.train)
   stats = {"mean": jnp.zeros(LATENT[-1]), "std": jnp.ones(LATENT[-1])}
   null = dit_step.null_text_fields(text, None)
-  step, loss_fn = dit_step.make_train_step(dit=dit, text_encoder=text, diffusion=process, latent_stats=stats,
-                                           null_fields=null, cfg_dropout=cfg_dropout, tx=tx, ema_decay=0.9)
+  step, loss_fn = dit_step.make_train_step(
+    dit=dit,
+    text_encoder=text,
+    diffusion=process,
+    latent_stats=stats,
+    null_fields=null,
+    cfg_dropout=cfg_dropout,
+    tx=tx,
+    ema_decay=0.9,
+  )
   init = dit_step.make_init_fn(dit=dit, text_encoder=text, latent_shape=LATENT, tx=tx, ema=True)
   state = partitioning.unbox(init(jax.random.PRNGKey(0)))
   return config, text, dit, process, stats, step, loss_fn, state
@@ -41,8 +51,12 @@ def _batch(text, n=4, seed=0):
   ids, mask = text.tokenize(["a red circle moving left", "a blue square moving up"] * (n // 2))
   # Two fixed latents (one per caption): memorisable, so the loss can fall far.
   patterns = rng.normal(size=(2,) + LATENT).astype(np.float32)
-  return {"latent_mean": np.concatenate([patterns] * (n // 2)),
-          "latent_logvar": np.full((n,) + LATENT, -8.0, np.float32), "text_ids": ids, "text_mask": mask}
+  return {
+    "latent_mean": np.concatenate([patterns] * (n // 2)),
+    "latent_logvar": np.full((n,) + LATENT, -8.0, np.float32),
+    "text_ids": ids,
+    "text_mask": mask,
+  }
 
 
 def test_params_hold_dit_and_trainable_text_encoder():

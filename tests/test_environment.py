@@ -17,8 +17,10 @@ def test_tensorflow_is_not_installed():
 
 
 def test_data_stack_imports_without_tensorflow():
-  code = ("import sys; import sora_jax.data.pipeline, sora_jax.data.shapes_builder, "
-          "sora_jax.data.video_folder_builder, tensorflow_datasets as tfds, grain; "
-          "sys.exit(1 if 'tensorflow' in sys.modules else 0)")
+  code = (
+    "import sys; import sora_jax.data.pipeline, sora_jax.data.shapes_builder, "
+    "sora_jax.data.video_folder_builder, tensorflow_datasets as tfds, grain; "
+    "sys.exit(1 if 'tensorflow' in sys.modules else 0)"
+  )
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:] or "tensorflow was imported"

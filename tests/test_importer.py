@@ -32,8 +32,14 @@ def videos_dir(tmp_path_factory):
   (folder / "nested").mkdir()
   video_io.write_mp4(folder / "nested" / "short.mp4", _frame_numbered_video(6), fps=8)  # too short
   (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not really a video" * 20)
-  rows = ["path,caption,extra", "clip0.mp4,a gray fade,x", "clip1.mp4,another fade,y", "clip2.mp4,third,z",
-          "nested/short.mp4,too short,w", "broken.mp4,a broken file,v"]
+  rows = [
+    "path,caption,extra",
+    "clip0.mp4,a gray fade,x",
+    "clip1.mp4,another fade,y",
+    "clip2.mp4,third,z",
+    "nested/short.mp4,too short,w",
+    "broken.mp4,a broken file,v",
+  ]
   (folder / "captions.csv").write_text("\n".join(rows) + "\n")
   return folder
 
@@ -42,8 +48,13 @@ def videos_dir(tmp_path_factory):
 def imported(videos_dir, tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("imported_data"))
   builder, summary = video_folder_builder.import_video_folder(
-      videos_dir, name="mine", captions=importer.CsvCaptions(videos_dir / "captions.csv"),
-      settings=SETTINGS, data_dir=data_dir, validation_fraction=0.3)
+    videos_dir,
+    name="mine",
+    captions=importer.CsvCaptions(videos_dir / "captions.csv"),
+    settings=SETTINGS,
+    data_dir=data_dir,
+    validation_fraction=0.3,
+  )
   return builder, summary, data_dir
 
 
@@ -86,7 +97,12 @@ def test_imported_clips_have_the_right_frames_and_captions(imported):
   _, _, data_dir = imported
   cfg = base.get_config().data
   cfg.dataset, cfg.builder_config, cfg.data_dir, cfg.num_frames, cfg.batch_size = (
-      "video_folder", "mine", data_dir, 9, 2)
+    "video_folder",
+    "mine",
+    data_dir,
+    9,
+    2,
+  )
   captions = {"clip0.mp4": "a gray fade", "clip1.mp4": "another fade", "clip2.mp4": "third"}
   clips = [ex for split in ("train", "validation") for ex in _all(datasets.load_data_source(cfg, split))]
   assert len(clips) == 9
@@ -114,17 +130,24 @@ def test_missing_csv_column_is_a_clear_error(tmp_path):
 def test_missing_listed_file_is_a_clear_error(videos_dir, tmp_path):
   (tmp_path / "c.csv").write_text("path,caption\nclip0.mp4,ok\nnot_there.mp4,missing\n")
   with pytest.raises(FileNotFoundError, match="not_there.mp4"):
-    video_folder_builder.import_video_folder(videos_dir, name="x", captions=importer.CsvCaptions(tmp_path / "c.csv"),
-                                             settings=SETTINGS, data_dir=str(tmp_path / "data"))
+    video_folder_builder.import_video_folder(
+      videos_dir,
+      name="x",
+      captions=importer.CsvCaptions(tmp_path / "c.csv"),
+      settings=SETTINGS,
+      data_dir=str(tmp_path / "data"),
+    )
   assert not (tmp_path / "data" / "video_folder" / "x").exists() or not any(
-      (tmp_path / "data" / "video_folder" / "x").rglob("*.array_record*"))
+    (tmp_path / "data" / "video_folder" / "x").rglob("*.array_record*")
+  )
 
 
 def test_existing_name_needs_overwrite(imported, videos_dir):
   _, _, data_dir = imported
   with pytest.raises(FileExistsError, match="--overwrite"):
-    video_folder_builder.import_video_folder(videos_dir, name="mine", captions=importer.SidecarCaptions(),
-                                             settings=SETTINGS, data_dir=data_dir)
+    video_folder_builder.import_video_folder(
+      videos_dir, name="mine", captions=importer.SidecarCaptions(), settings=SETTINGS, data_dir=data_dir
+    )
 
 
 def test_sidecar_and_function_caption_sources(tmp_path, monkeypatch):
@@ -140,15 +163,21 @@ def test_sidecar_and_function_caption_sources(tmp_path, monkeypatch):
   assert [p.name for p in sidecar.videos(folder)] == ["a.mp4", "b.gif"]
   assert sidecar.caption(folder / "b.gif", None) == "caption of b"
 
-  (tmp_path / "my_captioner.py").write_text(textwrap.dedent("""
+  (tmp_path / "my_captioner.py").write_text(
+    textwrap.dedent("""
       def brightness(clip):
         return f"brightness {int(clip.mean())} over {clip.shape[0]} frames"
-  """))
+  """)
+  )
   monkeypatch.syspath_prepend(str(tmp_path))
   builder, summary = video_folder_builder.import_video_folder(
-      folder, name="fn", captions=importer.make_caption_source(captioner="my_captioner:brightness"),
-      settings=importer.ClipSettings(num_frames=5, height=16, width=16, fps=8), data_dir=str(tmp_path / "d"),
-      validation_fraction=0.0)
+    folder,
+    name="fn",
+    captions=importer.make_caption_source(captioner="my_captioner:brightness"),
+    settings=importer.ClipSettings(num_frames=5, height=16, width=16, fps=8),
+    data_dir=str(tmp_path / "d"),
+    validation_fraction=0.0,
+  )
   source = builder.as_data_source(split="train")
   assert summary.clips == {"train": 6}  # a: 20 frames -> 4 clips of 5; b: 10 -> 2
   assert all(source[i]["caption"].decode().endswith("over 5 frames") for i in range(len(source)))
@@ -168,15 +197,37 @@ def test_split_by_video_skips_unusable_validation_candidates():
 
 def test_import_tool_end_to_end(videos_dir, tmp_path):
   result = subprocess.run(
-      [sys.executable, os.path.join(REPO, "tools", "import_videos.py"), f"--videos_dir={videos_dir}",
-       f"--captions={videos_dir / 'captions.csv'}", "--name=cli", f"--data_dir={tmp_path}", "--num_frames=9",
-       "--height=32", "--width=32", "--fps=8", "--stride=4"],
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      os.path.join(REPO, "tools", "import_videos.py"),
+      f"--videos_dir={videos_dir}",
+      f"--captions={videos_dir / 'captions.csv'}",
+      "--name=cli",
+      f"--data_dir={tmp_path}",
+      "--num_frames=9",
+      "--height=32",
+      "--width=32",
+      "--fps=8",
+      "--stride=4",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "skipped 1 unreadable file(s)" in result.stdout and "broken.mp4" in result.stdout
   assert "--config.data.builder_config=cli" in result.stdout
   bad = subprocess.run(
-      [sys.executable, os.path.join(REPO, "tools", "import_videos.py"), f"--videos_dir={videos_dir}",
-       f"--captions={tmp_path / 'nope.csv'}", "--name=cli2", f"--data_dir={tmp_path}"],
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      os.path.join(REPO, "tools", "import_videos.py"),
+      f"--videos_dir={videos_dir}",
+      f"--captions={tmp_path / 'nope.csv'}",
+      "--name=cli2",
+      f"--data_dir={tmp_path}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode != 0 and "nope.csv" in bad.stderr and "does not exist" in bad.stderr

@@ -1,4 +1,5 @@
 """The latent cache: ArrayRecord round trip, reuse when unchanged, rebuild when the request changes."""
+
 import os
 
 import jax
@@ -13,8 +14,14 @@ from sora_jax.models.text import build_text_encoder
 
 def _source(n, frames=5, size=8, seed=0):
   rng = np.random.default_rng(seed)
-  return [{"video": rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8),
-           "caption": f"a red circle moving left {i}", "color": "red"} for i in range(n)]
+  return [
+    {
+      "video": rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8),
+      "caption": f"a red circle moving left {i}",
+      "color": "red",
+    }
+    for i in range(n)
+  ]
 
 
 def _encode(video):
@@ -34,8 +41,15 @@ def test_round_trip_and_reuse(tmp_path, small_encoder):
   source = _source(5)
   encode_fn = jax.jit(_encode)
   meta = {"vae_step": 3, "data": {"num_frames": 5}}
-  counts = latent_cache.build_latent_cache(cache_dir=str(tmp_path), splits={"train": source}, encode_fn=encode_fn,
-                                           text_encoder=small_encoder, text_params=None, meta=meta, batch_size=2)
+  counts = latent_cache.build_latent_cache(
+    cache_dir=str(tmp_path),
+    splits={"train": source},
+    encode_fn=encode_fn,
+    text_encoder=small_encoder,
+    text_params=None,
+    meta=meta,
+    batch_size=2,
+  )
   assert counts == {"train": 5}
   cache = latent_cache.LatentCacheSource(str(tmp_path), "train")
   assert len(cache) == 5
@@ -53,11 +67,23 @@ def test_round_trip_and_reuse(tmp_path, small_encoder):
 
   path = latent_cache.cache_path(str(tmp_path), "train")
   before = os.path.getmtime(path)
-  latent_cache.build_latent_cache(cache_dir=str(tmp_path), splits={"train": source}, encode_fn=encode_fn,
-                                  text_encoder=small_encoder, text_params=None, meta=meta)
+  latent_cache.build_latent_cache(
+    cache_dir=str(tmp_path),
+    splits={"train": source},
+    encode_fn=encode_fn,
+    text_encoder=small_encoder,
+    text_params=None,
+    meta=meta,
+  )
   assert os.path.getmtime(path) == before, "an unchanged request must reuse the cache"
-  latent_cache.build_latent_cache(cache_dir=str(tmp_path), splits={"train": source[:3]}, encode_fn=encode_fn,
-                                  text_encoder=small_encoder, text_params=None, meta=dict(meta, vae_step=4))
+  latent_cache.build_latent_cache(
+    cache_dir=str(tmp_path),
+    splits={"train": source[:3]},
+    encode_fn=encode_fn,
+    text_encoder=small_encoder,
+    text_params=None,
+    meta=dict(meta, vae_step=4),
+  )
   assert len(latent_cache.LatentCacheSource(str(tmp_path), "train")) == 3, "a new VAE step must rebuild"
 
 

@@ -11,7 +11,7 @@ PALETTE = np.array(video_io.RESERVED_GIF_COLORS, dtype=np.uint8)  # black + 7 sh
 
 def _psnr(a, b):
   mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-  return 10 * np.log10(255.0 ** 2 / mse)
+  return 10 * np.log10(255.0**2 / mse)
 
 
 def _smooth_clip(t=9, h=32, w=32):
@@ -80,8 +80,8 @@ def test_gif_round_trip_is_exact_for_palette_colours(tmp_path):
 
 def test_gif_with_many_colours_keeps_shape_colours_exact(tmp_path):
   clip = _smooth_clip(t=6, h=24, w=24)  # far more than 256 colours
-  clip[:, :4, :4] = PALETTE[1]          # a red corner
-  clip[:, -4:, -4:] = PALETTE[5]        # a cyan corner
+  clip[:, :4, :4] = PALETTE[1]  # a red corner
+  clip[:, -4:, -4:] = PALETTE[5]  # a cyan corner
   frames, _ = video_io.read_video(video_io.write_gif(tmp_path / "many.gif", clip, fps=8, scale=2))
   assert frames.shape == (6, 48, 48, 3)
   np.testing.assert_array_equal(frames[:, :8, :8], np.broadcast_to(PALETTE[1], (6, 8, 8, 3)))
@@ -99,6 +99,7 @@ def test_gif_still_clip_keeps_its_frame_count(tmp_path):
 
 def test_gif_is_looping_and_readable_by_pyav(tmp_path):
   import av
+
   clip = _palette_clip(t=5)
   path = video_io.write_gif(tmp_path / "c.gif", clip, fps=8)
   with Image.open(path) as image:
@@ -112,12 +113,15 @@ def test_gif_is_looping_and_readable_by_pyav(tmp_path):
 # ----------------------------------------------------------------------------- read errors
 
 
-@pytest.mark.parametrize("name,content", [
+@pytest.mark.parametrize(
+  "name,content",
+  [
     ("garbage.mp4", b"this is not a video" * 50),
     ("empty.mp4", b""),
     ("garbage.gif", b"GIF89a" + b"\x00" * 30),
     ("garbage.webm", b"\x1a\x45\xdf\xa3" + b"\x00" * 40),
-])
+  ],
+)
 def test_corrupt_files_raise_video_read_error(tmp_path, name, content):
   path = tmp_path / name
   path.write_bytes(content)
@@ -152,7 +156,7 @@ def _moving_square_clips(n=3, t=9, size=16):
   clips = np.zeros((n, t, size, size, 3), np.uint8)
   for i in range(n):
     for f in range(t):
-      clips[i, f, 4:10, f:f + 6] = PALETTE[1 + i]
+      clips[i, f, 4:10, f : f + 6] = PALETTE[1 + i]
   return clips
 
 
@@ -226,8 +230,10 @@ def test_uint8_float_round_trip():
 def test_to_uint8_on_jax_arrays_matches_numpy_and_works_under_jit():
   import jax
   import jax.numpy as jnp
-  x = np.concatenate([np.linspace(-1.2, 1.2, 4001, dtype=np.float32),
-                      (np.arange(256, dtype=np.float32) + 0.5) / 127.5 - 1.0])  # exact .5 ties: half to even
+
+  x = np.concatenate(
+    [np.linspace(-1.2, 1.2, 4001, dtype=np.float32), (np.arange(256, dtype=np.float32) + 0.5) / 127.5 - 1.0]
+  )  # exact .5 ties: half to even
   expected = convert.to_uint8(x)
   assert isinstance(expected, np.ndarray) and expected.dtype == np.uint8
   # What the sampler and the VAE evaluation computed before sharing this function: round((x + 1) * 127.5).
@@ -237,7 +243,9 @@ def test_to_uint8_on_jax_arrays_matches_numpy_and_works_under_jit():
   for out in (eager, jitted):
     assert isinstance(out, jax.Array) and out.dtype == jnp.uint8
     np.testing.assert_array_equal(np.asarray(out), expected)
-  np.testing.assert_array_equal(np.asarray(convert.to_uint8(jnp.asarray(x, jnp.bfloat16))),
-                                convert.to_uint8(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32)))
+  np.testing.assert_array_equal(
+    np.asarray(convert.to_uint8(jnp.asarray(x, jnp.bfloat16))),
+    convert.to_uint8(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32)),
+  )
   u = jnp.arange(256, dtype=jnp.uint8)
   assert convert.to_uint8(u) is u  # uint8 passes through

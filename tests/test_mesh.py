@@ -26,13 +26,16 @@ def test_explicit_shape_and_device_subset():
   assert "fsdp=2" in mesh_lib.describe(mesh) and "2 devices" in mesh_lib.describe(mesh)
 
 
-@pytest.mark.parametrize("shape, match", [
+@pytest.mark.parametrize(
+  "shape, match",
+  [
     ((2, 2, 1, 1), "covers 4 devices but 8 are available"),
     ((-1, -1, 1, 1), "more than one -1"),
     ((-1, 3, 1, 1), "does not divide the 8 devices"),
     ((2, 4, 1), "must have 4 entries"),
     ((8, 0, 1, 1), "invalid sizes"),
-])
+  ],
+)
 def test_bad_mesh_shapes_say_how_to_fix(shape, match):
   with pytest.raises(ValueError, match=match):
     mesh_lib.make_mesh(shape)
@@ -60,11 +63,14 @@ def test_check_divisibility_accepts_good_sizes():
   mesh_lib.check_divisibility(mesh, batch_size=8, num_heads=6, num_tokens=7)
 
 
-@pytest.mark.parametrize("kwargs, words", [
+@pytest.mark.parametrize(
+  "kwargs, words",
+  [
     ({"batch_size": 6}, ["global batch size 6", "data x fsdp = 4", "data.batch_size"]),
     ({"num_heads": 3}, ["attention heads 3", "tensor = 2", "dit.num_heads"]),
     ({"num_tokens": 9}, ["spacetime tokens 9", "context = 4"]),
-])
+  ],
+)
 def test_check_divisibility_errors_name_the_size_and_the_fix(kwargs, words):
   mesh = mesh_lib.make_mesh((1, 2, 4, 1) if "num_tokens" in kwargs else (2, 2, 1, 2))
   with pytest.raises(ValueError) as error:

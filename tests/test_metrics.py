@@ -12,7 +12,7 @@ from sora_jax.evaluation import metrics
 def _reference_ssim(a, b, max_value, size=11, sigma=1.5):
   """Wang et al. 2004 SSIM of one [H, W, C] pair with scipy 2-D correlation, written independently."""
   x = np.arange(size) - size // 2
-  g = np.exp(-(x ** 2) / (2 * sigma ** 2))
+  g = np.exp(-(x**2) / (2 * sigma**2))
   kernel = np.outer(g, g)
   kernel /= kernel.sum()
   c1, c2 = (0.01 * max_value) ** 2, (0.03 * max_value) ** 2
@@ -22,8 +22,8 @@ def _reference_ssim(a, b, max_value, size=11, sigma=1.5):
     x2 = b[..., ch].astype(np.float64)
     f = lambda z: signal.correlate2d(z, kernel, mode="valid")
     m1, m2 = f(x1), f(x2)
-    s11, s22, s12 = f(x1 * x1) - m1 ** 2, f(x2 * x2) - m2 ** 2, f(x1 * x2) - m1 * m2
-    smap = (2 * m1 * m2 + c1) * (2 * s12 + c2) / ((m1 ** 2 + m2 ** 2 + c1) * (s11 + s22 + c2))
+    s11, s22, s12 = f(x1 * x1) - m1**2, f(x2 * x2) - m2**2, f(x1 * x2) - m1 * m2
+    smap = (2 * m1 * m2 + c1) * (2 * s12 + c2) / ((m1**2 + m2**2 + c1) * (s11 + s22 + c2))
     values.append(smap.mean())
   return float(np.mean(values))
 
@@ -37,7 +37,7 @@ def _images(shape, seed=0):
 
 def test_psnr_known_values():
   a = np.full((2, 3, 8, 8, 3), 100, np.uint8)
-  np.testing.assert_allclose(metrics.psnr(a, a + 5, 255.0), 10 * np.log10(255 ** 2 / 25), rtol=1e-6)
+  np.testing.assert_allclose(metrics.psnr(a, a + 5, 255.0), 10 * np.log10(255**2 / 25), rtol=1e-6)
   assert metrics.psnr(a, a, 255.0).shape == (2, 3)
   assert np.all(np.isinf(metrics.psnr(a, a, 255.0)))
   # MSE of 0.01 on [0,1] data is exactly 20 dB.
@@ -64,8 +64,9 @@ def test_ssim_matches_scipy_reference():
 def test_ssim_uint8_range_and_identical():
   a, b = _images((2, 16, 16, 3), seed=1)
   a8, b8 = (a * 255).astype(np.uint8), (b * 255).astype(np.uint8)
-  np.testing.assert_allclose(metrics.ssim(a8, b8, 255.0), [_reference_ssim(a8[i], b8[i], 255.0) for i in range(2)],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    metrics.ssim(a8, b8, 255.0), [_reference_ssim(a8[i], b8[i], 255.0) for i in range(2)], atol=1e-5
+  )
   np.testing.assert_allclose(metrics.ssim(a8, a8, 255.0), 1.0, atol=1e-6)
 
 

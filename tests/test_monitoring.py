@@ -74,13 +74,14 @@ def test_progress_interval_env(monkeypatch):
 def _read_events(logdir):
   """Parses TensorBoard event files (TFRecord framing: u64 length, u32 crc, data, u32 crc)."""
   from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+
   events = []
   for path in sorted(logdir.glob("events.out.tfevents.*")):
     data = path.read_bytes()
     offset = 0
     while offset < len(data):
-      length = int.from_bytes(data[offset:offset + 8], "little")
-      payload = data[offset + 12:offset + 12 + length]
+      length = int.from_bytes(data[offset : offset + 8], "little")
+      payload = data[offset + 12 : offset + 12 + length]
       events.append(event_pb2.Event.FromString(payload))
       offset += 12 + length + 4
   return events
@@ -150,8 +151,7 @@ def _write_records(path, records):
 
 
 def test_curve_sorts_and_last_record_wins(tmp_path):
-  records = [{"step": 2, "loss": 3.0}, {"step": 1, "loss": 4.0}, {"step": 2, "loss": 2.0},
-             {"step": 3, "psnr": 20.0}]
+  records = [{"step": 2, "loss": 3.0}, {"step": 1, "loss": 4.0}, {"step": 2, "loss": 2.0}, {"step": 3, "psnr": 20.0}]
   xs, ys = plots.curve(records, "loss")
   np.testing.assert_array_equal(xs, [1, 2])
   np.testing.assert_array_equal(ys, [4.0, 2.0])
@@ -159,10 +159,10 @@ def test_curve_sorts_and_last_record_wins(tmp_path):
 
 def test_plot_curves_writes_png(tmp_path):
   path = tmp_path / "metrics.jsonl"
-  _write_records(path, [{"step": s, "minutes": s / 10, "loss": 1 / (s + 1), "psnr": 20 + s}
-                        for s in range(20)])
-  out = plots.plot_curves(path, ["loss", "psnr"], tmp_path / "png" / "c.png", x="minutes",
-                          smoothing=0.5, log_y=["loss"])
+  _write_records(path, [{"step": s, "minutes": s / 10, "loss": 1 / (s + 1), "psnr": 20 + s} for s in range(20)])
+  out = plots.plot_curves(
+    path, ["loss", "psnr"], tmp_path / "png" / "c.png", x="minutes", smoothing=0.5, log_y=["loss"]
+  )
   with Image.open(out) as image:
     assert image.format == "PNG"
     width, height = image.size

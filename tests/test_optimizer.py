@@ -13,8 +13,7 @@ from sora_jax.training import optimizer, train_state
 
 def _train_cfg(**overrides):
   cfg = base.get_config().train
-  defaults = dict(steps=100, learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1, grad_clip=0.0,
-                  weight_decay=0.0)
+  defaults = dict(steps=100, learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1, grad_clip=0.0, weight_decay=0.0)
   cfg.update({**defaults, **overrides})
   return cfg
 
@@ -37,11 +36,14 @@ def test_learning_rate_at_counts_optimizer_updates_under_accumulation():
   assert optimizer.learning_rate_at(cfg, 20) == pytest.approx(0.5)  # micro-step 20 = update 5
 
 
-@pytest.mark.parametrize("overrides, match", [
+@pytest.mark.parametrize(
+  "overrides, match",
+  [
     ({"lr_schedule": "linear"}, "lr_schedule"),
     ({"grad_accum_steps": 0}, "grad_accum_steps"),
     ({"learning_rate": 0.0}, "learning_rate"),
-])
+  ],
+)
 def test_bad_train_config_is_a_clear_error(overrides, match):
   with pytest.raises(ValueError, match=match):
     optimizer.make_optimizer(_train_cfg(**overrides))

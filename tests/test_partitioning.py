@@ -54,9 +54,9 @@ def test_specs_follow_the_rules_and_drop_axes_that_do_not_divide():
   specs = partitioning.partition_specs(abstract, mesh, _rules())
   assert specs.params["w"] == P("fsdp", "tensor")
   assert specs.params["b"] == P(None)
-  assert specs.params["odd"] == P(None, None)           # 5 output channels do not divide fsdp=2
+  assert specs.params["odd"] == P(None, None)  # 5 output channels do not divide fsdp=2
   assert specs.params["Dense_0"]["kernel"] == P("tensor", None)  # 3 does not divide fsdp=2
-  assert specs.step == P()                              # unannotated -> replicated
+  assert specs.step == P()  # unannotated -> replicated
   # The optimizer state and EMA inherit the parameter annotations.
   adam_state = specs.opt_state[1][0]
   assert adam_state.mu["w"] == P("fsdp", "tensor") and adam_state.nu["w"] == P("fsdp", "tensor")

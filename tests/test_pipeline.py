@@ -3,6 +3,7 @@
 The workdir is made once per session by tools/train_vae.py and tools/train_dit.py (a few
 steps each, 9-frame 32x32 clips), laid out like `make demo`'s runs/demo (vae/ + dit/).
 """
+
 import json
 import os
 import subprocess
@@ -12,13 +13,28 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = ["--config.data.num_train=16", "--config.data.num_validation=8", "--config.data.num_test=8",
-        "--config.data.batch_size=4", "--config.data.num_frames=9"]
-TINY_VAE = ["--config.vae.base_channels=8", "--config.vae.channel_multipliers=(1,1,1,1)",
-            "--config.vae.num_res_blocks=1", "--config.vae.mid_attention=False",
-            "--config.vae_loss.latent_stats_batches=1", "--config.train.steps=2"]
-TINY_DIT = ["--config.dit.depth=1", "--config.dit.variant=", "--config.train.steps=3",
-            "--config.train.eval_batches=1", "--config.sample.num_steps=2"]
+DATA = [
+  "--config.data.num_train=16",
+  "--config.data.num_validation=8",
+  "--config.data.num_test=8",
+  "--config.data.batch_size=4",
+  "--config.data.num_frames=9",
+]
+TINY_VAE = [
+  "--config.vae.base_channels=8",
+  "--config.vae.channel_multipliers=(1,1,1,1)",
+  "--config.vae.num_res_blocks=1",
+  "--config.vae.mid_attention=False",
+  "--config.vae_loss.latent_stats_batches=1",
+  "--config.train.steps=2",
+]
+TINY_DIT = [
+  "--config.dit.depth=1",
+  "--config.dit.variant=",
+  "--config.train.steps=3",
+  "--config.train.eval_batches=1",
+  "--config.sample.num_steps=2",
+]
 
 
 def _run_tool(*args):
@@ -33,14 +49,21 @@ def workdir(tmp_path_factory):
   root = tmp_path_factory.mktemp("demo")
   data = DATA + [f"--config.data.data_dir={root / 'data'}"]
   _run_tool("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
-  _run_tool("tools/train_dit.py", "--config=configs/dit/demo.py", f"--workdir={root / 'dit'}", *data, *TINY_DIT,
-            f"--config.vae_workdir={root / 'vae'}")
+  _run_tool(
+    "tools/train_dit.py",
+    "--config=configs/dit/demo.py",
+    f"--workdir={root / 'dit'}",
+    *data,
+    *TINY_DIT,
+    f"--config.vae_workdir={root / 'vae'}",
+  )
   return root
 
 
 @pytest.fixture(scope="module")
 def pipe(workdir):
   from sora_jax import Pipeline
+
   return Pipeline.from_pretrained(str(workdir))
 
 
@@ -53,8 +76,9 @@ def test_training_wrote_a_restorable_workdir(workdir):
 
 
 def test_generates_uint8_videos_of_the_trained_shape(pipe):
-  videos = pipe(["a red circle moving left", "a blue square moving up", "a green triangle staying still"],
-                num_steps=2, seed=0)
+  videos = pipe(
+    ["a red circle moving left", "a blue square moving up", "a green triangle staying still"], num_steps=2, seed=0
+  )
   assert videos.dtype == np.uint8 and videos.shape == (3, 9, 32, 32, 3)
 
 
@@ -81,18 +105,21 @@ def test_restores_onto_a_callers_mesh_with_the_same_result(workdir, pipe):
   import jax
   from sora_jax import Pipeline
   from sora_jax.sharding import mesh as mesh_lib
+
   mesh = mesh_lib.make_mesh((2, 1, 1, 1), devices=jax.devices()[:2])
   sharded = Pipeline.from_pretrained(str(workdir), mesh=mesh)
   leaf = jax.tree.leaves(sharded.params["dit"])[0]
   assert leaf.sharding.mesh.devices.size == 2
   prompts = ["a red circle moving left", "a blue square moving up"]
-  np.testing.assert_allclose(sharded(prompts, num_steps=2, seed=1).astype(int),
-                             pipe(prompts, num_steps=2, seed=1).astype(int), atol=2)
+  np.testing.assert_allclose(
+    sharded(prompts, num_steps=2, seed=1).astype(int), pipe(prompts, num_steps=2, seed=1).astype(int), atol=2
+  )
 
 
 def test_restores_a_chosen_checkpoint_step(workdir, pipe):
   from sora_jax import Pipeline
   from sora_jax.training.checkpointing import CheckpointNotFoundError
+
   chosen = Pipeline.from_pretrained(str(workdir), step=3)  # the tiny run's only (and last) step
   prompts = ["a red circle moving left"]
   np.testing.assert_array_equal(chosen(prompts, num_steps=2, seed=1), pipe(prompts, num_steps=2, seed=1))
@@ -108,11 +135,14 @@ def test_encode_decode_shapes(pipe):
   assert frames.shape == videos.shape and frames.dtype == np.uint8
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(num_frames=8), r"num_frames=8 cannot be produced.*valid: \[1, 5, 9"),
     (dict(height=30), r"multiples of"),
     (dict(guidance_scale=-1.0), r"guidance_scale=-1.0 must be >= 0"),
-])
+  ],
+)
 def test_clear_errors_for_bad_requests(pipe, kwargs, match):
   with pytest.raises(ValueError, match=match):
     pipe(["a red circle moving left"], num_steps=2, **kwargs)
@@ -129,6 +159,7 @@ def test_every_sampler_is_counted_and_selectable():
   from sora_jax.diffusion import samplers
   from sora_jax.sampling import flags as sampling_flags
   from sora_jax.sampling import generate
+
   assert set(generate.MODEL_EVALS_PER_STEP) == set(samplers.STEPS)
   assert set(sampling_flags.SAMPLERS) == set(samplers.STEPS)
   fv = flags.FlagValues()
@@ -149,6 +180,7 @@ def test_empty_prompt_list_is_an_error_but_empty_prompt_works(pipe):
 
 def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):
   from sora_jax import Pipeline
+
   with pytest.raises(FileNotFoundError, match="holds no DiT run"):
     Pipeline.from_pretrained(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="does not exist"):
@@ -157,9 +189,17 @@ def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):
 
 def test_sample_tool_writes_playable_files(workdir, tmp_path):
   from sora_jax.media import video_io
+
   out = tmp_path / "samples"
-  _run_tool("tools/sample.py", f"--workdir={workdir}", "--prompt=blue box going up", "--prompt=a red ball",
-            f"--out={out}", "--num_steps=2", "--scale=2")
+  _run_tool(
+    "tools/sample.py",
+    f"--workdir={workdir}",
+    "--prompt=blue box going up",
+    "--prompt=a red ball",
+    f"--out={out}",
+    "--num_steps=2",
+    "--scale=2",
+  )
   mp4s = sorted(out.glob("*.mp4"))
   assert len(mp4s) == 2 and len(list(out.glob("*.gif"))) == 2 and (out / "contact_sheet.png").exists()
   frames, fps = video_io.read_video(mp4s[0])
@@ -170,8 +210,9 @@ def test_sample_tool_writes_playable_files(workdir, tmp_path):
 
 def test_evaluate_tool_reports_adherence_and_vae_metrics(workdir, tmp_path):
   out = tmp_path / "eval"
-  _run_tool("tools/evaluate.py", f"--workdir={workdir}", f"--out={out}", "--num_steps=1", "--vae_clips=2",
-            "--batch_size=128")
+  _run_tool(
+    "tools/evaluate.py", f"--workdir={workdir}", f"--out={out}", "--num_steps=1", "--vae_clips=2", "--batch_size=128"
+  )
   result = json.loads((out / "eval.json").read_text())
   assert result["num_videos"] == 105
   assert result["sampling"] == {"num_steps": 1, "guidance_scale": 4.0, "sampler": "euler"}  # flag, then config's

@@ -1,4 +1,5 @@
 """The shapes prompt expander: synonyms, word order, missing parts, pluggable expanders."""
+
 import numpy as np
 import pytest
 
@@ -6,7 +7,9 @@ from sora_jax.data import shapes
 from sora_jax.sampling import prompt_expander as pe
 
 
-@pytest.mark.parametrize("prompt, expected", [
+@pytest.mark.parametrize(
+  "prompt, expected",
+  [
     ("blue box going up", "a blue square moving up"),
     ("Triangle, green, static", "a green triangle staying still"),
     ("a ball falling", "a white circle moving down"),
@@ -16,7 +19,8 @@ from sora_jax.sampling import prompt_expander as pe
     ("a cyan circle moving left", "a cyan circle moving left"),
     ("", "a white circle staying still"),
     ("un cercle qui monte", "a white circle staying still"),  # nothing recognised -> all defaults
-])
+  ],
+)
 def test_expands_synonyms_order_and_missing_parts(prompt, expected):
   assert pe.ShapesPromptExpander()(prompt) == expected
 

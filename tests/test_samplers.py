@@ -20,8 +20,8 @@ NOISE = jnp.asarray(np.random.default_rng(0).standard_normal((16, 3)), jnp.float
 def exact_velocity(x, t_model):
   """Flow: v(x, t) = d/dt [(1 - t) mu + sqrt((1 - t)^2 s^2 + t^2) z] at fixed z."""
   t = (t_model / 1000.0)[:, None]
-  var = (1 - t) ** 2 * S ** 2 + t ** 2
-  return -MU + (t - (1 - t) * S ** 2) / var * (x - (1 - t) * MU)
+  var = (1 - t) ** 2 * S**2 + t**2
+  return -MU + (t - (1 - t) * S**2) / var * (x - (1 - t) * MU)
 
 
 def ddpm_oracle(process):
@@ -30,7 +30,7 @@ def ddpm_oracle(process):
   def model(x, k):
     abar = abar_table[k.astype(jnp.int32)][:, None]
     alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1 - abar)
-    eps = sigma * (x - alpha * MU) / (alpha ** 2 * S ** 2 + sigma ** 2)
+    eps = sigma * (x - alpha * MU) / (alpha**2 * S**2 + sigma**2)
     if process.prediction == "epsilon":
       return eps
     return alpha * eps - sigma * (x - sigma * eps) / alpha
@@ -50,8 +50,8 @@ def optimal_variance_output(process):
   post_var = betas * (1 - abar_prev) / (1 - abar)
   min_log = np.log(np.append(post_var[1], post_var[1:]))
   coef_x0 = betas * np.sqrt(abar_prev) / (1 - abar)
-  var_x0 = S ** 2 * (1 - abar) / (abar * S ** 2 + 1 - abar)
-  return 2 * (np.log(post_var + coef_x0 ** 2 * var_x0) - min_log) / (np.log(betas) - min_log) - 1
+  var_x0 = S**2 * (1 - abar) / (abar * S**2 + 1 - abar)
+  return 2 * (np.log(post_var + coef_x0**2 * var_x0) - min_log) / (np.log(betas) - min_log) - 1
 
 
 def learned_sigma_oracle(process):
@@ -80,15 +80,15 @@ def ancestral_moments(process, num_steps, learned):
   mean, var = 0.0, 1.0
   for j in reversed(range(num_steps)):
     alpha, sigma = np.sqrt(abar[j]), np.sqrt(1 - abar[j])
-    gain = S ** 2 * alpha / (alpha ** 2 * S ** 2 + sigma ** 2)  # E[x0 | x] = MU + gain (x - alpha MU)
+    gain = S**2 * alpha / (alpha**2 * S**2 + sigma**2)  # E[x0 | x] = MU + gain (x - alpha MU)
     a, b = coef_xt[j] + coef_x0[j] * gain, coef_x0[j] * (MU - gain * alpha * MU)
-    mean, var = a * mean + b, a ** 2 * var + (np.exp(log_var[j]) if j > 0 else 0.0)  # no noise into x0
+    mean, var = a * mean + b, a**2 * var + (np.exp(log_var[j]) if j > 0 else 0.0)  # no noise into x0
   return mean, np.sqrt(var)
 
 
 def ddpm_answer(process):
   abar = process.alphas_cumprod[-1]
-  return MU + S * (NOISE - np.sqrt(abar) * MU) / np.sqrt(abar * S ** 2 + 1 - abar)
+  return MU + S * (NOISE - np.sqrt(abar) * MU) / np.sqrt(abar * S**2 + 1 - abar)
 
 
 def error(x, answer):
@@ -100,9 +100,13 @@ FLOW = FlowMatching(shift=1.0)
 
 def test_flow_samplers_converge_and_higher_order_beats_euler():
   answer = MU + S * NOISE
-  errors = {name: [error(samplers.sample(exact_velocity, NOISE, process=FLOW, sampler=name, num_steps=n), answer)
-                   for n in (4, 16, 64)]
-            for name in ("euler", "heun", "ddim", "dpmpp_2m")}
+  errors = {
+    name: [
+      error(samplers.sample(exact_velocity, NOISE, process=FLOW, sampler=name, num_steps=n), answer)
+      for n in (4, 16, 64)
+    ]
+    for name in ("euler", "heun", "ddim", "dpmpp_2m")
+  }
   for name, errs in errors.items():
     assert errs[0] > errs[1] > errs[2], (name, errs)
   assert errors["euler"][2] < 0.04 and errors["ddim"][2] < 0.04
@@ -135,9 +139,10 @@ def test_flow_x0_prediction_samples_like_the_velocity_it_implies():
 def test_ddpm_samplers_converge_and_dpm_solver_beats_ddim(schedule, prediction):
   process = DDPM(schedule=schedule, prediction=prediction)
   model, answer = ddpm_oracle(process), ddpm_answer(process)
-  errs = {name: [error(samplers.sample(model, NOISE, process=process, sampler=name, num_steps=n), answer)
-                 for n in (10, 50)]
-          for name in ("ddim", "dpmpp_2m")}
+  errs = {
+    name: [error(samplers.sample(model, NOISE, process=process, sampler=name, num_steps=n), answer) for n in (10, 50)]
+    for name in ("ddim", "dpmpp_2m")
+  }
   for name, (coarse, fine) in errs.items():
     assert fine < coarse, (name, errs)
   assert errs["ddim"][1] < 0.1 and errs["dpmpp_2m"][1] < 0.01
@@ -166,8 +171,7 @@ def test_ancestral_sampler_with_the_optimal_learned_variance_samples_the_data(sc
   """Full chain (num_steps = T): with the exact mean and variance every reverse step is exact."""
   process = DDPM(schedule=schedule, prediction=prediction)
   noise = jnp.asarray(np.random.default_rng(1).standard_normal((4096, 8)), jnp.float32)
-  x = np.asarray(samplers.sample(learned_sigma_oracle(process), noise, process=process, sampler="ddpm",
-                                 num_steps=1000))
+  x = np.asarray(samplers.sample(learned_sigma_oracle(process), noise, process=process, sampler="ddpm", num_steps=1000))
   mean, std = ancestral_moments(process, 1000, learned=True)
   assert abs(mean - MU) < 1e-3 and abs(std - S) < 1e-3  # the chain itself is right ...
   assert abs(x.mean() - mean) < 0.012 and abs(x.std() - std) < 0.01  # ... and so is the sampler (n = 32768)
@@ -229,6 +233,7 @@ def test_sampler_uses_the_training_shift_and_model_time_scale():
   process = FlowMatching(shift=0.0, base_shift_tokens=16, max_shift_tokens=32, max_shift=3.0)
   samplers.sample(model, NOISE, process=process, sampler="euler", num_steps=4, num_tokens=32)
   from sora_jax.diffusion.flow import shift_timesteps  # pylint: disable=g-import-not-at-top
+
   np.testing.assert_allclose(seen, 1000 * shift_timesteps(np.array([1.0, 0.75, 0.5, 0.25]), 3.0), rtol=1e-5)
 
 
@@ -265,12 +270,19 @@ def test_ddpm_samplers_match_diffusers_schedulers(prediction):
   diffusers = pytest.importorskip("diffusers", reason="needs the [peers] extra: pip install torch==2.13.0 diffusers")
   process = DDPM(schedule="linear", prediction=prediction)
   model = ddpm_oracle(process)
-  common = dict(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02,
-                prediction_type="epsilon" if prediction == "epsilon" else "v_prediction", timestep_spacing="trailing")
+  common = dict(
+    num_train_timesteps=1000,
+    beta_schedule="linear",
+    beta_start=1e-4,
+    beta_end=0.02,
+    prediction_type="epsilon" if prediction == "epsilon" else "v_prediction",
+    timestep_spacing="trailing",
+  )
   peers = {
-      "dpmpp_2m": diffusers.DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2,
-                                                        final_sigmas_type="zero", **common),
-      "ddim": diffusers.DDIMScheduler(set_alpha_to_one=True, clip_sample=False, **common),
+    "dpmpp_2m": diffusers.DPMSolverMultistepScheduler(
+      algorithm_type="dpmsolver++", solver_order=2, final_sigmas_type="zero", **common
+    ),
+    "ddim": diffusers.DDIMScheduler(set_alpha_to_one=True, clip_sample=False, **common),
   }
   for name, scheduler in peers.items():
     scheduler.set_timesteps(10)  # 1000 / 10: diffusers DDIM steps to t - 1000 // n

@@ -26,11 +26,14 @@ def _accuracy(specs, videos):
   return sa.accuracy(scores)
 
 
-@pytest.mark.parametrize("count,num_frames,size,seed", [
-    (300, 17, 32, 0),   # the dataset default: the check issue 5 asks for
-    (120, 9, 32, 1),    # short clips
-    (60, 17, 64, 2),    # larger frames
-])
+@pytest.mark.parametrize(
+  "count,num_frames,size,seed",
+  [
+    (300, 17, 32, 0),  # the dataset default: the check issue 5 asks for
+    (120, 9, 32, 1),  # short clips
+    (60, 17, 64, 2),  # larger frames
+  ],
+)
 def test_reads_ground_truth_clips(count, num_frames, size, seed):
   specs, videos = _clips(count, num_frames, size, size, seed)
   # The sample covers every value of every attribute.
@@ -50,8 +53,9 @@ def test_robust_to_blur_noise_and_dimming():
 
 
 def test_result_fields_and_confidences():
-  spec = shapes.ClipSpec(color="magenta", shape="triangle", motion="right", size_frac=0.4,
-                         start_center=(0.25, 0.5), end_center=(0.75, 0.5))
+  spec = shapes.ClipSpec(
+    color="magenta", shape="triangle", motion="right", size_frac=0.4, start_center=(0.25, 0.5), end_center=(0.75, 0.5)
+  )
   result = sa.analyze_video(shapes.render_clip(spec, 17, 32, 32))
   assert (result["color"], result["shape"], result["motion"], result["found"]) == ("magenta", "triangle", "right", True)
   assert all(0.0 < c <= 1.0 for c in result["confidence"].values())
@@ -63,8 +67,9 @@ def test_result_fields_and_confidences():
 
 
 def test_still_object_and_dim_colour():
-  spec = shapes.ClipSpec(color="cyan", shape="square", motion="still", size_frac=0.35,
-                         start_center=(0.4, 0.6), end_center=(0.4, 0.6))
+  spec = shapes.ClipSpec(
+    color="cyan", shape="square", motion="still", size_frac=0.35, start_center=(0.4, 0.6), end_center=(0.4, 0.6)
+  )
   video = (shapes.render_clip(spec, 9, 32, 32).astype(np.float32) * 0.5).astype(np.uint8)
   result = sa.analyze_video(video)
   assert (result["color"], result["shape"], result["motion"]) == ("cyan", "square", "still")
@@ -73,27 +78,33 @@ def test_still_object_and_dim_colour():
 def test_black_video_finds_nothing_and_scores_wrong():
   result = sa.analyze_video(np.zeros((5, 16, 16, 3), np.uint8))
   assert result["found"] is False and result["color"] is None
-  assert sa.score(result, "a red circle moving left") == {"color": False, "shape": False, "motion": False,
-                                                           "all": False}
+  assert sa.score(result, "a red circle moving left") == {"color": False, "shape": False, "motion": False, "all": False}
 
 
 def test_score_accepts_captions_specs_tuples_and_dicts():
   predicted = {"color": "red", "shape": "circle", "motion": "left"}
-  spec = shapes.ClipSpec(color="red", shape="circle", motion="up", size_frac=0.3,
-                         start_center=(0.5, 0.7), end_center=(0.5, 0.3))
+  spec = shapes.ClipSpec(
+    color="red", shape="circle", motion="up", size_frac=0.3, start_center=(0.5, 0.7), end_center=(0.5, 0.3)
+  )
   assert sa.score(predicted, "a red circle moving left")["all"]
   assert sa.score(predicted, "the red ball is going to the left")["all"]  # paraphrase
   assert sa.score(predicted, spec) == {"color": True, "shape": True, "motion": False, "all": False}
-  assert sa.score(predicted, ("blue", "circle", "left")) == {"color": False, "shape": True, "motion": True,
-                                                             "all": False}
+  assert sa.score(predicted, ("blue", "circle", "left")) == {
+    "color": False,
+    "shape": True,
+    "motion": True,
+    "all": False,
+  }
   assert sa.score(predicted, predicted)["all"]
   with pytest.raises(ValueError, match="lack"):
     sa.score(predicted, {"color": "red"})
 
 
 def test_accuracy_and_confusion_matrix():
-  scores = [{"color": True, "shape": True, "motion": False, "all": False},
-            {"color": True, "shape": False, "motion": True, "all": False}]
+  scores = [
+    {"color": True, "shape": True, "motion": False, "all": False},
+    {"color": True, "shape": False, "motion": True, "all": False},
+  ]
   assert sa.accuracy(scores) == {"color": 1.0, "shape": 0.5, "motion": 0.5, "all": 0.0}
   matrix = sa.confusion_matrix(["circle", "square", None], ["circle", "triangle", "square"], "shape")
   assert matrix.shape == (3, 4)

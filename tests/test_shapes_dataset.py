@@ -33,8 +33,9 @@ def _split_files(builder, split):
 @pytest.mark.parametrize("shape", shapes.SHAPES)
 @pytest.mark.parametrize("color", list(shapes.COLORS))
 def test_pixels_are_exact_color_on_black(color, shape):
-  spec = shapes.ClipSpec(color=color, shape=shape, motion="still", size_frac=0.4,
-                         start_center=(0.5, 0.5), end_center=(0.5, 0.5))
+  spec = shapes.ClipSpec(
+    color=color, shape=shape, motion="still", size_frac=0.4, start_center=(0.5, 0.5), end_center=(0.5, 0.5)
+  )
   video = shapes.render_clip(spec, 2, 32, 32)
   assert video.shape == (2, 32, 32, 3) and video.dtype == np.uint8
   rgb = np.array(shapes.COLORS[color])
@@ -72,9 +73,13 @@ def test_sampled_specs_respect_geometry():
     for center in (spec.start_center, spec.end_center):
       assert all(half - 1e-9 <= c <= 1 - half + 1e-9 for c in center), (spec, "object leaves the frame")
     dx, dy = np.subtract(spec.end_center, spec.start_center)
-    expected = {"left": (dx <= -0.4 and dy == 0), "right": (dx >= 0.4 and dy == 0),
-                "up": (dy <= -0.4 and dx == 0), "down": (dy >= 0.4 and dx == 0),
-                "still": (dx == 0 and dy == 0)}
+    expected = {
+      "left": (dx <= -0.4 and dy == 0),
+      "right": (dx >= 0.4 and dy == 0),
+      "up": (dy <= -0.4 and dx == 0),
+      "down": (dy >= 0.4 and dx == 0),
+      "still": (dx == 0 and dy == 0),
+    }
     assert expected[spec.motion], spec
 
 
@@ -109,8 +114,7 @@ def test_canonical_grammar_and_round_trip():
 
 def test_every_canonical_caption_occurs_in_a_default_size_train_split():
   config = shapes_builder.make_config()  # 2048 train clips
-  seen = {shapes.canonical_caption(shapes_builder.example_spec(config, "train", i)[0])
-          for i in range(config.num_train)}
+  seen = {shapes.canonical_caption(shapes_builder.example_spec(config, "train", i)[0]) for i in range(config.num_train)}
   assert seen == set(shapes.all_canonical_captions())
 
 
@@ -164,7 +168,7 @@ def test_record_order_is_example_index(tiny_build):
 
 def _centroids(video):
   mass = video.astype(np.float64).max(-1)  # coverage * 255 (max channel of the colour)
-  ys, xs = np.mgrid[:video.shape[1], :video.shape[2]]
+  ys, xs = np.mgrid[: video.shape[1], : video.shape[2]]
   total = mass.sum((1, 2))
   return np.stack([(mass * (xs + 0.5)).sum((1, 2)) / total, (mass * (ys + 0.5)).sum((1, 2)) / total], -1), total
 
@@ -191,15 +195,19 @@ def test_every_example_metadata_matches_its_pixels(tiny_build):
       size_px = ex["size_frac"] * w
       assert 0.30 - 1e-6 <= ex["size_frac"] <= 0.45 + 1e-6
       centroids, mass = _centroids(video)
-      expected_mass = _AREA[shape] * size_px ** 2 * 255
+      expected_mass = _AREA[shape] * size_px**2 * 255
       np.testing.assert_allclose(mass, expected_mass, rtol=0.06, err_msg=f"{ex['canonical_caption']}: clipped?")
       width_px = (video.max(-1) > 127).any(1).sum(-1)  # lit columns per frame
       assert np.all(np.abs(width_px - size_px) <= 1.5), (width_px, size_px)
       # Motion: centroid displacement matches the caption's direction.
       dx, dy = (centroids[-1] - centroids[0]) / np.array([w, h])
-      moved = {"left": dx < -0.38 and abs(dy) < 0.02, "right": dx > 0.38 and abs(dy) < 0.02,
-               "up": dy < -0.38 and abs(dx) < 0.02, "down": dy > 0.38 and abs(dx) < 0.02,
-               "still": abs(dx) < 0.02 and abs(dy) < 0.02}
+      moved = {
+        "left": dx < -0.38 and abs(dy) < 0.02,
+        "right": dx > 0.38 and abs(dy) < 0.02,
+        "up": dy < -0.38 and abs(dx) < 0.02,
+        "down": dy > 0.38 and abs(dx) < 0.02,
+        "still": abs(dx) < 0.02 and abs(dy) < 0.02,
+      }
       assert moved[motion], (ex["canonical_caption"], dx, dy)
       steps = np.diff(centroids, axis=0)
       assert np.allclose(steps, steps.mean(0), atol=0.25), "constant velocity"
@@ -211,6 +219,7 @@ def test_every_example_metadata_matches_its_pixels(tiny_build):
 def _data_cfg(data_dir):
   sys.path.insert(0, REPO)
   from configs import base
+
   cfg = base.get_config().data
   cfg.data_dir = data_dir
   cfg.num_frames, cfg.num_train, cfg.num_validation, cfg.num_test = 9, 32, 8, 8
@@ -231,9 +240,21 @@ def test_show_dataset_tool_writes_a_contact_sheet(tiny_build, tmp_path):
   _, data_dir = tiny_build
   out = tmp_path / "sheet.png"
   result = subprocess.run(
-      [sys.executable, os.path.join(REPO, "tools", "show_dataset.py"), f"--data_dir={data_dir}", "--num=4",
-       f"--out={out}", "--split=validation", "--config.data.num_frames=9", "--config.data.num_train=32",
-       "--config.data.num_validation=8", "--config.data.num_test=8"],
-      capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      os.path.join(REPO, "tools", "show_dataset.py"),
+      f"--data_dir={data_dir}",
+      "--num=4",
+      f"--out={out}",
+      "--split=validation",
+      "--config.data.num_frames=9",
+      "--config.data.num_train=32",
+      "--config.data.num_validation=8",
+      "--config.data.num_test=8",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 0, result.stderr[-2000:]
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

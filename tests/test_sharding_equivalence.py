@@ -32,7 +32,7 @@ from sora_jax.training import train_state
 GOLDEN = Path(__file__).parent / "golden" / "partition_specs.json"
 GOLDEN_MESH = (2, 16, 1, 4)  # data, fsdp, context, tensor: e.g. 128 chips
 BATCH, TEXT_LEN, TEXT_DIM = 8, 8, 16
-LATENT = (2, 4, 4, 4)        # T', H', W', C -> 2 x 2 x 2 = 8 tokens with patch (1, 2, 2)
+LATENT = (2, 4, 4, 4)  # T', H', W', C -> 2 x 2 x 2 = 8 tokens with patch (1, 2, 2)
 
 
 def _rules():
@@ -48,8 +48,9 @@ def _tx():
 
 
 def _tiny_dit():
-  return dit_lib.DiT(in_channels=LATENT[-1], text_dim=TEXT_DIM, hidden_size=64, depth=2, num_heads=4, mlp_dim=128,
-                     patch_size=(1, 2, 2))
+  return dit_lib.DiT(
+    in_channels=LATENT[-1], text_dim=TEXT_DIM, hidden_size=64, depth=2, num_heads=4, mlp_dim=128, patch_size=(1, 2, 2)
+  )
 
 
 def _dit_cond(batch):
@@ -61,8 +62,11 @@ def _dit_fns(model):
 
   def init_fn(rng):
     x = jnp.zeros((1,) + LATENT)
-    cond = {"text": jnp.zeros((1, TEXT_LEN, TEXT_DIM)), "text_mask": jnp.ones((1, TEXT_LEN), bool),
-            "pooled": jnp.zeros((1, TEXT_DIM))}
+    cond = {
+      "text": jnp.zeros((1, TEXT_LEN, TEXT_DIM)),
+      "text_mask": jnp.ones((1, TEXT_LEN), bool),
+      "pooled": jnp.zeros((1, TEXT_DIM)),
+    }
     return train_state.create_train_state(model.init(rng, x, jnp.zeros((1,)), cond)["params"], tx, ema=True)
 
   def train_step(state, batch, rng):
@@ -86,10 +90,16 @@ def _dit_fns(model):
 def _dit_batches(num=2):
   rng = np.random.default_rng(0)
   mask = np.arange(TEXT_LEN)[None, :] < rng.integers(2, TEXT_LEN + 1, size=(BATCH, 1))
-  return [{"latents": rng.normal(size=(BATCH,) + LATENT).astype(np.float32),
-           "text": rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)).astype(np.float32),
-           "text_mask": mask, "pooled": rng.normal(size=(BATCH, TEXT_DIM)).astype(np.float32),
-           "caption": np.array(["x"] * BATCH)} for _ in range(num)]
+  return [
+    {
+      "latents": rng.normal(size=(BATCH,) + LATENT).astype(np.float32),
+      "text": rng.normal(size=(BATCH, TEXT_LEN, TEXT_DIM)).astype(np.float32),
+      "text_mask": mask,
+      "pooled": rng.normal(size=(BATCH, TEXT_DIM)).astype(np.float32),
+      "caption": np.array(["x"] * BATCH),
+    }
+    for _ in range(num)
+  ]
 
 
 @pytest.mark.slow
@@ -114,8 +124,11 @@ def _dit_variant_params_fn(name):
     cond = {"label": jnp.zeros((1,), jnp.int32)}
   else:
     length, width = inputs["text_length"], inputs["text_dim"]
-    cond = {"text": jnp.zeros((1, length, width)), "text_mask": jnp.ones((1, length), bool),
-            "pooled": jnp.zeros((1, width))}
+    cond = {
+      "text": jnp.zeros((1, length, width)),
+      "text_mask": jnp.ones((1, length), bool),
+      "pooled": jnp.zeros((1, width)),
+    }
   return lambda rng: model.init(rng, jnp.zeros(latent), jnp.zeros((1,)), cond)["params"]
 
 
@@ -125,10 +138,10 @@ def _vae_params_fn():
 
 
 GOLDEN_MODELS = {
-    "DiT-XL/2": lambda: _dit_variant_params_fn("DiT-XL/2"),
-    "video-tiny": lambda: _dit_variant_params_fn("video-tiny"),
-    "wan-1.3b": lambda: _dit_variant_params_fn("wan-1.3b"),
-    "vae-base": _vae_params_fn,
+  "DiT-XL/2": lambda: _dit_variant_params_fn("DiT-XL/2"),
+  "video-tiny": lambda: _dit_variant_params_fn("video-tiny"),
+  "wan-1.3b": lambda: _dit_variant_params_fn("wan-1.3b"),
+  "vae-base": _vae_params_fn,
 }
 
 
@@ -146,9 +159,11 @@ def test_golden_partition_specs():
     for path in sorted(set(table) | set(old)):
       if table.get(path) != old.get(path):
         changes.append(f"{model} {path}: golden {old.get(path)} -> now {table.get(path)}")
-  assert not changes, ("parameter partition specs changed (if intended, regenerate with "
-                       "SORA_JAX_UPDATE_GOLDEN=1):\n" + "\n".join(changes[:40]))
+  assert not changes, (
+    "parameter partition specs changed (if intended, regenerate with "
+    "SORA_JAX_UPDATE_GOLDEN=1):\n" + "\n".join(changes[:40])
+  )
   # Spot checks that the golden file itself says what the rules mean.
   dit_specs = tables["wan-1.3b"]
-  assert dit_specs["blocks/mlp/fc1/kernel"] == [None, "fsdp", "tensor"]   # [layers, embed, mlp]
+  assert dit_specs["blocks/mlp/fc1/kernel"] == [None, "fsdp", "tensor"]  # [layers, embed, mlp]
   assert any("tensor" in (spec or []) for spec in dit_specs.values())

@@ -18,8 +18,15 @@ VIDEO = (3, 8, 8, 3)  # 1 + 2 frames, 8 x 8 pixels (temporal factor 2, spatial f
 
 def _tiny_vae_config():
   cfg = base.get_config().vae
-  cfg.update(temporal_factor=2, spatial_factor=2, latent_channels=4, base_channels=8,
-             channel_multipliers=(1, 2), num_res_blocks=1, mid_attention=True)
+  cfg.update(
+    temporal_factor=2,
+    spatial_factor=2,
+    latent_channels=4,
+    base_channels=8,
+    channel_multipliers=(1, 2),
+    num_res_blocks=1,
+    mid_attention=True,
+  )
   return cfg
 
 

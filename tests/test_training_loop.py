@@ -14,8 +14,15 @@ _ToyIterator = toy_training.ToyIterator
 
 def _train(config, workdir, writer, iterator_factory=_ToyIterator, **kwargs):
   init_fn, train_step = toy_training.toy_fns(config)
-  return loop.train(config=config, workdir=str(workdir), init_fn=init_fn, train_step=train_step,
-                    make_iterator=iterator_factory, writer=writer, **kwargs)
+  return loop.train(
+    config=config,
+    workdir=str(workdir),
+    init_fn=init_fn,
+    train_step=train_step,
+    make_iterator=iterator_factory,
+    writer=writer,
+    **kwargs,
+  )
 
 
 def _host(tree):
@@ -29,6 +36,7 @@ def _assert_trees_equal(a, b):
 
 class _CrashAfter(_ToyIterator):
   """Fails like a killed job when asked for batch `limit` (0-based)."""
+
   limit = 4
 
   def __next__(self):
@@ -52,7 +60,7 @@ def test_crash_then_resume_matches_uninterrupted_run(tmp_path, uninterrupted):
   assert checkpointing.Checkpointer(tmp_path).all_steps() == [3]
   resumed = _train(_config(), tmp_path, second)
   assert int(resumed.step) == 6
-  _assert_trees_equal(resumed, full_state)            # params, opt state and EMA bit for bit
+  _assert_trees_equal(resumed, full_state)  # params, opt state and EMA bit for bit
   np.testing.assert_array_equal(first.losses()[:3] + second.losses(), full_writer.losses())
   assert sorted(second.scalars) == [4, 5, 6]
   assert full_writer.losses()[4] < full_writer.losses()[0]  # it learns (steps 1 and 5 see the same batch)
@@ -106,6 +114,7 @@ def test_batch_not_divisible_by_mesh_fails_before_training(tmp_path):
 def _grain_iterator():
   """The project's grain pipeline (prefetching thread, shuffling) over an in-memory source."""
   from sora_jax.data import pipeline
+
   toy = _ToyIterator(num_rows=40)
   source = [{"x": x, "y": y, "caption": "toy"} for x, y in zip(toy.x, toy.y)]
   return pipeline.make_iterator(source, batch_size=toy_training.BATCH, seed=3, prefetch=2)
@@ -115,8 +124,9 @@ def test_resume_through_the_grain_pipeline_replays_the_same_batches(tmp_path):
   config = _config(steps=4, checkpoint_every=2)
   full_writer, first, second = _RecordingWriter(), _RecordingWriter(), _RecordingWriter()
   full = _train(config, tmp_path / "full", full_writer, iterator_factory=_grain_iterator)
-  _train(_config(steps=4, checkpoint_every=2, max_minutes=1e-9), tmp_path / "split", first,
-         iterator_factory=_grain_iterator)  # stops (and checkpoints) after step 1
+  _train(
+    _config(steps=4, checkpoint_every=2, max_minutes=1e-9), tmp_path / "split", first, iterator_factory=_grain_iterator
+  )  # stops (and checkpoints) after step 1
   resumed = _train(config, tmp_path / "split", second, iterator_factory=_grain_iterator)
   _assert_trees_equal(resumed.params, full.params)
   np.testing.assert_array_equal(first.losses() + second.losses(), full_writer.losses())

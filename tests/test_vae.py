@@ -24,8 +24,16 @@ RNG = np.random.default_rng(0)
 def tiny_config(**overrides):
   """4x4x4 compression by convs only: 3 levels, two temporal downsamplings."""
   cfg = base.get_config().vae
-  cfg.update(temporal_factor=4, spatial_factor=4, patch_size=(1, 1, 1), latent_channels=4, base_channels=4,
-             channel_multipliers=(1, 2, 2), num_res_blocks=1, mid_attention=True)
+  cfg.update(
+    temporal_factor=4,
+    spatial_factor=4,
+    patch_size=(1, 1, 1),
+    latent_channels=4,
+    base_channels=4,
+    channel_multipliers=(1, 2, 2),
+    num_res_blocks=1,
+    mid_attention=True,
+  )
   cfg.update(overrides)
   return cfg
 
@@ -39,9 +47,15 @@ def patched_config(**overrides):
 def asymmetric_config(**overrides):
   """A (4, 2, 2) patchify encoder; a wider decoder that un-patchifies 2 frames at a time after one
   temporal upsampling in its convs; both with per-frame 2D convs at their finest level."""
-  overrides = {"mid_attention": False, "norm": "none", "decoder_time_patch": 2,
-               "decoder_channel_multipliers": (2, 2), "encoder_time_kernels": (1, 3),
-               "decoder_time_kernels": (1, 3), **overrides}
+  overrides = {
+    "mid_attention": False,
+    "norm": "none",
+    "decoder_time_patch": 2,
+    "decoder_channel_multipliers": (2, 2),
+    "encoder_time_kernels": (1, 3),
+    "decoder_time_kernels": (1, 3),
+    **overrides,
+  }
   return tiny_config(patch_size=(4, 2, 2), channel_multipliers=(1, 2), base_channels=8, **overrides)
 
 
@@ -105,21 +119,22 @@ def numpy_causal_conv(x, kernel, bias, strides):
   for a in range(kt):
     for b in range(kh):
       for c in range(kw):
-        window = xp[:, a:a + st * t_out:st, b:b + sh * h_out:sh, c:c + sw * w_out:sw]
+        window = xp[:, a : a + st * t_out : st, b : b + sh * h_out : sh, c : c + sw * w_out : sw]
         out += window @ kernel[a, b, c]
   return out + bias
 
 
-@pytest.mark.parametrize("kernel_size,strides", [((3, 3, 3), (1, 1, 1)), ((3, 1, 1), (2, 1, 1)),
-                                                 ((1, 3, 3), (1, 2, 2)), ((1, 1, 1), (1, 1, 1))])
+@pytest.mark.parametrize(
+  "kernel_size,strides",
+  [((3, 3, 3), (1, 1, 1)), ((3, 1, 1), (2, 1, 1)), ((1, 3, 3), (1, 2, 2)), ((1, 1, 1), (1, 1, 1))],
+)
 def test_causal_conv_matches_numpy(kernel_size, strides):
   x = RNG.normal(size=(2, 5, 6, 6, 3)).astype(np.float32)
   conv = CausalConv3d(4, kernel_size, strides)
   params = nn.meta.unbox(conv.init(jax.random.key(0), x))
   params = jax.tree.map(lambda p: jnp.asarray(RNG.normal(size=p.shape), jnp.float32), params)
   got = conv.apply(params, x)
-  want = numpy_causal_conv(x, np.asarray(params["params"]["kernel"]), np.asarray(params["params"]["bias"]),
-                           strides)
+  want = numpy_causal_conv(x, np.asarray(params["params"]["kernel"]), np.asarray(params["params"]["bias"]), strides)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -137,12 +152,15 @@ def test_causal_conv_never_looks_ahead():
 
 def test_params_carry_logical_axis_names():
   model = CausalVAE(tiny_config())
-  boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)},
-                                            jnp.zeros((1, 5, 8, 8, 3))))["params"]
+  boxed = jax.eval_shape(
+    lambda: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)}, jnp.zeros((1, 5, 8, 8, 3)))
+  )["params"]
   allowed = {name for name, _ in base.LOGICAL_AXIS_RULES}
   leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   assert leaves and all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
-  for path, leaf in jax.tree_util.tree_leaves_with_path(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)):
+  for path, leaf in jax.tree_util.tree_leaves_with_path(
+    boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+  ):
     assert set(leaf.names) - {None} <= allowed, path  # None = an axis deliberately left unnamed
     assert len(leaf.names) == leaf.value.ndim, path
     if jax.tree_util.keystr(path).endswith("['kernel']"):
@@ -154,17 +172,30 @@ def test_params_carry_logical_axis_names():
 # ---------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("make_config,frames,height,width", [
-    (tiny_config, 1, 8, 8), (tiny_config, 5, 16, 24), (tiny_config, 17, 32, 8), (tiny_config, 33, 8, 16),
-    (patched_config, 1, 16, 16), (patched_config, 5, 8, 8), (patched_config, 17, 24, 16),
-    (patched_config, 33, 8, 8), (asymmetric_config, 1, 8, 8), (asymmetric_config, 5, 16, 8),
-    (asymmetric_config, 17, 8, 8), (asymmetric_config, 33, 8, 16)])
+@pytest.mark.parametrize(
+  "make_config,frames,height,width",
+  [
+    (tiny_config, 1, 8, 8),
+    (tiny_config, 5, 16, 24),
+    (tiny_config, 17, 32, 8),
+    (tiny_config, 33, 8, 16),
+    (patched_config, 1, 16, 16),
+    (patched_config, 5, 8, 8),
+    (patched_config, 17, 24, 16),
+    (patched_config, 33, 8, 8),
+    (asymmetric_config, 1, 8, 8),
+    (asymmetric_config, 5, 16, 8),
+    (asymmetric_config, 17, 8, 8),
+    (asymmetric_config, 33, 8, 16),
+  ],
+)
 def test_shapes(make_config, frames, height, width):
   cfg = make_config()
   model = CausalVAE(cfg)
   video = jax.ShapeDtypeStruct((2, frames, height, width, 3), jnp.float32)
-  variables = jax.eval_shape(lambda: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)},
-                                                jnp.zeros((1, 5, 8, 8, 3))))
+  variables = jax.eval_shape(
+    lambda: model.init({"params": jax.random.key(0), "sample": jax.random.key(1)}, jnp.zeros((1, 5, 8, 8, 3)))
+  )
   mean, logvar = jax.eval_shape(lambda v, x: model.apply(v, x, method=CausalVAE.encode), variables, video)
   want = (2, 1 + (frames - 1) // 4, height // 4, width // 4, 4)
   assert mean.shape == logvar.shape == want
@@ -176,8 +207,9 @@ def test_shapes(make_config, frames, height, width):
 def test_forward_runs_and_is_finite(tiny):
   model, params = tiny
   video = random_video(9, batch=2)
-  forward = jax.jit(lambda p, v, r, sample: model.apply({"params": p}, v, sample=sample, rngs={"sample": r}),
-                    static_argnums=3)
+  forward = jax.jit(
+    lambda p, v, r, sample: model.apply({"params": p}, v, sample=sample, rngs={"sample": r}), static_argnums=3
+  )
   recon, mean, logvar = forward(params, video, jax.random.key(3), True)
   assert recon.shape == video.shape and mean.shape == logvar.shape == (2, 3, 2, 2, 4)
   assert np.isfinite(np.asarray(recon)).all()
@@ -254,11 +286,9 @@ def test_blend_tiles_is_exact_for_blockwise_functions():
   """Where fn is pointwise (decode direction) or per-block (encode direction), tiling is exact."""
   x = jnp.asarray(RNG.normal(size=(1, 3, 20, 28, 2)), jnp.float32)
   upsample = lambda t: jnp.repeat(jnp.repeat(2 * t, 2, axis=2), 2, axis=3)
-  np.testing.assert_allclose(vae_lib.blend_tiles(upsample, x, tile=8, stride=6, scale=2.0), upsample(x),
-                             atol=1e-5)
+  np.testing.assert_allclose(vae_lib.blend_tiles(upsample, x, tile=8, stride=6, scale=2.0), upsample(x), atol=1e-5)
   pool = lambda t: t.reshape(t.shape[0], t.shape[1], t.shape[2] // 2, 2, t.shape[3] // 2, 2, -1).mean((3, 5))
-  np.testing.assert_allclose(vae_lib.blend_tiles(pool, x, tile=8, stride=4, scale=0.5, unit=2), pool(x),
-                             atol=1e-5)
+  np.testing.assert_allclose(vae_lib.blend_tiles(pool, x, tile=8, stride=4, scale=0.5, unit=2), pool(x), atol=1e-5)
   with pytest.raises(ValueError, match="multiples of 4"):
     vae_lib.blend_tiles(pool, x, tile=8, stride=6, scale=0.5, unit=4)
 
@@ -291,7 +321,7 @@ def test_kl_matches_closed_form_in_numpy():
   logvar = RNG.normal(size=(2, 3, 4)).astype(np.float32)
   sigma = np.exp(0.5 * logvar.astype(np.float64))
   # KL(N(m, s^2) || N(0, 1)) = -log s + (s^2 + m^2) / 2 - 1/2
-  want = np.mean(-np.log(sigma) + (sigma ** 2 + mean ** 2) / 2 - 0.5)
+  want = np.mean(-np.log(sigma) + (sigma**2 + mean**2) / 2 - 0.5)
   assert float(vae_lib.kl_divergence(mean, logvar)) == pytest.approx(want, rel=1e-5)
 
 
@@ -387,9 +417,9 @@ def test_asymmetric_decoder_layout():
   assert encoder["level0_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (1, 3, 3)
   assert encoder["mid_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (3, 3, 3)
   assert encoder["conv_out"]["kernel"].shape[:3] == (3, 3, 3)
-  assert decoder["level0_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (1, 3, 3)   # per-frame 2D
-  assert decoder["level1_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (3, 3, 3)   # causal 3D
-  assert decoder["conv_out"]["kernel"].shape == (1, 3, 3, 16, 3 * 2 * 2 * 2)           # 2 frames of 2x2 pixels
+  assert decoder["level0_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (1, 3, 3)  # per-frame 2D
+  assert decoder["level1_block0"]["CausalConv3d_0"]["kernel"].shape[:3] == (3, 3, 3)  # causal 3D
+  assert decoder["conv_out"]["kernel"].shape == (1, 3, 3, 16, 3 * 2 * 2 * 2)  # 2 frames of 2x2 pixels
   same = vae_lib.compression_plan(patched_config())
   assert same["decoder_patch"] == same["patch"] and same["temporal_upsamples"] == same["temporal_downsamples"]
   assert same["decoder_channels"] == same["channels"]
@@ -401,13 +431,16 @@ def test_asymmetric_decoder_layout():
 
 def _wan_modules():
   pytest.importorskip("torch", reason="needs the [peers] extra: pip install torch==2.13.0 diffusers")
-  wan = pytest.importorskip("diffusers.models.autoencoders.autoencoder_kl_wan",
-                            reason="needs the [peers] extra: pip install torch==2.13.0 diffusers")
+  wan = pytest.importorskip(
+    "diffusers.models.autoencoders.autoencoder_kl_wan",
+    reason="needs the [peers] extra: pip install torch==2.13.0 diffusers",
+  )
   return wan
 
 
 def _to_torch(x):
   import torch
+
   return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(x), -1, 1)))  # [B,T,H,W,C] -> [B,C,T,H,W]
 
 
@@ -416,13 +449,16 @@ def _from_torch(t):
 
 
 def _conv_params(torch_conv):
-  return {"kernel": jnp.asarray(torch_conv.weight.detach().numpy().transpose(2, 3, 4, 1, 0)),
-          "bias": jnp.asarray(torch_conv.bias.detach().numpy())}
+  return {
+    "kernel": jnp.asarray(torch_conv.weight.detach().numpy().transpose(2, 3, 4, 1, 0)),
+    "bias": jnp.asarray(torch_conv.bias.detach().numpy()),
+  }
 
 
 @pytest.mark.peers
 def test_causal_conv_matches_diffusers_wan_causal_conv_with_cache():
   import torch
+
   wan = _wan_modules()
   torch.manual_seed(0)
   ref = wan.WanCausalConv3d(3, 5, 3, padding=1)
@@ -442,6 +478,7 @@ def test_causal_conv_matches_diffusers_wan_causal_conv_with_cache():
 @pytest.mark.peers
 def test_residual_block_matches_diffusers_wan_residual_block():
   import torch
+
   wan = _wan_modules()
   torch.manual_seed(0)
   ref = wan.WanResidualBlock(4, 6).eval()
@@ -450,11 +487,11 @@ def test_residual_block_matches_diffusers_wan_residual_block():
       norm.gamma.copy_(torch.rand_like(norm.gamma) + 0.5)
   x = RNG.normal(size=(2, 5, 6, 6, 4)).astype(np.float32)
   params = {
-      "ChannelRMSNorm_0": {"scale": jnp.asarray(ref.norm1.gamma.detach().numpy().reshape(-1))},
-      "CausalConv3d_0": _conv_params(ref.conv1),
-      "ChannelRMSNorm_1": {"scale": jnp.asarray(ref.norm2.gamma.detach().numpy().reshape(-1))},
-      "CausalConv3d_1": _conv_params(ref.conv2),
-      "shortcut": _conv_params(ref.conv_shortcut),
+    "ChannelRMSNorm_0": {"scale": jnp.asarray(ref.norm1.gamma.detach().numpy().reshape(-1))},
+    "CausalConv3d_0": _conv_params(ref.conv1),
+    "ChannelRMSNorm_1": {"scale": jnp.asarray(ref.norm2.gamma.detach().numpy().reshape(-1))},
+    "CausalConv3d_1": _conv_params(ref.conv2),
+    "shortcut": _conv_params(ref.conv_shortcut),
   }
   block = vae_lib.ResBlock(6)
   expected_tree = jax.tree.structure(nn.meta.unbox(block.init(jax.random.key(0), x)["params"]))
@@ -478,6 +515,7 @@ def test_params_unbox_under_a_mesh_with_the_config_rules():
   mesh = mesh_lib.make_mesh((1, 2, 1, 1), devices=jax.devices()[:2])
   module = CausalVAE(config.vae)
   with partitioning.use_mesh(mesh, partitioning.logical_rules(config)):
-    variables = jax.jit(lambda r: nn.unbox(module.init({"params": r, "sample": r},
-                                                       jax.numpy.zeros((1, 5, 16, 16, 3)))))(jax.random.key(0))
+    variables = jax.jit(
+      lambda r: nn.unbox(module.init({"params": r, "sample": r}, jax.numpy.zeros((1, 5, 16, 16, 3))))
+    )(jax.random.key(0))
   assert jax.tree.leaves(variables)

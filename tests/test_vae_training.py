@@ -27,8 +27,16 @@ VIDEO_SHAPE = (2, 5, 16, 16, 3)
 
 def tiny_config(**loss_overrides) -> ml_collections.ConfigDict:
   c = base.get_config()
-  c.vae.update(temporal_factor=4, spatial_factor=4, patch_size=(2, 2, 2), latent_channels=4, base_channels=8,
-               channel_multipliers=(1, 2), num_res_blocks=1, mid_attention=False)
+  c.vae.update(
+    temporal_factor=4,
+    spatial_factor=4,
+    patch_size=(2, 2, 2),
+    latent_channels=4,
+    base_channels=8,
+    channel_multipliers=(1, 2),
+    num_res_blocks=1,
+    mid_attention=False,
+  )
   c.vae_loss.update(loss_overrides)
   c.train.update(learning_rate=3e-3, warmup_steps=0, lr_schedule="constant", steps=20, ema_decay=0.0)
   return c
@@ -70,8 +78,7 @@ def test_a_few_steps_reduce_the_loss_and_the_gan_switches_on_at_its_step():
   state, metrics = step(state, batch, jax.random.key(gan_start))
   assert float(metrics["gan_on"]) == 1.0 and int(state.step) == gan_start + 1
   assert np.isfinite([float(metrics[k]) for k in ("d_loss", "g_loss", "d_real", "d_fake")]).all()
-  kernels_changed = [not np.array_equal(disc0[name]["kernel"], state.params["disc"][name]["kernel"])
-                     for name in disc0]
+  kernels_changed = [not np.array_equal(disc0[name]["kernel"], state.params["disc"][name]["kernel"]) for name in disc0]
   assert all(kernels_changed)
 
 
@@ -85,8 +92,9 @@ def test_checkpoint_round_trip_through_load_vae(tmp_path, ema_decay):
   state = partitioning.unbox(init_fn(jax.random.key(0)))
   rng = np.random.default_rng(0)
   noisy = lambda tree: jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), p.dtype), tree)
-  state = state.replace(step=state.step + 1, params=noisy(state.params),
-                        ema_params=noisy(state.ema_params) if ema_decay else None)
+  state = state.replace(
+    step=state.step + 1, params=noisy(state.params), ema_params=noisy(state.ema_params) if ema_decay else None
+  )
   want = state.ema_params["vae"] if ema_decay else state.params["vae"]
   stats = {"mean": np.arange(4, dtype=np.float32), "std": np.full((4,), 2.0, np.float32)}
   with checkpointing.Checkpointer(tmp_path) as ckpt:
@@ -98,14 +106,16 @@ def test_checkpoint_round_trip_through_load_vae(tmp_path, ema_decay):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert jax.tree.structure(params) == jax.tree.structure(want)
   if ema_decay:  # load_vae returns the EMA, not the raw params
-    assert not np.array_equal(params["decoder"]["conv_out"]["kernel"],
-                              state.params["vae"]["decoder"]["conv_out"]["kernel"])
+    assert not np.array_equal(
+      params["decoder"]["conv_out"]["kernel"], state.params["vae"]["decoder"]["conv_out"]["kernel"]
+    )
   np.testing.assert_array_equal(loaded_stats["mean"], stats["mean"])
   np.testing.assert_array_equal(loaded_stats["std"], stats["std"])
   assert loaded_config.vae.to_dict() == config.vae.to_dict()
   video = jnp.asarray(shapes_batch())
-  np.testing.assert_array_equal(vae_lib.encode_video(module, params, video)[0],
-                                vae_lib.encode_video(vae, want, video)[0])
+  np.testing.assert_array_equal(
+    vae_lib.encode_video(module, params, video)[0], vae_lib.encode_video(vae, want, video)[0]
+  )
 
 
 def test_load_vae_without_a_run_fails_clearly(tmp_path):
@@ -137,10 +147,12 @@ def test_reconstruction_metrics_score_a_fixed_number_of_clips():
   clips = shapes_batch()
   video = np.concatenate([(clips + 1) * scale - 1 for scale in (1.0, 0.8, 0.6)])  # 6 distinct clips
   reconstruct = lambda v: v + 0.1 * (v + 1)  # the error depends on the clip, not on its place in a batch
-  in_twos = vae_eval.evaluate_reconstructions(reconstruct, [{"video": video[i:i + 2]} for i in range(0, 6, 2)],
-                                              max_clips=3)
-  in_threes = vae_eval.evaluate_reconstructions(reconstruct, [{"video": video[i:i + 3]} for i in range(0, 6, 3)],
-                                                max_clips=3)
+  in_twos = vae_eval.evaluate_reconstructions(
+    reconstruct, [{"video": video[i : i + 2]} for i in range(0, 6, 2)], max_clips=3
+  )
+  in_threes = vae_eval.evaluate_reconstructions(
+    reconstruct, [{"video": video[i : i + 3]} for i in range(0, 6, 3)], max_clips=3
+  )
   assert in_twos["num_clips"] == in_threes["num_clips"] == 3
   assert in_twos["psnr"] == pytest.approx(in_threes["psnr"], rel=1e-6)
   everything = vae_eval.evaluate_reconstructions(reconstruct, [{"video": video}])
@@ -151,17 +163,38 @@ def test_reconstruction_metrics_score_a_fixed_number_of_clips():
 def test_train_vae_tool_end_to_end(tmp_path):
   workdir = tmp_path / "vae"
   overrides = [
-      f"--config.data.data_dir={tmp_path / 'data'}", "--config.data.num_train=8", "--config.data.num_validation=4",
-      "--config.data.num_test=4", "--config.data.num_frames=5", "--config.data.height=16", "--config.data.width=16",
-      "--config.data.batch_size=4", "--config.data.prefetch=0", "--config.train.steps=2",
-      "--config.train.log_every=1", "--config.train.eval_every=0", "--config.train.checkpoint_every=2",
-      "--config.train.eval_batches=1", "--config.vae_loss.latent_stats_batches=1",
-      "--config.vae.spatial_factor=4", "--config.vae.patch_size=(2,2,2)", "--config.vae.channel_multipliers=(1,2)",
-      "--config.vae.base_channels=4", "--config.vae.latent_channels=4", "--config.vae.num_res_blocks=1",
-      "--config.vae.mid_attention=False",
+    f"--config.data.data_dir={tmp_path / 'data'}",
+    "--config.data.num_train=8",
+    "--config.data.num_validation=4",
+    "--config.data.num_test=4",
+    "--config.data.num_frames=5",
+    "--config.data.height=16",
+    "--config.data.width=16",
+    "--config.data.batch_size=4",
+    "--config.data.prefetch=0",
+    "--config.train.steps=2",
+    "--config.train.log_every=1",
+    "--config.train.eval_every=0",
+    "--config.train.checkpoint_every=2",
+    "--config.train.eval_batches=1",
+    "--config.vae_loss.latent_stats_batches=1",
+    "--config.vae.spatial_factor=4",
+    "--config.vae.patch_size=(2,2,2)",
+    "--config.vae.channel_multipliers=(1,2)",
+    "--config.vae.base_channels=4",
+    "--config.vae.latent_channels=4",
+    "--config.vae.num_res_blocks=1",
+    "--config.vae.mid_attention=False",
   ]
-  command = [sys.executable, os.path.join(REPO, "tools", "train_vae.py"), "--config=configs/vae/demo.py",
-             f"--workdir={workdir}", "--eval_clips=4", "--num_reconstructions=2", *overrides]
+  command = [
+    sys.executable,
+    os.path.join(REPO, "tools", "train_vae.py"),
+    "--config=configs/vae/demo.py",
+    f"--workdir={workdir}",
+    "--eval_clips=4",
+    "--num_reconstructions=2",
+    *overrides,
+  ]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -174,8 +207,14 @@ def test_train_vae_tool_end_to_end(tmp_path):
   logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert any("psnr" in r and "grad_norm" in r for r in logged) and any("eval/psnr" in r for r in logged)
 
-  again = subprocess.run(command[:4] + ["--eval_only", "--eval_split=validation", "--eval_clips=3"] + overrides,
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  again = subprocess.run(
+    command[:4] + ["--eval_only", "--eval_split=validation", "--eval_clips=3"] + overrides,
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert again.returncode == 0, again.stderr[-3000:]
   assert "PSNR" in again.stdout
   on_validation = json.loads((workdir / "eval_validation.json").read_text())

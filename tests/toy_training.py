@@ -20,8 +20,9 @@ class ToyModel(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    dense = lambda n, names: nn.Dense(n, kernel_init=nn.with_logical_partitioning(
-        nn.initializers.lecun_normal(), names))
+    dense = lambda n, names: nn.Dense(
+      n, kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), names)
+    )
     x = nn.gelu(dense(16, ("embed", "mlp"))(x))
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_mlp"))
     return dense(OUT, ("mlp", "embed"))(x)
@@ -76,8 +77,9 @@ def toy_config(steps=6, mesh_shape=(2, 2, 1, 2), **train):
   config = base.get_config()
   config.data.batch_size = BATCH
   config.mesh.shape = mesh_shape
-  config.train.update(steps=steps, warmup_steps=2, learning_rate=3e-2, log_every=1, eval_every=0,
-                      checkpoint_every=3, ema_decay=0.9)
+  config.train.update(
+    steps=steps, warmup_steps=2, learning_rate=3e-2, log_every=1, eval_every=0, checkpoint_every=3, ema_decay=0.9
+  )
   config.train.update(train)
   return config
 

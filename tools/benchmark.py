@@ -49,17 +49,17 @@ from sora_jax.configuration import run_tool  # noqa: E402
 # Dense bf16 peak TFLOP/s per chip (vendor datasheets, without sparsity). Matched as the longest
 # key contained in `device_kind` (so "TPU v5 lite" wins over "TPU v5", "H100 PCIe" over "H100").
 PEAK_TFLOPS = {
-    "TPU v4": 275.0,
-    "TPU v5 lite": 197.0,   # v5e reports "TPU v5 lite"
-    "TPU v5e": 197.0,
-    "TPU v5": 459.0,        # v5p reports "TPU v5"
-    "TPU v5p": 459.0,
-    "TPU v6 lite": 918.0,   # v6e (Trillium) reports "TPU v6 lite"
-    "TPU v6e": 918.0,
-    "A100": 312.0,
-    "H100 PCIe": 756.0,
-    "H100": 989.0,          # SXM
-    "H200": 989.0,
+  "TPU v4": 275.0,
+  "TPU v5 lite": 197.0,  # v5e reports "TPU v5 lite"
+  "TPU v5e": 197.0,
+  "TPU v5": 459.0,  # v5p reports "TPU v5"
+  "TPU v5p": 459.0,
+  "TPU v6 lite": 918.0,  # v6e (Trillium) reports "TPU v6 lite"
+  "TPU v6e": 918.0,
+  "A100": 312.0,
+  "H100 PCIe": 756.0,
+  "H100": 989.0,  # SXM
+  "H200": 989.0,
 }
 WHATS = ("train", "sample", "vae", "vae_train")
 
@@ -67,9 +67,17 @@ WHATS = ("train", "sample", "vae", "vae_train")
 def define_flags() -> None:
   """The command-line flags (defined only when run as a script, so tests can import this module)."""
   config_flags.DEFINE_config_file(
-      "config", None, "Config file, e.g. configs/dit/video.py:wan-small or configs/dit/demo.py; override any field "
-      "with --config.KEY=VALUE (e.g. --config.dit.dtype=bfloat16 --config.mesh.shape='(1,-1,1,1)').")
-  flags.DEFINE_enum("what", "train", WHATS, "train: DiT train step; sample: scan sampler; vae: encode+decode; vae_train: VAE train step.")
+    "config",
+    None,
+    "Config file, e.g. configs/dit/video.py:wan-small or configs/dit/demo.py; override any field "
+    "with --config.KEY=VALUE (e.g. --config.dit.dtype=bfloat16 --config.mesh.shape='(1,-1,1,1)').",
+  )
+  flags.DEFINE_enum(
+    "what",
+    "train",
+    WHATS,
+    "train: DiT train step; sample: scan sampler; vae: encode+decode; vae_train: VAE train step.",
+  )
   flags.DEFINE_integer("steps", 10, "Timed repetitions (after warm-up); the median is reported.")
   flags.DEFINE_integer("warmup", 2, "Untimed repetitions after compiling (caches, allocator, threads).")
   flags.DEFINE_integer("batch", 0, "Global batch size (default config.data.batch_size).")
@@ -77,8 +85,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("height", 0, "Clip height in pixels (default config.data.height).")
   flags.DEFINE_integer("width", 0, "Clip width in pixels (default config.data.width).")
   flags.DEFINE_bool("json", False, "Print one JSON object (every number, device, versions) instead of a table.")
-  flags.DEFINE_float("cpu_peak_tflops", 0.0, "CPU only: peak TFLOP/s for MFU; 0 = measure a large matmul (bf16 "
-                     "with f32 accumulation and float32; the faster counts) on this machine now.")
+  flags.DEFINE_float(
+    "cpu_peak_tflops",
+    0.0,
+    "CPU only: peak TFLOP/s for MFU; 0 = measure a large matmul (bf16 "
+    "with f32 accumulation and float32; the faster counts) on this machine now.",
+  )
   flags.DEFINE_float("peak_tflops", 0.0, "Peak TFLOP/s per device, overriding the table (e.g. an unlisted chip).")
   flags.mark_flag_as_required("config")
 
@@ -113,16 +125,23 @@ def mfu(flops: float, seconds: float, peak_tflops: float) -> float:
 def summarize(times: list[float]) -> dict[str, float]:
   """Median, p10, p90, mean and min of a list of durations (seconds)."""
   import numpy as np
+
   if not times:
     raise ValueError("no timings: --steps must be >= 1")
   t = np.asarray(times, np.float64)
-  return {"median_s": float(np.median(t)), "p10_s": float(np.percentile(t, 10)),
-          "p90_s": float(np.percentile(t, 90)), "mean_s": float(t.mean()), "min_s": float(t.min())}
+  return {
+    "median_s": float(np.median(t)),
+    "p10_s": float(np.percentile(t, 10)),
+    "p90_s": float(np.percentile(t, 90)),
+    "mean_s": float(t.mean()),
+    "min_s": float(t.min()),
+  }
 
 
 def time_calls(fn, steps: int, warmup: int) -> list[float]:
   """Runs `fn()` warmup + steps times, blocking on its result; returns the timed durations."""
   import jax
+
   for _ in range(warmup):
     jax.block_until_ready(fn())
   times = []
@@ -159,12 +178,13 @@ def measure_cpu_matmul_tflops(size: int = 2048, repeats: int = 5) -> dict[str, f
   """
   import jax
   import jax.numpy as jnp
+
   rates = {}
   for name, dtype in (("bfloat16", jnp.bfloat16), ("float32", jnp.float32)):
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    rates[name] = achieved_tflops(2.0 * size ** 3, min(time_calls(lambda: matmul(a, b), repeats, warmup=1)))
+    rates[name] = achieved_tflops(2.0 * size**3, min(time_calls(lambda: matmul(a, b), repeats, warmup=1)))
   return rates
 
 
@@ -175,6 +195,7 @@ def peak_info(num_devices: int, cpu_peak: float = 0.0, peak_override: float = 0.
   of the whole machine: virtual CPU devices share its cores, so it does not scale with them.
   """
   import jax
+
   device = jax.devices()[0]
   info = {"device_kind": device.device_kind, "platform": device.platform}
   if peak_override > 0:
@@ -184,8 +205,12 @@ def peak_info(num_devices: int, cpu_peak: float = 0.0, peak_override: float = 0.
       return dict(info, peak_tflops=cpu_peak, peak_source="--cpu_peak_tflops")
     rates = measure_cpu_matmul_tflops()
     best = max(rates, key=rates.get)
-    return dict(info, peak_tflops=rates[best], cpu_matmul_tflops=rates,
-                peak_source=f"measured 2048^3 matmul on this machine ({best} was faster)")
+    return dict(
+      info,
+      peak_tflops=rates[best],
+      cpu_matmul_tflops=rates,
+      peak_source=f"measured 2048^3 matmul on this machine ({best} was faster)",
+    )
   found = lookup_peak_tflops(device.device_kind)
   if found is None:
     return dict(info, peak_tflops=None, peak_source=f"unknown device kind {device.device_kind!r}: pass --peak_tflops")
@@ -197,8 +222,9 @@ def add_rates(result: dict, flops_per_step: float | None, seconds: float, peak: 
   """Adds achieved_tflops and mfu (None where unknown) to `result`."""
   result["flops_per_step"] = flops_per_step
   result["achieved_tflops"] = achieved_tflops(flops_per_step, seconds) if flops_per_step else None
-  result["mfu"] = (mfu(flops_per_step, seconds, peak["peak_tflops"])
-                   if flops_per_step and peak.get("peak_tflops") else None)
+  result["mfu"] = (
+    mfu(flops_per_step, seconds, peak["peak_tflops"]) if flops_per_step and peak.get("peak_tflops") else None
+  )
   return result
 
 
@@ -208,6 +234,7 @@ def add_rates(result: dict, flops_per_step: float | None, seconds: float, peak: 
 def _dit_forward_flops(setup) -> float:
   """Forward FLOPs (2 per multiply-add) of one example."""
   from sora_jax.models import counting
+
   flops = counting.count_flops(setup.dit, setup.latent_shape[:3], text_length=setup.text_encoder.max_length)
   return flops["forward_flops"]
 
@@ -224,12 +251,26 @@ def _xla_flops(compiled) -> float | None:
 
 
 def _shapes(setup) -> dict:
-  return {"batch": setup.batch_size, "latent_shape": list(setup.latent_shape), "tokens": setup.num_tokens,
-          "text_length": setup.text_encoder.max_length, "text_dim": setup.text_encoder.output_dim}
+  return {
+    "batch": setup.batch_size,
+    "latent_shape": list(setup.latent_shape),
+    "tokens": setup.num_tokens,
+    "text_length": setup.text_encoder.max_length,
+    "text_dim": setup.text_encoder.output_dim,
+  }
 
 
-def benchmark_train(config, *, steps: int, warmup: int, batch: int = 0, frames: int = 0, height: int = 0,
-                    width: int = 0, peak: dict | None = None) -> dict:
+def benchmark_train(
+  config,
+  *,
+  steps: int,
+  warmup: int,
+  batch: int = 0,
+  frames: int = 0,
+  height: int = 0,
+  width: int = 0,
+  peak: dict | None = None,
+) -> dict:
   """Times the sharded DiT train step; returns the JSON-ready result (see the module docstring)."""
   import jax
 
@@ -251,18 +292,35 @@ def benchmark_train(config, *, steps: int, warmup: int, batch: int = 0, frames: 
   stats = summarize(times)
   peak = peak or peak_info(mesh.devices.size)
   forward = _dit_forward_flops(setup)
-  result = {"what": "train", "compile_s": compile_s, **stats, "steps": steps, "warmup": warmup,
-            **_shapes(setup), "mesh_shape": [int(s) for s in mesh.devices.shape],
-            "num_devices": int(mesh.devices.size),
-            "tokens_per_s": setup.batch_size * setup.num_tokens / stats["median_s"],
-            "forward_flops_per_example": forward, "flops_source": "sora_jax.models.counting (train = 3 x forward)",
-            "xla_flops_per_device_step": _xla_flops(compiled),
-            "loss": last_loss}
+  result = {
+    "what": "train",
+    "compile_s": compile_s,
+    **stats,
+    "steps": steps,
+    "warmup": warmup,
+    **_shapes(setup),
+    "mesh_shape": [int(s) for s in mesh.devices.shape],
+    "num_devices": int(mesh.devices.size),
+    "tokens_per_s": setup.batch_size * setup.num_tokens / stats["median_s"],
+    "forward_flops_per_example": forward,
+    "flops_source": "sora_jax.models.counting (train = 3 x forward)",
+    "xla_flops_per_device_step": _xla_flops(compiled),
+    "loss": last_loss,
+  }
   return add_rates(result, 3.0 * forward * setup.batch_size, stats["median_s"], peak)
 
 
-def benchmark_sample(config, *, steps: int, warmup: int, batch: int = 0, frames: int = 0, height: int = 0,
-                     width: int = 0, peak: dict | None = None) -> dict:
+def benchmark_sample(
+  config,
+  *,
+  steps: int,
+  warmup: int,
+  batch: int = 0,
+  frames: int = 0,
+  height: int = 0,
+  width: int = 0,
+  peak: dict | None = None,
+) -> dict:
   """Times the compiled scan sampler and one standalone guided model call (single device)."""
   import flax.linen as nn
   import jax
@@ -276,10 +334,16 @@ def benchmark_sample(config, *, steps: int, warmup: int, batch: int = 0, frames:
   dit, b, n = setup.dit, setup.batch_size, setup.num_tokens
   length, text_dim = setup.text_encoder.max_length, setup.text_encoder.output_dim
   keys = jax.random.split(jax.random.key(config.seed), 4)
-  cond = {"text": jax.random.normal(keys[0], (b, length, text_dim)), "text_mask": jnp.ones((b, length), bool),
-          "pooled": jax.random.normal(keys[1], (b, text_dim))}
-  uncond = {"text": jnp.zeros((1, length, text_dim)), "text_mask": jnp.ones((1, length), bool),
-            "pooled": jnp.zeros((1, text_dim))}
+  cond = {
+    "text": jax.random.normal(keys[0], (b, length, text_dim)),
+    "text_mask": jnp.ones((b, length), bool),
+    "pooled": jax.random.normal(keys[1], (b, text_dim)),
+  }
+  uncond = {
+    "text": jnp.zeros((1, length, text_dim)),
+    "text_mask": jnp.ones((1, length), bool),
+    "pooled": jnp.zeros((1, text_dim)),
+  }
   noise = jax.random.normal(keys[2], (b, *setup.latent_shape))
   params = jax.jit(lambda r: nn.meta.unbox(dit.init(r, noise, jnp.zeros((b,)), cond)["params"]))(keys[3])
   process = build_diffusion(config.diffusion)
@@ -293,8 +357,9 @@ def benchmark_sample(config, *, steps: int, warmup: int, batch: int = 0, frames:
       return guidance.cfg_model_fn(model_fn, cond, uncond, scale)
     return guidance.conditional_model_fn(model_fn, cond)
 
-  run_sampler = jax.jit(lambda p, x: samplers.sample(guided_fn(p), x, process=process, sampler=sampler,
-                                                     num_steps=num_steps, num_tokens=n))
+  run_sampler = jax.jit(
+    lambda p, x: samplers.sample(guided_fn(p), x, process=process, sampler=sampler, num_steps=num_steps, num_tokens=n)
+  )
   one_call = jax.jit(lambda p, x, t: guided_fn(p)(x, t))
   t_model = jnp.full((b,), 500.0)
   start = time.perf_counter()
@@ -314,15 +379,29 @@ def benchmark_sample(config, *, steps: int, warmup: int, batch: int = 0, frames:
   per_call = stats["median_s"] / (num_steps * evals)
   forward = _dit_forward_flops(setup)
   examples_per_call = 2 * b if use_cfg else b
-  result = {"what": "sample", "compile_s": compile_s, **stats, "steps": steps, "warmup": warmup,
-            **_shapes(setup), "num_devices": 1, "sampler": sampler, "num_steps": num_steps,
-            "guidance_scale": scale, "cfg": use_cfg, "model_calls_per_step": evals,
-            "time_per_sampler_step_s": stats["median_s"] / num_steps,
-            "model_call_s": call["median_s"], "model_call_p10_s": call["p10_s"], "model_call_p90_s": call["p90_s"],
-            "examples_per_model_call": examples_per_call,
-            "scan_overhead": per_call / call["median_s"],
-            "tokens_per_s": b * n * num_steps / stats["median_s"],
-            "forward_flops_per_example": forward, "flops_source": "sora_jax.models.counting"}
+  result = {
+    "what": "sample",
+    "compile_s": compile_s,
+    **stats,
+    "steps": steps,
+    "warmup": warmup,
+    **_shapes(setup),
+    "num_devices": 1,
+    "sampler": sampler,
+    "num_steps": num_steps,
+    "guidance_scale": scale,
+    "cfg": use_cfg,
+    "model_calls_per_step": evals,
+    "time_per_sampler_step_s": stats["median_s"] / num_steps,
+    "model_call_s": call["median_s"],
+    "model_call_p10_s": call["p10_s"],
+    "model_call_p90_s": call["p90_s"],
+    "examples_per_model_call": examples_per_call,
+    "scan_overhead": per_call / call["median_s"],
+    "tokens_per_s": b * n * num_steps / stats["median_s"],
+    "forward_flops_per_example": forward,
+    "flops_source": "sora_jax.models.counting",
+  }
   flops = forward * examples_per_call * evals * num_steps
   return add_rates(result, flops, stats["median_s"], peak or peak_info(1))
 
@@ -336,6 +415,7 @@ def random_params_like(abstract_params, seed: int = 0):
   """
   import jax
   import numpy as np
+
   rng = np.random.default_rng(seed)
 
   def fill(path, leaf):
@@ -349,8 +429,17 @@ def random_params_like(abstract_params, seed: int = 0):
   return jax.tree_util.tree_map_with_path(fill, abstract_params)
 
 
-def benchmark_vae(config, *, steps: int, warmup: int, batch: int = 0, frames: int = 0, height: int = 0,
-                  width: int = 0, peak: dict | None = None) -> dict:
+def benchmark_vae(
+  config,
+  *,
+  steps: int,
+  warmup: int,
+  batch: int = 0,
+  frames: int = 0,
+  height: int = 0,
+  width: int = 0,
+  peak: dict | None = None,
+) -> dict:
   """Times VAE encode (posterior mean) + decode of a random clip (single device, `random_params_like` weights)."""
   import flax.linen as nn
   import jax
@@ -361,8 +450,10 @@ def benchmark_vae(config, *, steps: int, warmup: int, batch: int = 0, frames: in
   frames, height, width = frames or config.data.num_frames, height or config.data.height, width or config.data.width
   module = vae_lib.CausalVAE(config.vae)
   video = jax.random.uniform(jax.random.key(config.seed), (b, frames, height, width, 3), minval=-1.0, maxval=1.0)
-  abstract = jax.eval_shape(lambda r: nn.meta.unbox(module.init({"params": r}, video[:1], sample=False)["params"]),
-                            jax.random.key(config.seed + 1))
+  abstract = jax.eval_shape(
+    lambda r: nn.meta.unbox(module.init({"params": r}, video[:1], sample=False)["params"]),
+    jax.random.key(config.seed + 1),
+  )
   params = jax.device_put(random_params_like(abstract, config.seed))
 
   def roundtrip(p, v):
@@ -375,16 +466,35 @@ def benchmark_vae(config, *, steps: int, warmup: int, batch: int = 0, frames: in
   stats = summarize(time_calls(lambda: compiled(params, video), steps, warmup))
   latent = vae_lib.latent_shape(config.vae, frames, height, width)
   positions = latent[0] * latent[1] * latent[2]
-  result = {"what": "vae", "compile_s": compile_s, **stats, "steps": steps, "warmup": warmup, "batch": b,
-            "pixels": [frames, height, width], "latent_shape": list(latent), "num_devices": 1,
-            "vae_dtype": config.vae.dtype, "tokens_per_s": b * positions / stats["median_s"],
-            "frames_per_s": b * frames / stats["median_s"],
-            "flops_source": "XLA cost analysis of the compiled encode+decode"}
+  result = {
+    "what": "vae",
+    "compile_s": compile_s,
+    **stats,
+    "steps": steps,
+    "warmup": warmup,
+    "batch": b,
+    "pixels": [frames, height, width],
+    "latent_shape": list(latent),
+    "num_devices": 1,
+    "vae_dtype": config.vae.dtype,
+    "tokens_per_s": b * positions / stats["median_s"],
+    "frames_per_s": b * frames / stats["median_s"],
+    "flops_source": "XLA cost analysis of the compiled encode+decode",
+  }
   return add_rates(result, _xla_flops(compiled), stats["median_s"], peak or peak_info(1))
 
 
-def benchmark_vae_train(config, *, steps: int, warmup: int, batch: int = 0, frames: int = 0, height: int = 0,
-                        width: int = 0, peak: dict | None = None) -> dict:
+def benchmark_vae_train(
+  config,
+  *,
+  steps: int,
+  warmup: int,
+  batch: int = 0,
+  frames: int = 0,
+  height: int = 0,
+  width: int = 0,
+  peak: dict | None = None,
+) -> dict:
   """Times one VAE train step (forward, losses, backward, AdamW; the GAN too when configured) on one device."""
   import flax.linen as nn
   import jax
@@ -402,8 +512,9 @@ def benchmark_vae_train(config, *, steps: int, warmup: int, batch: int = 0, fram
   ema_decay = config.train.ema_decay
   init_fn = vae_step.make_init_fn(module, tx, (1, frames, height, width, 3), discriminator, ema=ema_decay > 0)
   state = nn.meta.unbox(jax.jit(init_fn)(jax.random.key(config.seed + 1)))
-  train_step = jax.jit(vae_step.make_train_step(module, tx, config.vae_loss, discriminator, ema_decay),
-                       donate_argnums=0)
+  train_step = jax.jit(
+    vae_step.make_train_step(module, tx, config.vae_loss, discriminator, ema_decay), donate_argnums=0
+  )
   batch_arrays, rng = {"video": video}, jax.random.key(config.seed + 2)
   start = time.perf_counter()
   compiled = train_step.lower(state, batch_arrays, rng).compile()
@@ -411,32 +522,66 @@ def benchmark_vae_train(config, *, steps: int, warmup: int, batch: int = 0, fram
   times, last_loss = time_train_steps(compiled, state, batch_arrays, rng, steps, warmup)
   stats = summarize(times)
   latent = vae_lib.latent_shape(config.vae, frames, height, width)
-  result = {"what": "vae_train", "compile_s": compile_s, **stats, "steps": steps, "warmup": warmup, "batch": b,
-            "pixels": [frames, height, width], "latent_shape": list(latent), "num_devices": 1,
-            "vae_dtype": config.vae.dtype, "gan": discriminator is not None,
-            "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
-            "tokens_per_s": b * latent[0] * latent[1] * latent[2] / stats["median_s"],
-            "examples_per_s": b / stats["median_s"], "steps_per_s": 1.0 / stats["median_s"],
-            "flops_source": "XLA cost analysis of the compiled train step",
-            "loss": last_loss}
+  result = {
+    "what": "vae_train",
+    "compile_s": compile_s,
+    **stats,
+    "steps": steps,
+    "warmup": warmup,
+    "batch": b,
+    "pixels": [frames, height, width],
+    "latent_shape": list(latent),
+    "num_devices": 1,
+    "vae_dtype": config.vae.dtype,
+    "gan": discriminator is not None,
+    "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
+    "tokens_per_s": b * latent[0] * latent[1] * latent[2] / stats["median_s"],
+    "examples_per_s": b / stats["median_s"],
+    "steps_per_s": 1.0 / stats["median_s"],
+    "flops_source": "XLA cost analysis of the compiled train step",
+    "loss": last_loss,
+  }
   return add_rates(result, _xla_flops(compiled), stats["median_s"], peak or peak_info(1))
 
 
-BENCHMARKS = {"train": benchmark_train, "sample": benchmark_sample, "vae": benchmark_vae,
-              "vae_train": benchmark_vae_train}
+BENCHMARKS = {
+  "train": benchmark_train,
+  "sample": benchmark_sample,
+  "vae": benchmark_vae,
+  "vae_train": benchmark_vae_train,
+}
 
 
 def environment() -> dict:
   """Device and library versions for the JSON record."""
   import flax
   import jax
-  return {"device_kind": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
-          "device_count": jax.device_count(), "jax_version": jax.__version__, "flax_version": flax.__version__,
-          "python": platform.python_version(), "host": platform.machine()}
+
+  return {
+    "device_kind": jax.devices()[0].device_kind,
+    "platform": jax.devices()[0].platform,
+    "device_count": jax.device_count(),
+    "jax_version": jax.__version__,
+    "flax_version": flax.__version__,
+    "python": platform.python_version(),
+    "host": platform.machine(),
+  }
 
 
-def run(config, what: str, *, steps: int, warmup: int, batch: int = 0, frames: int = 0, height: int = 0,
-        width: int = 0, cpu_peak_tflops: float = 0.0, peak_tflops: float = 0.0, config_name: str = "") -> dict:
+def run(
+  config,
+  what: str,
+  *,
+  steps: int,
+  warmup: int,
+  batch: int = 0,
+  frames: int = 0,
+  height: int = 0,
+  width: int = 0,
+  cpu_peak_tflops: float = 0.0,
+  peak_tflops: float = 0.0,
+  config_name: str = "",
+) -> dict:
   """One benchmark as a JSON-ready dict: the timings, rates, shapes, settings and environment."""
   if what not in BENCHMARKS:
     raise ValueError(f"--what={what!r} is not one of {', '.join(BENCHMARKS)}")
@@ -445,15 +590,22 @@ def run(config, what: str, *, steps: int, warmup: int, batch: int = 0, frames: i
   import jax
 
   from sora_jax.sharding import mesh as mesh_lib
-  num_devices = (math.prod(mesh_lib.resolve_mesh_shape(config.mesh.shape, jax.device_count()))
-                 if what == "train" else 1)
+
+  num_devices = math.prod(mesh_lib.resolve_mesh_shape(config.mesh.shape, jax.device_count())) if what == "train" else 1
   peak = peak_info(num_devices, cpu_peak_tflops, peak_tflops)
-  result = BENCHMARKS[what](config, steps=steps, warmup=warmup, batch=batch, frames=frames, height=height,
-                            width=width, peak=peak)
+  result = BENCHMARKS[what](
+    config, steps=steps, warmup=warmup, batch=batch, frames=frames, height=height, width=width, peak=peak
+  )
   result.update({k: v for k, v in peak.items() if k not in result})
-  result.update(config=config_name, dit_dtype=config.dit.dtype, scan_layers=config.dit.scan_layers,
-                attention_impl=config.dit.attention_impl, remat_policy=config.dit.remat_policy,
-                variant=config.dit.variant, environment=environment())
+  result.update(
+    config=config_name,
+    dit_dtype=config.dit.dtype,
+    scan_layers=config.dit.scan_layers,
+    attention_impl=config.dit.attention_impl,
+    remat_policy=config.dit.remat_policy,
+    variant=config.dit.variant,
+    environment=environment(),
+  )
   return result
 
 
@@ -462,6 +614,7 @@ def _print_table(result: dict) -> None:
     if isinstance(v, float):
       return f"{v:.4g}"
     return str(v)
+
   skip = ("environment",)
   for key, value in result.items():
     if key not in skip:
@@ -474,9 +627,19 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   f = flags.FLAGS
-  result = run(f.config, f.what, steps=f.steps, warmup=f.warmup, batch=f.batch, frames=f.frames, height=f.height,
-               width=f.width, cpu_peak_tflops=f.cpu_peak_tflops, peak_tflops=f.peak_tflops,
-               config_name=config_flags.get_config_filename(f["config"]))
+  result = run(
+    f.config,
+    f.what,
+    steps=f.steps,
+    warmup=f.warmup,
+    batch=f.batch,
+    frames=f.frames,
+    height=f.height,
+    width=f.width,
+    cpu_peak_tflops=f.cpu_peak_tflops,
+    peak_tflops=f.peak_tflops,
+    config_name=config_flags.get_config_filename(f["config"]),
+  )
   result["overrides"] = config_flags.get_override_values(f["config"])
   if f.json:
     print(json.dumps(result, default=str))

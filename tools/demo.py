@@ -31,14 +31,14 @@ _VAE_CONFIG = flags.DEFINE_string("vae_config", "configs/vae/demo.py", "VAE conf
 _DIT_CONFIG = flags.DEFINE_string("dit_config", "configs/dit/demo.py", "DiT config file.")
 
 DEMO_PROMPTS = (
-    "a red circle moving left",
-    "a blue square moving up",
-    "a green triangle staying still",
-    "a yellow circle moving right",
-    "a magenta square moving down",
-    "a cyan triangle moving left",
-    "a white circle moving up",
-    "a blue triangle moving right",
+  "a red circle moving left",
+  "a blue square moving up",
+  "a green triangle staying still",
+  "a yellow circle moving right",
+  "a magenta square moving down",
+  "a cyan triangle moving left",
+  "a white circle moving up",
+  "a blue triangle moving right",
 )
 
 
@@ -48,8 +48,10 @@ def _run(stage: str, args: list[str], timings: dict) -> None:
   result = subprocess.run([sys.executable] + args, cwd=_REPO)
   timings[stage] = round(time.time() - start, 1)
   if result.returncode != 0:
-    sys.exit(f"demo stage {stage!r} failed (exit {result.returncode}). Fix the error above and re-run "
-             f"`make demo`: finished stages are reused and training resumes from its last checkpoint.")
+    sys.exit(
+      f"demo stage {stage!r} failed (exit {result.returncode}). Fix the error above and re-run "
+      f"`make demo`: finished stages are reused and training resumes from its last checkpoint."
+    )
   print(f"=== [{stage}] done in {timings[stage]:.0f} s", flush=True)
 
 
@@ -64,21 +66,41 @@ def main(argv):
   timings: dict[str, float] = {}
   total_start = time.time()
 
-  _run("dataset", ["tools/show_dataset.py", f"--config={_VAE_CONFIG.value}", *data, "--num=8",
-                   f"--out={os.path.join(workdir, 'dataset.png')}"], timings)
+  _run(
+    "dataset",
+    [
+      "tools/show_dataset.py",
+      f"--config={_VAE_CONFIG.value}",
+      *data,
+      "--num=8",
+      f"--out={os.path.join(workdir, 'dataset.png')}",
+    ],
+    timings,
+  )
   _run("vae", ["tools/train_vae.py", f"--config={_VAE_CONFIG.value}", f"--workdir={vae_dir}", *data], timings)
-  _run("dit", ["tools/train_dit.py", f"--config={_DIT_CONFIG.value}", f"--workdir={dit_dir}", *data,
-               f"--config.vae_workdir={vae_dir}"], timings)
+  _run(
+    "dit",
+    [
+      "tools/train_dit.py",
+      f"--config={_DIT_CONFIG.value}",
+      f"--workdir={dit_dir}",
+      *data,
+      f"--config.vae_workdir={vae_dir}",
+    ],
+    timings,
+  )
   eval_json = os.path.join(eval_dir, "eval.json")
   if _FORCE.value or not _is_newer(eval_json, dit_dir):
     _run("evaluate", ["tools/evaluate.py", f"--workdir={workdir}", f"--out={eval_dir}"], timings)
   sheet = os.path.join(sample_dir, "contact_sheet.png")
   if _FORCE.value or not _is_newer(sheet, dit_dir):
-    _run("sample", ["tools/sample.py", f"--workdir={workdir}", f"--out={sample_dir}"]
-         + [f"--prompt={p}" for p in DEMO_PROMPTS], timings)
+    _run(
+      "sample",
+      ["tools/sample.py", f"--workdir={workdir}", f"--out={sample_dir}"] + [f"--prompt={p}" for p in DEMO_PROMPTS],
+      timings,
+    )
 
-  summary = {"seconds_per_stage": timings, "total_seconds": round(time.time() - total_start, 1),
-             "workdir": workdir}
+  summary = {"seconds_per_stage": timings, "total_seconds": round(time.time() - total_start, 1), "workdir": workdir}
   if os.path.exists(eval_json):
     with open(eval_json) as f:
       summary["evaluation"] = json.load(f)
@@ -88,9 +110,11 @@ def main(argv):
   print(f"  stage times (s):   {timings}")
   if "evaluation" in summary:
     ev = summary["evaluation"]
-    print(f"  prompt adherence:  all-three {ev.get('accuracy_all', float('nan')):.1%}  "
-          f"color {ev.get('accuracy_color', float('nan')):.1%}  shape {ev.get('accuracy_shape', float('nan')):.1%}  "
-          f"motion {ev.get('accuracy_motion', float('nan')):.1%}")
+    print(
+      f"  prompt adherence:  all-three {ev.get('accuracy_all', float('nan')):.1%}  "
+      f"color {ev.get('accuracy_color', float('nan')):.1%}  shape {ev.get('accuracy_shape', float('nan')):.1%}  "
+      f"motion {ev.get('accuracy_motion', float('nan')):.1%}"
+    )
     print(f"  VAE PSNR:          {ev.get('vae_psnr', float('nan')):.2f} dB")
   print(f"  dataset sheet:     {os.path.join(workdir, 'dataset.png')}")
   print(f"  samples (mp4/gif): {sample_dir}")

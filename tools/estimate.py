@@ -33,18 +33,29 @@ from sora_jax.models import counting, variants  # noqa: E402
 from sora_jax.models.dit import DiT  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file (e.g. configs/image/dit_paper.py:DiT-XL/2); its dit/vae/text/data sections "
-    "define the model and inputs. Override fields with --config.KEY=VALUE. Use --model instead for a named size.")
-_MODEL = flags.DEFINE_string("model", "", "A named DiT size instead of --config; one of: "
-                             f"{', '.join(variants.VARIANTS)}.")
-_FRAMES = flags.DEFINE_integer("frames", 0, "Clip length in pixel frames (default: config.data.num_frames; "
-                               "1 for DiT-paper models, 17 for video models).")
+  "config",
+  None,
+  "Config file (e.g. configs/image/dit_paper.py:DiT-XL/2); its dit/vae/text/data sections "
+  "define the model and inputs. Override fields with --config.KEY=VALUE. Use --model instead for a named size.",
+)
+_MODEL = flags.DEFINE_string(
+  "model", "", f"A named DiT size instead of --config; one of: {', '.join(variants.VARIANTS)}."
+)
+_FRAMES = flags.DEFINE_integer(
+  "frames",
+  0,
+  "Clip length in pixel frames (default: config.data.num_frames; 1 for DiT-paper models, 17 for video models).",
+)
 _HEIGHT = flags.DEFINE_integer("height", 0, "Clip height in pixels (default: config.data.height, or 256).")
 _WIDTH = flags.DEFINE_integer("width", 0, "Clip width in pixels (default: config.data.width, or 256).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Samples per training step (default: config.data.batch_size, or 1).")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-_MESH = flags.DEFINE_string("mesh", "", "With --config: per-device memory of the train step on a mesh "
-                            "'data,fsdp,context,tensor' (e.g. 1,64,1,1), compiled on abstract inputs.")
+_MESH = flags.DEFINE_string(
+  "mesh",
+  "",
+  "With --config: per-device memory of the train step on a mesh "
+  "'data,fsdp,context,tensor' (e.g. 1,64,1,1), compiled on abstract inputs.",
+)
 
 # Text encoder widths by config.text.encoder ("small" uses config.text.width).
 _TEXT_WIDTHS = {"minilm": 384}
@@ -52,8 +63,10 @@ _TEXT_WIDTHS = {"minilm": 384}
 
 def _latent_size(pixels: int, factor: int, what: str) -> int:
   if pixels % factor:
-    raise ValueError(f"{what} {pixels} is not a multiple of the VAE's {factor}x compression; "
-                     f"try {pixels // factor * factor} or {(pixels // factor + 1) * factor}")
+    raise ValueError(
+      f"{what} {pixels} is not a multiple of the VAE's {factor}x compression; "
+      f"try {pixels // factor * factor} or {(pixels // factor + 1) * factor}"
+    )
   return pixels // factor
 
 
@@ -62,8 +75,10 @@ def _latent_frames(frames: int, factor: int) -> int:
   if factor == 1:
     return frames
   if (frames - 1) % factor:
-    raise ValueError(f"frames={frames} must be 1 + {factor}*k for a causal VAE with {factor}x time compression; "
-                     f"try {1 + (frames - 1) // factor * factor} or {1 + ((frames - 1) // factor + 1) * factor}")
+    raise ValueError(
+      f"frames={frames} must be 1 + {factor}*k for a causal VAE with {factor}x time compression; "
+      f"try {1 + (frames - 1) // factor * factor} or {1 + ((frames - 1) // factor + 1) * factor}"
+    )
   return 1 + (frames - 1) // factor
 
 
@@ -73,9 +88,18 @@ def _setting_from_model(name: str) -> dict:
   fields = variants.variant_fields(name)
   model = DiT(in_channels=ref["latent_channels"], text_dim=ref["text_dim"], **fields)
   video = ref["temporal_factor"] > 1
-  return dict(name=name, model=model, spatial_factor=ref["spatial_factor"], temporal_factor=ref["temporal_factor"],
-              text_length=ref["text_length"], frames=17 if video else 1, height=256, width=256, batch_size=1,
-              remat_policy="none")
+  return dict(
+    name=name,
+    model=model,
+    spatial_factor=ref["spatial_factor"],
+    temporal_factor=ref["temporal_factor"],
+    text_length=ref["text_length"],
+    frames=17 if video else 1,
+    height=256,
+    width=256,
+    batch_size=1,
+    remat_policy="none",
+  )
 
 
 def _setting_from_config(config) -> dict:
@@ -85,10 +109,18 @@ def _setting_from_config(config) -> dict:
     text_dim = _TEXT_WIDTHS.get(config.text.encoder, config.text.width)
   model = DiT.from_config(config.dit, in_channels=config.vae.latent_channels, text_dim=text_dim)
   image = config.dit.pos_embedding == "sincos2d"
-  return dict(name=config.dit.variant or "custom", model=model, spatial_factor=config.vae.spatial_factor,
-              temporal_factor=1 if image else config.vae.temporal_factor, text_length=config.text.max_length,
-              frames=1 if image else config.data.num_frames, height=config.data.height, width=config.data.width,
-              batch_size=config.data.batch_size, remat_policy=config.dit.remat_policy)
+  return dict(
+    name=config.dit.variant or "custom",
+    model=model,
+    spatial_factor=config.vae.spatial_factor,
+    temporal_factor=1 if image else config.vae.temporal_factor,
+    text_length=config.text.max_length,
+    frames=1 if image else config.data.num_frames,
+    height=config.data.height,
+    width=config.data.width,
+    batch_size=config.data.batch_size,
+    remat_policy=config.dit.remat_policy,
+  )
 
 
 def estimate(setting: dict, frames: int = 0, height: int = 0, width: int = 0, batch_size: int = 0) -> dict:
@@ -98,26 +130,28 @@ def estimate(setting: dict, frames: int = 0, height: int = 0, width: int = 0, ba
   width = width or setting["width"]
   batch = batch_size or setting["batch_size"]
   model = setting["model"]
-  latent = (_latent_frames(frames, setting["temporal_factor"]),
-            _latent_size(height, setting["spatial_factor"], "height"),
-            _latent_size(width, setting["spatial_factor"], "width"))
+  latent = (
+    _latent_frames(frames, setting["temporal_factor"]),
+    _latent_size(height, setting["spatial_factor"], "height"),
+    _latent_size(width, setting["spatial_factor"], "width"),
+  )
   params = counting.count_params(model)
   flops = counting.count_flops(model, latent, text_length=setting["text_length"])
   train_factor = 4 if setting["remat_policy"] == "full" else 3
   return {
-      "model": setting["name"],
-      "params": params["total"],
-      "params_millions": round(params["total"] / 1e6, 2),
-      "gflops": round(flops["gflops"], 3),
-      "forward_flops": flops["forward_flops"],
-      "train_flops_per_step": train_factor * flops["forward_flops"] * batch,
-      "tokens": int(flops["tokens"]),
-      "pixels": [frames, height, width],
-      "latent": [*latent, model.in_channels],
-      "text_length": setting["text_length"] if model.conditioning == "text" else 0,
-      "batch_size": batch,
-      "params_by_part": params,
-      "macs_by_part": {k: v for k, v in flops.items() if k not in ("macs", "gflops", "forward_flops", "tokens")},
+    "model": setting["name"],
+    "params": params["total"],
+    "params_millions": round(params["total"] / 1e6, 2),
+    "gflops": round(flops["gflops"], 3),
+    "forward_flops": flops["forward_flops"],
+    "train_flops_per_step": train_factor * flops["forward_flops"] * batch,
+    "tokens": int(flops["tokens"]),
+    "pixels": [frames, height, width],
+    "latent": [*latent, model.in_channels],
+    "text_length": setting["text_length"] if model.conditioning == "text" else 0,
+    "batch_size": batch,
+    "params_by_part": params,
+    "macs_by_part": {k: v for k, v in flops.items() if k not in ("macs", "gflops", "forward_flops", "tokens")},
   }
 
 
@@ -126,21 +160,31 @@ def estimate(setting: dict, frames: int = 0, height: int = 0, width: int = 0, ba
 # `compiled.memory_analysis()`; all of it lives in sora_jax/sharding/memory.py (infra engineer).
 def memory_estimate(config, mesh: str, frames: int, height: int, width: int, batch_size: int) -> dict:
   from sora_jax.sharding import memory
+
   try:
     mesh_shape = tuple(int(s) for s in mesh.split(","))
   except ValueError:
     raise ValueError(f"--mesh={mesh!r} must be four integers data,fsdp,context,tensor, e.g. 1,8,1,1") from None
-  result = memory.estimate_train_memory(config, frames=frames or None, height=height or None, width=width or None,
-                                        mesh_shape=mesh_shape, batch_size=batch_size or None)
+  result = memory.estimate_train_memory(
+    config,
+    frames=frames or None,
+    height=height or None,
+    width=width or None,
+    mesh_shape=mesh_shape,
+    batch_size=batch_size or None,
+  )
   result["summary"] = memory.summary_lines(result)
   return result
+
+
 # ---------------------------------------------------------------------------------------------------------
 
 
 def _print_table(result: dict) -> None:
   print(f"model            {result['model']}")
-  print(f"clip (T,H,W)     {tuple(result['pixels'])} pixels -> latent {tuple(result['latent'])}, "
-        f"{result['tokens']} tokens")
+  print(
+    f"clip (T,H,W)     {tuple(result['pixels'])} pixels -> latent {tuple(result['latent'])}, {result['tokens']} tokens"
+  )
   print(f"params           {result['params']:,} ({result['params_millions']} M)")
   print(f"Gflops (MACs)    {result['gflops']:.2f} per sample forward (DiT-paper convention)")
   print(f"train FLOPs      {result['train_flops_per_step']:.3e} per step (batch {result['batch_size']})")
@@ -165,8 +209,9 @@ def main(argv):
     if _MESH.value:
       if not _CONFIG.value:
         raise ValueError("--mesh needs --config (the train step depends on the text encoder, optimizer, ...)")
-      result["memory"] = memory_estimate(_CONFIG.value, _MESH.value, _FRAMES.value, _HEIGHT.value, _WIDTH.value,
-                                         _BATCH.value)
+      result["memory"] = memory_estimate(
+        _CONFIG.value, _MESH.value, _FRAMES.value, _HEIGHT.value, _WIDTH.value, _BATCH.value
+      )
   except (ValueError, NotImplementedError) as e:
     sys.exit(f"error: {e}")
   if _JSON.value:

@@ -43,6 +43,7 @@ def last_eval_metrics(dit_workdir: str) -> dict:
   found = {}
   if os.path.exists(path):
     from sora_jax.monitoring.plots import read_metrics
+
     for record in read_metrics(path):
       if "eval/loss" in record:
         found = dict(record)
@@ -68,15 +69,18 @@ def main(argv):
 
   if not _SKIP_ADHERENCE.value:
     pipe = Pipeline.from_pretrained(_WORKDIR.value)
-    adh = adherence.evaluate_adherence(pipe, batch_size=_BATCH.value, seed=_SEED.value,
-                                       videos_per_prompt=_PER_PROMPT.value, **_SAMPLING.overrides())
+    adh = adherence.evaluate_adherence(
+      pipe, batch_size=_BATCH.value, seed=_SEED.value, videos_per_prompt=_PER_PROMPT.value, **_SAMPLING.overrides()
+    )
     videos = adh.pop("videos")
     result.update(adh)
     result["sampling"] = _SAMPLING.resolved(pipe.config)
     adherence.plot_summary(result, os.path.join(out, "summary.png"))
     shown = min(16, len(videos))
-    captions = [f"{r['prompt']}  | read: {r['predicted']['color']} {r['predicted']['shape']} "
-                f"{r['predicted']['motion']}" for r in result["per_prompt"][:shown]]
+    captions = [
+      f"{r['prompt']}  | read: {r['predicted']['color']} {r['predicted']['shape']} {r['predicted']['motion']}"
+      for r in result["per_prompt"][:shown]
+    ]
     contact_sheet.save_contact_sheet(os.path.join(out, "samples.png"), videos[:shown], captions)
   result["seconds"] = round(time.time() - start, 1)
 

@@ -54,8 +54,17 @@ def main(argv):
   prompts = list(_PROMPTS.value)
   expanded = [pipe.prompt_expander(p) for p in prompts] if _EXPAND.value else prompts
   start = time.time()
-  videos = pipe(expanded, num_frames=_FRAMES.value, height=_HEIGHT.value, width=_WIDTH.value, seed=_SEED.value,
-                negative_prompt=_NEGATIVE.value, expand_prompts=False, progress=True, **_SAMPLING.overrides())
+  videos = pipe(
+    expanded,
+    num_frames=_FRAMES.value,
+    height=_HEIGHT.value,
+    width=_WIDTH.value,
+    seed=_SEED.value,
+    negative_prompt=_NEGATIVE.value,
+    expand_prompts=False,
+    progress=True,
+    **_SAMPLING.overrides(),
+  )
   seconds = time.time() - start
   files = []
   for i, (prompt, video) in enumerate(zip(prompts, videos)):

@@ -27,11 +27,14 @@ from sora_jax.media.contact_sheet import save_contact_sheet  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(_REPO, "configs", "base.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None,
-    "Config file whose `data` section names the dataset (default configs/base.py); "
-    "override fields with --config.data.KEY=VALUE.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "Dataset folder (overrides --config.data.data_dir; "
-                                "default $SORA_JAX_DATA or ~/sora_jax_data).")
+  "config",
+  None,
+  "Config file whose `data` section names the dataset (default configs/base.py); "
+  "override fields with --config.data.KEY=VALUE.",
+)
+_DATA_DIR = flags.DEFINE_string(
+  "data_dir", "", "Dataset folder (overrides --config.data.data_dir; default $SORA_JAX_DATA or ~/sora_jax_data)."
+)
 _NUM = flags.DEFINE_integer("num", 8, "Number of clips (rows).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split to show: train, validation or test.")
 _OUT = flags.DEFINE_string("out", "contact_sheet.png", "PNG file to write.")
@@ -53,8 +56,13 @@ def main(argv):
   count = min(_NUM.value, len(source))
   examples = [source[i] for i in range(count)]
   caption_key = "canonical_caption" if _CANONICAL.value and "canonical_caption" in examples[0] else "caption"
-  path = save_contact_sheet(_OUT.value, [e["video"] for e in examples], [e[caption_key] for e in examples],
-                            max_frames=_MAX_FRAMES.value or None, scale=_SCALE.value)
+  path = save_contact_sheet(
+    _OUT.value,
+    [e["video"] for e in examples],
+    [e[caption_key] for e in examples],
+    max_frames=_MAX_FRAMES.value or None,
+    scale=_SCALE.value,
+  )
   print(f"wrote {count} clips of {source!r} to {path}")
 
 

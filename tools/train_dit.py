@@ -64,13 +64,23 @@ def main(argv):
   encode_fn = jax.jit(lambda v: vae_lib.encode_video(vae_module, vae_params, v))
   with checkpointing.Checkpointer(config.vae_workdir) as vae_ckpt:
     vae_step = vae_ckpt.latest_step()
-  meta = {"vae_workdir": os.path.abspath(config.vae_workdir), "vae_step": vae_step,
-          "text_encoder": config.text.to_dict(), "data": config.data.to_dict()}
+  meta = {
+    "vae_workdir": os.path.abspath(config.vae_workdir),
+    "vae_step": vae_step,
+    "text_encoder": config.text.to_dict(),
+    "data": config.data.to_dict(),
+  }
   meta["data"].pop("batch_size", None)  # the cache does not depend on these
   meta["data"].pop("latent_cache_dir", None)
   if jax.process_index() == 0:  # one writer; the cache dir must be on storage every host reads
-    latent_cache.build_latent_cache(cache_dir=cache_dir, splits=splits, encode_fn=encode_fn,
-                                    text_encoder=text_encoder, text_params=text_vars, meta=meta)
+    latent_cache.build_latent_cache(
+      cache_dir=cache_dir,
+      splits=splits,
+      encode_fn=encode_fn,
+      text_encoder=text_encoder,
+      text_params=text_vars,
+      meta=meta,
+    )
   multihost_utils.sync_global_devices("latent cache built")
   train_source = latent_cache.LatentCacheSource(cache_dir, config.data.train_split)
   eval_source = latent_cache.LatentCacheSource(cache_dir, config.data.eval_split)
@@ -80,23 +90,37 @@ def main(argv):
   dit = DiT.from_config(config.dit, in_channels=latent_shape[-1], text_dim=text_encoder.output_dim)
   process = build_diffusion(config.diffusion)
   tx = make_optimizer(config.train)
-  init_fn = dit_step.make_init_fn(dit=dit, text_encoder=text_encoder, latent_shape=latent_shape, tx=tx,
-                                  ema=config.train.ema_decay > 0)
+  init_fn = dit_step.make_init_fn(
+    dit=dit, text_encoder=text_encoder, latent_shape=latent_shape, tx=tx, ema=config.train.ema_decay > 0
+  )
   null_fields = dit_step.null_text_fields(text_encoder, text_vars)
-  train_step, _ = dit_step.make_train_step(dit=dit, text_encoder=text_encoder, diffusion=process,
-                                           latent_stats=latent_stats, null_fields=null_fields,
-                                           cfg_dropout=config.diffusion.cfg_dropout, tx=tx,
-                                           ema_decay=config.train.ema_decay)
-  eval_loss = jax.jit(dit_step.make_eval_loss(dit=dit, text_encoder=text_encoder, diffusion=process,
-                                              latent_stats=latent_stats))
+  train_step, _ = dit_step.make_train_step(
+    dit=dit,
+    text_encoder=text_encoder,
+    diffusion=process,
+    latent_stats=latent_stats,
+    null_fields=null_fields,
+    cfg_dropout=config.diffusion.cfg_dropout,
+    tx=tx,
+    ema_decay=config.train.ema_decay,
+  )
+  eval_loss = jax.jit(
+    dit_step.make_eval_loss(dit=dit, text_encoder=text_encoder, diffusion=process, latent_stats=latent_stats)
+  )
 
   def make_iterator():
-    return pipeline.make_iterator(train_source, batch_size=config.data.batch_size, seed=config.seed,
-                                  worker_count=config.data.worker_count, prefetch=config.data.prefetch)
+    return pipeline.make_iterator(
+      train_source,
+      batch_size=config.data.batch_size,
+      seed=config.seed,
+      worker_count=config.data.worker_count,
+      prefetch=config.data.prefetch,
+    )
 
   def eval_fn(state, step):
-    iterator = pipeline.make_iterator(eval_source, batch_size=config.data.batch_size, seed=0, shuffle=False,
-                                      num_epochs=1, prefetch=0)
+    iterator = pipeline.make_iterator(
+      eval_source, batch_size=config.data.batch_size, seed=0, shuffle=False, num_epochs=1, prefetch=0
+    )
     totals, n = {}, 0
     params = _sampling_params(state)
     for i, batch in enumerate(iterator):
@@ -108,10 +132,10 @@ def main(argv):
       n += 1
     return {k: v / max(n, 1) for k, v in totals.items()}
 
-  models = gen.Models(dit=dit, text_encoder=text_encoder, vae=vae_module, process=process,
-                      latent_stats=latent_stats)
-  generate = gen.make_generate_fn(models, sampler=config.sample.sampler, num_steps=config.sample.num_steps,
-                                  latent_shape=latent_shape)
+  models = gen.Models(dit=dit, text_encoder=text_encoder, vae=vae_module, process=process, latent_stats=latent_stats)
+  generate = gen.make_generate_fn(
+    models, sampler=config.sample.sampler, num_steps=config.sample.num_steps, latent_shape=latent_shape
+  )
   prompts = list(config.sample.prompts)
 
   def sample_fn(state, step, writer):
@@ -129,16 +153,26 @@ def main(argv):
     writer.write_images(step, {"samples": contact_sheet.make_grid_image(frames, prompts)})
 
   tokens = dit_step.num_tokens((1,) + latent_shape, dit.patch_size)
-  loop.train(config=config, workdir=workdir, init_fn=init_fn, train_step=train_step, make_iterator=make_iterator,
-             eval_fn=eval_fn, sample_fn=sample_fn,
-             per_step_counts={"tokens": config.data.batch_size * tokens, "examples": config.data.batch_size},
-             desc="train DiT")
+  loop.train(
+    config=config,
+    workdir=workdir,
+    init_fn=init_fn,
+    train_step=train_step,
+    make_iterator=make_iterator,
+    eval_fn=eval_fn,
+    sample_fn=sample_fn,
+    per_step_counts={"tokens": config.data.batch_size * tokens, "examples": config.data.batch_size},
+    desc="train DiT",
+  )
   if jax.process_index() == 0:
     from sora_jax.monitoring import plots
+
     metrics = os.path.join(workdir, "metrics.jsonl")
     keys = [k for k in ("loss", "eval/loss") if any(k in r for r in plots.read_metrics(metrics))]
     if keys:
-      print(f"loss curve: {plots.plot_curves(metrics, keys, os.path.join(workdir, 'loss_curve.png'), x='minutes', smoothing=0.6)}")
+      print(
+        f"loss curve: {plots.plot_curves(metrics, keys, os.path.join(workdir, 'loss_curve.png'), x='minutes', smoothing=0.6)}"
+      )
 
 
 def _sampling_params(state):
@@ -149,6 +183,7 @@ def _sampling_params(state):
 def _grid_video(frames):
   """[N, T, H, W, 3] -> one video [T, H, N*W, 3]: the clips side by side, for one GIF."""
   import numpy as np
+
   return np.concatenate(list(frames), axis=2)
 
 

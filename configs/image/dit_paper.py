@@ -15,8 +15,10 @@ from sora_jax.models import variants
 def get_config(variant: str = "DiT-XL/2"):
   c = base.get_config()
   if not variant.startswith("DiT-"):
-    raise ValueError(f"configs/image/dit_paper.py takes a DiT-paper variant, e.g. :DiT-XL/2; got {variant!r}. "
-                     f"Known: {', '.join(v for v in variants.VARIANTS if v.startswith('DiT-'))}")
+    raise ValueError(
+      f"configs/image/dit_paper.py takes a DiT-paper variant, e.g. :DiT-XL/2; got {variant!r}. "
+      f"Known: {', '.join(v for v in variants.VARIANTS if v.startswith('DiT-'))}"
+    )
   c.dit.variant = variant
   c.dit = variants.apply_variant(c.dit)
   # Inputs as in the paper: one 256x256 frame through the SD image VAE (8x, 4 channels).

@@ -50,7 +50,7 @@ def get_config():
   c.vae_loss.gan_weight = 0.0
   c.vae_loss.latent_stats_batches = 32  # 128 clips
 
-  c.train.steps = 2000       # ~6 min on a quiet 2-core CPU; the cosine schedule then finishes
+  c.train.steps = 2000  # ~6 min on a quiet 2-core CPU; the cosine schedule then finishes
   c.train.max_minutes = 6.0  # the budget: stop (and checkpoint) at 6 minutes whatever the machine
   c.train.learning_rate = 2e-3  # 3e-3 diverges early and ends at 24.3 dB
   c.train.warmup_steps = 100
@@ -58,7 +58,7 @@ def get_config():
   c.train.ema_decay = 0.0
   c.train.log_every = 50
   c.train.eval_every = 500
-  c.train.eval_batches = 4   # 16 clips
+  c.train.eval_batches = 4  # 16 clips
   c.train.checkpoint_every = 500
   c.train.sample_every = 500
   return c

@@ -56,14 +56,16 @@ class DecodedSource:
 def _check_split(builder, split: str) -> None:
   available = tuple(builder.info.splits.keys())
   if split not in available:
-    raise ValueError(f"dataset {builder.info.full_name!r} has no split {split!r}; "
-                     f"available splits: {available}")
+    raise ValueError(f"dataset {builder.info.full_name!r} has no split {split!r}; available splits: {available}")
 
 
 def _scalar_dtypes(builder) -> dict[str, np.dtype]:
   """np dtype of every scalar feature (TFDS decodes those to python int / float)."""
-  return {key: np.dtype(feature.np_dtype) for key, feature in builder.info.features.items()
-          if getattr(feature, "shape", None) == () and np.dtype(feature.np_dtype).kind in "biuf"}
+  return {
+    key: np.dtype(feature.np_dtype)
+    for key, feature in builder.info.features.items()
+    if getattr(feature, "shape", None) == () and np.dtype(feature.np_dtype).kind in "biuf"
+  }
 
 
 def source_from_builder(builder, split: str, description: str) -> DecodedSource:
@@ -83,8 +85,8 @@ def _video_folder_source(data_cfg, split: str) -> DecodedSource:
 
 
 _SOURCES: dict[str, Callable[[Any, str], DecodedSource]] = {
-    "shapes": _shapes_source,
-    "video_folder": _video_folder_source,
+  "shapes": _shapes_source,
+  "video_folder": _video_folder_source,
 }
 
 

@@ -124,8 +124,10 @@ class CsvCaptions:
       columns = [c.strip() for c in (reader.fieldnames or [])]
       missing = [c for c in CSV_COLUMNS if c not in columns]
       if missing:
-        raise ValueError(f"captions CSV {os.fspath(self.csv_path)!r} lacks column(s) {missing}; "
-                         f"it has {columns}. Expected a header line 'path,caption'.")
+        raise ValueError(
+          f"captions CSV {os.fspath(self.csv_path)!r} lacks column(s) {missing}; "
+          f"it has {columns}. Expected a header line 'path,caption'."
+        )
       rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
     self._rows = rows
     self._captions: dict[Path, str] = {}
@@ -143,8 +145,10 @@ class CsvCaptions:
       self._captions[path.resolve()] = row["caption"]
       paths.append(path)
     if missing:
-      raise FileNotFoundError(f"{len(missing)} file(s) listed in {os.fspath(self.csv_path)!r} do not "
-                              f"exist under {os.fspath(videos_dir)!r}: {missing[:10]}")
+      raise FileNotFoundError(
+        f"{len(missing)} file(s) listed in {os.fspath(self.csv_path)!r} do not "
+        f"exist under {os.fspath(videos_dir)!r}: {missing[:10]}"
+      )
     return paths
 
   def caption(self, path: Path, clip: np.ndarray) -> str:
@@ -186,8 +190,7 @@ class FunctionCaptions:
     try:
       module = importlib.import_module(module_name)
     except ImportError as e:
-      raise ValueError(f"captioner {spec!r}: cannot import module {module_name!r} ({e}); "
-                       f"is it on PYTHONPATH?") from e
+      raise ValueError(f"captioner {spec!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?") from e
     function = getattr(module, function_name, None)
     if not callable(function):
       raise ValueError(f"captioner {spec!r}: module {module_name!r} has no callable {function_name!r}")
@@ -200,8 +203,9 @@ class FunctionCaptions:
   def caption(self, path: Path, clip: np.ndarray) -> str:
     text = self._function(clip)
     if not isinstance(text, str) or not text.strip():
-      raise ValueError(f"captioner {self.spec!r} returned {text!r} for a clip of {os.fspath(path)!r}; "
-                       f"it must return a non-empty str")
+      raise ValueError(
+        f"captioner {self.spec!r} returned {text!r} for a clip of {os.fspath(path)!r}; it must return a non-empty str"
+      )
     return text.strip()
 
   def describe(self) -> str:
@@ -212,8 +216,10 @@ def make_caption_source(*, captions_csv: str = "", sidecar: bool = False, captio
   """The one caption source chosen by the import flags (exactly one must be given)."""
   chosen = {"captions_csv": bool(captions_csv), "sidecar": sidecar, "captioner": bool(captioner)}
   if sum(chosen.values()) != 1:
-    raise ValueError(f"choose exactly one caption source (--captions=FILE.csv, --sidecar_captions or "
-                     f"--captioner=module:function); got {[k for k, v in chosen.items() if v] or 'none'}")
+    raise ValueError(
+      f"choose exactly one caption source (--captions=FILE.csv, --sidecar_captions or "
+      f"--captioner=module:function); got {[k for k, v in chosen.items() if v] or 'none'}"
+    )
   if captions_csv:
     return CsvCaptions(captions_csv)
   if sidecar:
@@ -227,6 +233,7 @@ def make_caption_source(*, captions_csv: str = "", sidecar: bool = False, captio
 @dataclasses.dataclass(frozen=True)
 class ClipSettings:
   """Target format of the imported clips."""
+
   num_frames: int = 17
   height: int = 32
   width: int = 32
@@ -248,10 +255,11 @@ class ClipSettings:
 @dataclasses.dataclass
 class ImportSummary:
   """What an import did: counts, and every skipped file with the reason."""
+
   videos_read: int = 0
   clips: dict[str, int] = dataclasses.field(default_factory=dict)
-  skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)   # unreadable files
-  too_short: list[str] = dataclasses.field(default_factory=list)            # fewer frames than one clip
+  skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # unreadable files
+  too_short: list[str] = dataclasses.field(default_factory=list)  # fewer frames than one clip
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -271,12 +279,18 @@ def video_clips(path: Path, settings: ClipSettings) -> Iterator[tuple[int, np.nd
   frames, fps = video_io.read_video(path)
   indices = resample_indices(frames.shape[0], fps, settings.fps)
   for start in clip_starts(len(indices), settings.num_frames, settings.clip_stride):
-    clip = frames[indices[start:start + settings.num_frames]]
+    clip = frames[indices[start : start + settings.num_frames]]
     yield start, resize_center_crop(clip, settings.height, settings.width)
 
 
-def import_examples(paths: Iterable[Path], captions: CaptionSource, settings: ClipSettings,
-                    videos_dir: Path, summary: ImportSummary, split: str) -> Iterator[tuple[str, dict[str, Any]]]:
+def import_examples(
+  paths: Iterable[Path],
+  captions: CaptionSource,
+  settings: ClipSettings,
+  videos_dir: Path,
+  summary: ImportSummary,
+  split: str,
+) -> Iterator[tuple[str, dict[str, Any]]]:
   """(unique key, example) for every clip of `paths`; unreadable files are recorded in `summary`."""
   summary.clips.setdefault(split, 0)
   for path in paths:
@@ -292,13 +306,16 @@ def import_examples(paths: Iterable[Path], captions: CaptionSource, settings: Cl
       continue
     for clip_index, (start, clip) in enumerate(clips):
       summary.clips[split] += 1
-      yield f"{relative}#{start}", {
+      yield (
+        f"{relative}#{start}",
+        {
           "video": clip,
           "caption": captions.caption(path, clip),
           "source_path": relative,
           "start_frame": np.int32(start),
           "clip_index": np.int32(clip_index),
-      }
+        },
+      )
 
 
 def has_clips(path: Path, settings: ClipSettings) -> bool:
@@ -307,12 +324,17 @@ def has_clips(path: Path, settings: ClipSettings) -> bool:
     frames, fps = video_io.read_video(path)
   except video_io.VideoReadError:
     return False
-  return len(clip_starts(len(resample_indices(frames.shape[0], fps, settings.fps)),
-                         settings.num_frames, settings.clip_stride)) > 0
+  return (
+    len(
+      clip_starts(len(resample_indices(frames.shape[0], fps, settings.fps)), settings.num_frames, settings.clip_stride)
+    )
+    > 0
+  )
 
 
-def split_videos(paths: list[Path], validation_fraction: float,
-                 usable: Callable[[Path], bool] = lambda path: True) -> dict[str, list[Path]]:
+def split_videos(
+  paths: list[Path], validation_fraction: float, usable: Callable[[Path], bool] = lambda path: True
+) -> dict[str, list[Path]]:
   """Deterministic split by video, so clips of one video never straddle splits.
 
   round(validation_fraction * N) videos (at least one when the fraction is > 0 and

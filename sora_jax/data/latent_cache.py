@@ -46,8 +46,9 @@ class LatentCacheSource(grain.RandomAccessDataSource):
     path = cache_path(cache_dir, split)
     if not os.path.exists(path):
       raise FileNotFoundError(
-          f"latent cache {path!r} not found. Build it with tools/train_dit.py "
-          f"(it encodes the dataset with --config.vae_workdir first) or delete {cache_dir!r} to rebuild.")
+        f"latent cache {path!r} not found. Build it with tools/train_dit.py "
+        f"(it encodes the dataset with --config.vae_workdir first) or delete {cache_dir!r} to rebuild."
+      )
     self._source = grain.ArrayRecordDataSource([path])
     self._path = path
 
@@ -60,8 +61,9 @@ class LatentCacheSource(grain.RandomAccessDataSource):
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = serialization.msgpack_restore(self._source[index])
-    return {k: (v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float16 else v)
-            for k, v in record.items()}
+    return {
+      k: (v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float16 else v) for k, v in record.items()
+    }
 
 
 def read_meta(cache_dir: str) -> dict | None:
@@ -72,8 +74,9 @@ def read_meta(cache_dir: str) -> dict | None:
     return json.load(f)
 
 
-def build_latent_cache(*, cache_dir: str, splits: dict[str, Any], encode_fn, text_encoder,
-                       text_params, meta: dict, batch_size: int = 16) -> dict[str, int]:
+def build_latent_cache(
+  *, cache_dir: str, splits: dict[str, Any], encode_fn, text_encoder, text_params, meta: dict, batch_size: int = 16
+) -> dict[str, int]:
   """Encodes each split once and writes it as ArrayRecord; reuses a matching cache.
 
   Args:
@@ -99,8 +102,9 @@ def build_latent_cache(*, cache_dir: str, splits: dict[str, Any], encode_fn, tex
     tmp = cache_path(cache_dir, split) + ".tmp"
     writer = array_record_module.ArrayRecordWriter(tmp, "group_size:1")
     n = len(source)
-    for start in progress_bar(range(0, n, batch_size), desc=f"latent cache [{split}]",
-                              total=(n + batch_size - 1) // batch_size):
+    for start in progress_bar(
+      range(0, n, batch_size), desc=f"latent cache [{split}]", total=(n + batch_size - 1) // batch_size
+    ):
       examples = [source[i] for i in range(start, min(start + batch_size, n))]
       videos = np.stack([e["video"] for e in examples]).astype(np.float32) / 127.5 - 1.0
       pad = batch_size - len(examples)  # constant batch shape: one compilation
@@ -108,11 +112,16 @@ def build_latent_cache(*, cache_dir: str, splits: dict[str, Any], encode_fn, tex
         videos = np.concatenate([videos, np.zeros((pad,) + videos.shape[1:], videos.dtype)])
       mean, logvar = jax.device_get(encode_fn(jnp.asarray(videos)))
       captions = [_as_str(e["caption"]) for e in examples]
-      text = {k: (v.astype(np.float16) if v.dtype == np.float32 else v)  # halve the cache; read back as f32
-              for k, v in dit_step.text_fields(text_encoder, text_params, captions).items()}
+      text = {
+        k: (v.astype(np.float16) if v.dtype == np.float32 else v)  # halve the cache; read back as f32
+        for k, v in dit_step.text_fields(text_encoder, text_params, captions).items()
+      }
       for i, example in enumerate(examples):
-        record = {"latent_mean": mean[i].astype(np.float16), "latent_logvar": logvar[i].astype(np.float16),
-                  "caption": captions[i]}
+        record = {
+          "latent_mean": mean[i].astype(np.float16),
+          "latent_logvar": logvar[i].astype(np.float16),
+          "caption": captions[i],
+        }
         record.update({k: v[i] for k, v in text.items()})
         for key in ("canonical_caption", "color", "shape", "motion"):
           if key in example:

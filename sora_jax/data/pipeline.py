@@ -43,6 +43,7 @@ _LEFT_RIGHT_RE = re.compile(r"\b(left|right)(wards?)?\b", re.IGNORECASE)
 
 def swap_left_right(text: str) -> str:
   """'a red circle moving left' -> '... moving right' (and leftward <-> rightward), keeping case."""
+
   def swap(match: re.Match) -> str:
     word = match.group(1)
     swapped = _SWAP[word.lower()]
@@ -51,6 +52,7 @@ def swap_left_right(text: str) -> str:
     elif word[0].isupper():
       swapped = swapped.capitalize()
     return swapped + (match.group(2) or "")
+
   return _LEFT_RIGHT_RE.sub(swap, text)
 
 
@@ -106,11 +108,13 @@ class TemporalCrop(grain.transforms.RandomMap):
     video = element["video"]
     extra = video.shape[0] - self.num_frames
     if extra < 0:
-      raise ValueError(f"clip has {video.shape[0]} frames but config.data.num_frames="
-                       f"{self.num_frames}; lower num_frames or re-import with more frames")
+      raise ValueError(
+        f"clip has {video.shape[0]} frames but config.data.num_frames="
+        f"{self.num_frames}; lower num_frames or re-import with more frames"
+      )
     start = int(rng.integers(0, extra + 1)) if self.random_offset else 0
     out = dict(element)
-    out["video"] = video[start:start + self.num_frames]
+    out["video"] = video[start : start + self.num_frames]
     out["start_frame_offset"] = np.int32(start)
     return out
 
@@ -209,8 +213,9 @@ class DataIterator:
       return
     self._stop.clear()
     self._queue = queue.Queue(maxsize=self._prefetch)
-    self._thread = threading.Thread(target=_produce, args=(self._iterator, self._queue, self._stop),
-                                    name="sora_jax-data-prefetch", daemon=True)
+    self._thread = threading.Thread(
+      target=_produce, args=(self._iterator, self._queue, self._stop), name="sora_jax-data-prefetch", daemon=True
+    )
     self._thread.start()
 
   def _stop_prefetch(self) -> None:
@@ -270,6 +275,7 @@ def _with_stable_repr(source):
 def _allow_grain_workers_outside_absl() -> None:
   """grain worker processes read absl flags; outside `app.run` they must be marked parsed."""
   from absl import flags
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
@@ -277,17 +283,29 @@ def _allow_grain_workers_outside_absl() -> None:
 def per_process_batch_size(batch_size: int, shard_by_process: bool = True) -> int:
   """The part of the global `batch_size` one process loads."""
   import jax
+
   processes = jax.process_count() if shard_by_process else 1
   if batch_size < 1 or batch_size % processes:
-    raise ValueError(f"global batch_size={batch_size} must be a positive multiple of the "
-                     f"number of processes ({processes})")
+    raise ValueError(
+      f"global batch_size={batch_size} must be a positive multiple of the number of processes ({processes})"
+    )
   return batch_size // processes
 
 
-def make_iterator(source, *, batch_size: int, seed: int, shuffle: bool = True,
-                  num_epochs: int | None = None, transforms: Sequence[Any] = (),
-                  worker_count: int = 0, prefetch: int = 2, shard_by_process: bool = True,
-                  drop_remainder: bool = True, read_threads: int = 2) -> DataIterator:
+def make_iterator(
+  source,
+  *,
+  batch_size: int,
+  seed: int,
+  shuffle: bool = True,
+  num_epochs: int | None = None,
+  transforms: Sequence[Any] = (),
+  worker_count: int = 0,
+  prefetch: int = 2,
+  shard_by_process: bool = True,
+  drop_remainder: bool = True,
+  read_threads: int = 2,
+) -> DataIterator:
   """A resumable iterator of batches over any random-access `source`.
 
   Args:
@@ -311,19 +329,24 @@ def make_iterator(source, *, batch_size: int, seed: int, shuffle: bool = True,
   if len(source) == 0:
     raise ValueError(f"cannot iterate over an empty source: {source!r}")
   local_batch = per_process_batch_size(batch_size, shard_by_process)
-  shard_options = (grain.sharding.ShardByJaxProcess(drop_remainder=True) if shard_by_process
-                   else grain.sharding.NoSharding())
+  shard_options = (
+    grain.sharding.ShardByJaxProcess(drop_remainder=True) if shard_by_process else grain.sharding.NoSharding()
+  )
   source = _with_stable_repr(source)
-  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard_options,
-                                        shuffle=shuffle, num_epochs=num_epochs, seed=seed)
+  sampler = grain.samplers.IndexSampler(
+    num_records=len(source), shard_options=shard_options, shuffle=shuffle, num_epochs=num_epochs, seed=seed
+  )
   if worker_count > 0:
     _allow_grain_workers_outside_absl()
   loader = grain.DataLoader(
-      data_source=source, sampler=sampler,
-      operations=[*transforms, grain.transforms.Batch(local_batch, drop_remainder=drop_remainder)],
-      worker_count=worker_count,
-      read_options=grain.ReadOptions(num_threads=max(1, read_threads),
-                                     prefetch_buffer_size=max(1, prefetch) * local_batch))
+    data_source=source,
+    sampler=sampler,
+    operations=[*transforms, grain.transforms.Batch(local_batch, drop_remainder=drop_remainder)],
+    worker_count=worker_count,
+    read_options=grain.ReadOptions(
+      num_threads=max(1, read_threads), prefetch_buffer_size=max(1, prefetch) * local_batch
+    ),
+  )
   return DataIterator(loader, prefetch)
 
 
@@ -344,14 +367,24 @@ def video_transforms(data_cfg, stored_num_frames: int, *, train: bool) -> list[A
 def _check_stored_size(data_cfg, stored_shape: tuple[int, ...], description: str) -> None:
   _, height, width, _ = stored_shape
   if (height, width) != (data_cfg.height, data_cfg.width):
-    raise ValueError(f"{description} stores {height}x{width} clips but config.data asks for "
-                     f"{data_cfg.height}x{data_cfg.width}; set config.data.height/width to match "
-                     f"or build/import the dataset at that size")
+    raise ValueError(
+      f"{description} stores {height}x{width} clips but config.data asks for "
+      f"{data_cfg.height}x{data_cfg.width}; set config.data.height/width to match "
+      f"or build/import the dataset at that size"
+    )
 
 
-def make_video_iterator(data_cfg, split: str, *, seed: int, train: bool = True,
-                        extra_transforms: Sequence[Any] = (), batch_size: int | None = None,
-                        num_epochs: int | None = None, drop_remainder: bool = True) -> DataIterator:
+def make_video_iterator(
+  data_cfg,
+  split: str,
+  *,
+  seed: int,
+  train: bool = True,
+  extra_transforms: Sequence[Any] = (),
+  batch_size: int | None = None,
+  num_epochs: int | None = None,
+  drop_remainder: bool = True,
+) -> DataIterator:
   """Batches of `split`: {'video': float32 [B, T, H, W, 3] in [-1, 1], 'caption': str [B], metadata}.
 
   train=True: shuffled, repeated forever, with the augmentations config.data enables
@@ -362,10 +395,16 @@ def make_video_iterator(data_cfg, split: str, *, seed: int, train: bool = True,
   stored_shape = datasets.stored_video_shape(source)
   _check_stored_size(data_cfg, stored_shape, repr(source))
   return make_iterator(
-      source, batch_size=batch_size or data_cfg.batch_size, seed=seed, shuffle=train,
-      num_epochs=num_epochs if num_epochs is not None or train else 1,
-      transforms=[*video_transforms(data_cfg, stored_shape[0], train=train), *extra_transforms],
-      worker_count=data_cfg.worker_count, prefetch=data_cfg.prefetch, drop_remainder=drop_remainder)
+    source,
+    batch_size=batch_size or data_cfg.batch_size,
+    seed=seed,
+    shuffle=train,
+    num_epochs=num_epochs if num_epochs is not None or train else 1,
+    transforms=[*video_transforms(data_cfg, stored_shape[0], train=train), *extra_transforms],
+    worker_count=data_cfg.worker_count,
+    prefetch=data_cfg.prefetch,
+    drop_remainder=drop_remainder,
+  )
 
 
 def make_train_iterator(data_cfg, split: str | None = None, *, seed: int, **kwargs) -> DataIterator:

@@ -25,25 +25,29 @@ import re
 import numpy as np
 
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (255, 0, 0),
-    "green": (0, 255, 0),
-    "blue": (0, 0, 255),
-    "yellow": (255, 255, 0),
-    "cyan": (0, 255, 255),
-    "magenta": (255, 0, 255),
-    "white": (255, 255, 255),
+  "red": (255, 0, 0),
+  "green": (0, 255, 0),
+  "blue": (0, 0, 255),
+  "yellow": (255, 255, 0),
+  "cyan": (0, 255, 255),
+  "magenta": (255, 0, 255),
+  "white": (255, 255, 255),
 }
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 # "still" is the stay-in-place motion; the others are directions of travel.
 MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
 
-MIN_SIZE_FRAC = 0.30   # object size as a fraction of the frame width
+MIN_SIZE_FRAC = 0.30  # object size as a fraction of the frame width
 MAX_SIZE_FRAC = 0.45
 MIN_TRAVEL_FRAC = 0.40  # moving objects travel at least this fraction of the frame
 
 # Unit direction of travel (dx, dy) in frame coordinates (y grows downwards).
 _DIRECTIONS: dict[str, tuple[int, int]] = {
-    "left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1), "still": (0, 0),
+  "left": (-1, 0),
+  "right": (1, 0),
+  "up": (0, -1),
+  "down": (0, 1),
+  "still": (0, 0),
 }
 
 
@@ -61,6 +65,7 @@ class ClipSpec:
       as fractions of frame width and height.
     end_center: (x, y) in the last frame; equal to start_center when still.
   """
+
   color: str
   shape: str
   motion: str
@@ -95,10 +100,12 @@ def max_size_frac(aspect_ratio: float) -> float:
   """
   limit = (1.0 - MIN_TRAVEL_FRAC) / aspect_ratio
   if not aspect_ratio > 0 or limit < MIN_SIZE_FRAC:
-    raise ValueError(f"shapes clips need a width/height ratio in (0, "
-                     f"{(1 - MIN_TRAVEL_FRAC) / MIN_SIZE_FRAC:.0f}], got {aspect_ratio}: objects "
-                     f"{MIN_SIZE_FRAC:.0%}+ of the width must be able to travel "
-                     f"{MIN_TRAVEL_FRAC:.0%} of the height")
+    raise ValueError(
+      f"shapes clips need a width/height ratio in (0, "
+      f"{(1 - MIN_TRAVEL_FRAC) / MIN_SIZE_FRAC:.0f}], got {aspect_ratio}: objects "
+      f"{MIN_SIZE_FRAC:.0%}+ of the width must be able to travel "
+      f"{MIN_TRAVEL_FRAC:.0%} of the height"
+    )
   return min(MAX_SIZE_FRAC, limit)
 
 
@@ -132,8 +139,14 @@ def sample_clip_spec(rng: np.random.Generator, *, aspect_ratio: float = 1.0) -> 
     travel = _uniform(rng, MIN_TRAVEL_FRAC, room[axis])
     low = _uniform(rng, e / 2, 1 - e / 2 - travel)  # the smaller of start/end
     start[axis], end[axis] = (low, low + travel) if sign > 0 else (low + travel, low)
-  return ClipSpec(color=color, shape=shape, motion=motion, size_frac=size_frac,
-                  start_center=(start[0], start[1]), end_center=(end[0], end[1]))
+  return ClipSpec(
+    color=color,
+    shape=shape,
+    motion=motion,
+    size_frac=size_frac,
+    start_center=(start[0], start[1]),
+    end_center=(end[0], end[1]),
+  )
 
 
 def centers(spec: ClipSpec, num_frames: int) -> np.ndarray:
@@ -156,8 +169,9 @@ def _inside_mask(shape: str, dx: np.ndarray, dy: np.ndarray, half: float) -> np.
 def coverage(spec: ClipSpec, num_frames: int, height: int, width: int, *, supersample: int = 4) -> np.ndarray:
   """Fraction of each pixel covered by the object, float32 [T, H, W] in [0, 1]."""
   if min(num_frames, height, width, supersample) < 1:
-    raise ValueError(f"num_frames, height, width and supersample must be >= 1, got "
-                     f"{(num_frames, height, width, supersample)}")
+    raise ValueError(
+      f"num_frames, height, width and supersample must be >= 1, got {(num_frames, height, width, supersample)}"
+    )
   ss = supersample
   # Sample positions in pixel units, ss per pixel along each axis.
   xs = (np.arange(width * ss, dtype=np.float32) + 0.5) / ss
@@ -181,6 +195,7 @@ def render_clip(spec: ClipSpec, num_frames: int, height: int, width: int, *, sup
 
 # ------------------------------------------------------------------ captions
 
+
 def canonical_caption(spec: ClipSpec) -> str:
   """The one exact caption form: 'a {color} {shape} moving {dir}' / 'a {color} {shape} staying still'."""
   return canonical_caption_from(spec.color, spec.shape, spec.motion)
@@ -198,56 +213,66 @@ def all_canonical_captions() -> list[str]:
 
 
 _CANONICAL_RE = re.compile(
-    rf"^a ({'|'.join(COLORS)}) ({'|'.join(SHAPES)}) "
-    r"(?:moving (left|right|up|down)|staying (still))$")
+  rf"^a ({'|'.join(COLORS)}) ({'|'.join(SHAPES)}) "
+  r"(?:moving (left|right|up|down)|staying (still))$"
+)
 
 
 def parse_canonical_caption(text: str) -> tuple[str, str, str]:
   """Inverse of canonical_caption: 'a red circle moving left' -> ('red', 'circle', 'left')."""
   match = _CANONICAL_RE.match(text.strip())
   if not match:
-    raise ValueError(f"{text!r} is not a canonical shapes caption; expected "
-                     f"'a {{color}} {{shape}} moving {{left|right|up|down}}' or "
-                     f"'a {{color}} {{shape}} staying still' with color in {tuple(COLORS)} "
-                     f"and shape in {SHAPES}")
+    raise ValueError(
+      f"{text!r} is not a canonical shapes caption; expected "
+      f"'a {{color}} {{shape}} moving {{left|right|up|down}}' or "
+      f"'a {{color}} {{shape}} staying still' with color in {tuple(COLORS)} "
+      f"and shape in {SHAPES}"
+    )
   color, shape, direction, still = match.groups()
   return color, shape, direction or still
 
 
 # Synonyms used by the paraphrases; `parse_caption` understands all of them.
 SHAPE_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "circle": ("circle", "disc", "dot", "ball"),
-    "square": ("square", "box", "block"),
-    "triangle": ("triangle",),
+  "circle": ("circle", "disc", "dot", "ball"),
+  "square": ("square", "box", "block"),
+  "triangle": ("triangle",),
 }
 MOVING_SYNONYMS = ("moving", "going", "travelling", "sliding", "drifting", "gliding")
-STILL_PHRASES = ("staying still", "standing still", "not moving", "resting in place",
-                 "that does not move", "sitting still", "motionless")
+STILL_PHRASES = (
+  "staying still",
+  "standing still",
+  "not moving",
+  "resting in place",
+  "that does not move",
+  "sitting still",
+  "motionless",
+)
 # Direction phrases per motion; the first is the canonical word.
 DIRECTION_PHRASES: dict[str, tuple[str, ...]] = {
-    "left": ("left", "to the left", "leftward"),
-    "right": ("right", "to the right", "rightward"),
-    "up": ("up", "upward", "towards the top"),
-    "down": ("down", "downward", "towards the bottom"),
+  "left": ("left", "to the left", "leftward"),
+  "right": ("right", "to the right", "rightward"),
+  "up": ("up", "upward", "towards the top"),
+  "down": ("down", "downward", "towards the bottom"),
 }
 
 # Templates: {color} {shape} {moving} {direction} for moving clips, {still} for still ones.
 _MOVING_TEMPLATES = (
-    "a {color} {shape} {moving} {direction}",
-    "the {color} {shape} is {moving} {direction}",
-    "{color} {shape} {moving} {direction}",
-    "a {shape} in {color}, {moving} {direction}",
-    "a {color} {shape} {moving} {direction} on a black background",
-    "{moving} {direction}: a {color} {shape}",
-    "a single {color} {shape} that keeps {moving} {direction}",
+  "a {color} {shape} {moving} {direction}",
+  "the {color} {shape} is {moving} {direction}",
+  "{color} {shape} {moving} {direction}",
+  "a {shape} in {color}, {moving} {direction}",
+  "a {color} {shape} {moving} {direction} on a black background",
+  "{moving} {direction}: a {color} {shape}",
+  "a single {color} {shape} that keeps {moving} {direction}",
 )
 _STILL_TEMPLATES = (
-    "a {color} {shape} {still}",
-    "the {color} {shape} is {still}",
-    "{color} {shape}, {still}",
-    "a {shape} in {color}, {still}",
-    "a {color} {shape} {still} on a black background",
-    "a single {color} {shape} {still} in the frame",
+  "a {color} {shape} {still}",
+  "the {color} {shape} is {still}",
+  "{color} {shape}, {still}",
+  "a {shape} in {color}, {still}",
+  "a {color} {shape} {still} on a black background",
+  "a single {color} {shape} {still} in the frame",
 )
 
 
@@ -274,17 +299,18 @@ def paraphrase_caption(spec: ClipSpec, rng: np.random.Generator, *, canonical_pr
 
 def _find_unique(text: str, vocabulary: dict[str, tuple[str, ...]], what: str) -> str:
   """The single key of `vocabulary` whose words occur in `text` (whole words)."""
-  found = {key for key, words in vocabulary.items()
-           if any(re.search(rf"\b{re.escape(w)}\b", text) for w in words)}
+  found = {key for key, words in vocabulary.items() if any(re.search(rf"\b{re.escape(w)}\b", text) for w in words)}
   if len(found) != 1:
     raise ValueError(f"cannot read the {what} from caption {text!r}: found {sorted(found) or 'none'}")
   return found.pop()
 
 
 _MOTION_WORDS: dict[str, tuple[str, ...]] = {
-    "left": ("left", "leftward"), "right": ("right", "rightward"),
-    "up": ("up", "upward", "top"), "down": ("down", "downward", "bottom"),
-    "still": ("still", "not moving", "in place", "does not move", "motionless"),
+  "left": ("left", "leftward"),
+  "right": ("right", "rightward"),
+  "up": ("up", "upward", "top"),
+  "down": ("down", "downward", "bottom"),
+  "still": ("still", "not moving", "in place", "does not move", "motionless"),
 }
 
 

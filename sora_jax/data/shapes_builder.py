@@ -47,6 +47,7 @@ ENV_DATA_DIR = "SORA_JAX_DATA"
 @dataclasses.dataclass(kw_only=True)
 class ShapesConfig(tfds.core.BuilderConfig):
   """Clip size, split sizes and seed of one build; `config_name` gives its name."""
+
   num_frames: int = 17
   height: int = 32
   width: int = 32
@@ -60,8 +61,9 @@ class ShapesConfig(tfds.core.BuilderConfig):
     return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}
 
 
-def config_name(num_frames: int, height: int, width: int, seed: int,
-                split_sizes: tuple[int, int, int] = DEFAULT_SPLIT_SIZES) -> str:
+def config_name(
+  num_frames: int, height: int, width: int, seed: int, split_sizes: tuple[int, int, int] = DEFAULT_SPLIT_SIZES
+) -> str:
   """'f17_32x32_s0' for the default split sizes, else e.g. 'f9_32x32_s0_n32-8-8'."""
   name = f"f{num_frames}_{height}x{width}_s{seed}"
   if tuple(split_sizes) != DEFAULT_SPLIT_SIZES:
@@ -69,22 +71,42 @@ def config_name(num_frames: int, height: int, width: int, seed: int,
   return name
 
 
-def make_config(*, num_frames: int = 17, height: int = 32, width: int = 32, seed: int = 0,
-                num_train: int = DEFAULT_SPLIT_SIZES[0], num_validation: int = DEFAULT_SPLIT_SIZES[1],
-                num_test: int = DEFAULT_SPLIT_SIZES[2]) -> ShapesConfig:
+def make_config(
+  *,
+  num_frames: int = 17,
+  height: int = 32,
+  width: int = 32,
+  seed: int = 0,
+  num_train: int = DEFAULT_SPLIT_SIZES[0],
+  num_validation: int = DEFAULT_SPLIT_SIZES[1],
+  num_test: int = DEFAULT_SPLIT_SIZES[2],
+) -> ShapesConfig:
   """A ShapesConfig with a name derived from its fields (checked for sane values)."""
-  for field, value, low in (("num_frames", num_frames, 1), ("height", height, 8), ("width", width, 8),
-                            ("num_train", num_train, 0), ("num_validation", num_validation, 0),
-                            ("num_test", num_test, 0), ("seed", seed, 0)):
+  for field, value, low in (
+    ("num_frames", num_frames, 1),
+    ("height", height, 8),
+    ("width", width, 8),
+    ("num_train", num_train, 0),
+    ("num_validation", num_validation, 0),
+    ("num_test", num_test, 0),
+    ("seed", seed, 0),
+  ):
     if int(value) != value or value < low:
       raise ValueError(f"shapes dataset: {field} must be an integer >= {low}, got {value!r}")
   sizes = (num_train, num_validation, num_test)
-  return ShapesConfig(name=config_name(num_frames, height, width, seed, sizes), version=VERSION,
-                      release_notes={VERSION: "Initial release."},
-                      description=f"{num_frames} frames at {height}x{width}, seed {seed}, "
-                                  f"train/validation/test = {sizes}",
-                      num_frames=num_frames, height=height, width=width, seed=seed,
-                      num_train=num_train, num_validation=num_validation, num_test=num_test)
+  return ShapesConfig(
+    name=config_name(num_frames, height, width, seed, sizes),
+    version=VERSION,
+    release_notes={VERSION: "Initial release."},
+    description=f"{num_frames} frames at {height}x{width}, seed {seed}, train/validation/test = {sizes}",
+    num_frames=num_frames,
+    height=height,
+    width=width,
+    seed=seed,
+    num_train=num_train,
+    num_validation=num_validation,
+    num_test=num_test,
+  )
 
 
 def example_spec(config: ShapesConfig, split: str, index: int) -> tuple[shapes.ClipSpec, str]:
@@ -103,16 +125,16 @@ def generate_example(config: ShapesConfig, split: str, index: int) -> dict[str, 
   """Example `index` of `split`: its spec rendered at the config's frames x height x width."""
   spec, caption = example_spec(config, split, index)
   return {
-      "video": shapes.render_clip(spec, config.num_frames, config.height, config.width),
-      "caption": caption,
-      "canonical_caption": shapes.canonical_caption(spec),
-      "color": spec.color,
-      "shape": spec.shape,
-      "motion": spec.motion,
-      "size_frac": np.float32(spec.size_frac),
-      "start_center": np.asarray(spec.start_center, np.float32),
-      "end_center": np.asarray(spec.end_center, np.float32),
-      "index": np.int64(index),
+    "video": shapes.render_clip(spec, config.num_frames, config.height, config.width),
+    "caption": caption,
+    "canonical_caption": shapes.canonical_caption(spec),
+    "color": spec.color,
+    "shape": spec.shape,
+    "motion": spec.motion,
+    "size_frac": np.float32(spec.size_frac),
+    "start_center": np.asarray(spec.start_center, np.float32),
+    "end_center": np.asarray(spec.end_center, np.float32),
+    "index": np.int64(index),
   }
 
 
@@ -128,36 +150,40 @@ class ShapesDataset(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     cfg: ShapesConfig = self.builder_config
     return self.dataset_info_from_configs(
-        description=__doc__,
-        disable_shuffling=True,  # record i of a split is example i
-        features=tfds.features.FeaturesDict({
-            "video": tfds.features.Tensor(shape=(cfg.num_frames, cfg.height, cfg.width, 3),
-                                          dtype=np.uint8, encoding="zlib"),
-            "caption": tfds.features.Text(),
-            "canonical_caption": tfds.features.Text(),
-            "color": tfds.features.Text(),
-            "shape": tfds.features.Text(),
-            "motion": tfds.features.Text(),
-            "size_frac": tfds.features.Scalar(dtype=np.float32),
-            "start_center": tfds.features.Tensor(shape=(2,), dtype=np.float32),
-            "end_center": tfds.features.Tensor(shape=(2,), dtype=np.float32),
-            "index": tfds.features.Scalar(dtype=np.int64),
-        }),
-        homepage="https://github.com/sora-jax/sora_jax",
+      description=__doc__,
+      disable_shuffling=True,  # record i of a split is example i
+      features=tfds.features.FeaturesDict(
+        {
+          "video": tfds.features.Tensor(
+            shape=(cfg.num_frames, cfg.height, cfg.width, 3), dtype=np.uint8, encoding="zlib"
+          ),
+          "caption": tfds.features.Text(),
+          "canonical_caption": tfds.features.Text(),
+          "color": tfds.features.Text(),
+          "shape": tfds.features.Text(),
+          "motion": tfds.features.Text(),
+          "size_frac": tfds.features.Scalar(dtype=np.float32),
+          "start_center": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+          "end_center": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+          "index": tfds.features.Scalar(dtype=np.int64),
+        }
+      ),
+      homepage="https://github.com/sora-jax/sora_jax",
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    return {split: self._generate_examples(split, size)
-            for split, size in self.builder_config.split_sizes.items() if size > 0}
+    return {
+      split: self._generate_examples(split, size) for split, size in self.builder_config.split_sizes.items() if size > 0
+    }
 
   def _generate_examples(self, split: str, size: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    for index in tqdm.trange(size, desc=f"shapes/{self.builder_config.name} {split}", unit="clip",
-                             leave=False):
+    for index in tqdm.trange(size, desc=f"shapes/{self.builder_config.name} {split}", unit="clip", leave=False):
       yield index, generate_example(self.builder_config, split, index)
 
 
 # ------------------------------------------------------------------ building
+
 
 def resolve_data_dir(data_dir: str = "") -> str:
   """`data_dir`, else $SORA_JAX_DATA, else ~/sora_jax_data (absolute, user-expanded)."""
@@ -167,9 +193,15 @@ def resolve_data_dir(data_dir: str = "") -> str:
 
 def config_from_data_cfg(data_cfg) -> ShapesConfig:
   """The ShapesConfig described by a `config.data` section (configs/base.py)."""
-  return make_config(num_frames=data_cfg.num_frames, height=data_cfg.height, width=data_cfg.width,
-                     seed=data_cfg.dataset_seed, num_train=data_cfg.num_train,
-                     num_validation=data_cfg.num_validation, num_test=data_cfg.num_test)
+  return make_config(
+    num_frames=data_cfg.num_frames,
+    height=data_cfg.height,
+    width=data_cfg.width,
+    seed=data_cfg.dataset_seed,
+    num_train=data_cfg.num_train,
+    num_validation=data_cfg.num_validation,
+    num_test=data_cfg.num_test,
+  )
 
 
 def _dir_size_bytes(path: str) -> int:
@@ -209,16 +241,21 @@ def build_shapes(config: ShapesConfig, data_dir: str = "", *, verbose: bool = Tr
       raise
   size_mb = _dir_size_bytes(builder.data_dir) / 2**20
   total = sum(config.split_sizes.values())
-  print(f"shapes dataset {config.name}: built {total} clips in {time.time() - start:.1f} s, "
-        f"{size_mb:.1f} MiB on disk at {builder.data_dir}", flush=True)
+  print(
+    f"shapes dataset {config.name}: built {total} clips in {time.time() - start:.1f} s, "
+    f"{size_mb:.1f} MiB on disk at {builder.data_dir}",
+    flush=True,
+  )
   return builder
 
 
 def build_dataset(data_cfg, *, verbose: bool = True) -> ShapesDataset:
   """Builds (or reuses) the shapes dataset a `config.data` section describes."""
   if data_cfg.dataset != "shapes":
-    raise ValueError(f"build_dataset builds the 'shapes' dataset, but config.data.dataset="
-                     f"{data_cfg.dataset!r}; import your own videos with tools/import_videos.py")
+    raise ValueError(
+      f"build_dataset builds the 'shapes' dataset, but config.data.dataset="
+      f"{data_cfg.dataset!r}; import your own videos with tools/import_videos.py"
+    )
   return build_shapes(config_from_data_cfg(data_cfg), data_cfg.data_dir, verbose=verbose)
 
 

@@ -56,8 +56,9 @@ def linear_betas(num_timesteps: int) -> np.ndarray:
 def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
   """Betas with alpha_bar(k) = f(k / T) / f(0), f(u) = cos((u + s) / (1 + s) * pi / 2)^2 (Nichol & Dhariwal)."""
   f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
-  return np.array([min(1 - f((k + 1) / num_timesteps) / f(k / num_timesteps), max_beta)
-                   for k in range(num_timesteps)], np.float64)
+  return np.array(
+    [min(1 - f((k + 1) / num_timesteps) / f(k / num_timesteps), max_beta) for k in range(num_timesteps)], np.float64
+  )
 
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
@@ -79,9 +80,14 @@ def posterior_coefficients(alphas_cumprod: np.ndarray) -> dict[str, np.ndarray]:
   beta = 1.0 - abar / abar_prev
   var = beta * (1.0 - abar_prev) / (1.0 - abar)
   log_var_clipped = np.log(np.append(var[1], var[1:])) if len(abar) > 1 else np.log(beta)
-  return {"beta": beta, "log_beta": np.log(beta), "var": var, "log_var_clipped": log_var_clipped,
-          "coef_x0": beta * np.sqrt(abar_prev) / (1.0 - abar),
-          "coef_xt": (1.0 - abar_prev) * np.sqrt(1.0 - beta) / (1.0 - abar)}
+  return {
+    "beta": beta,
+    "log_beta": np.log(beta),
+    "var": var,
+    "log_var_clipped": log_var_clipped,
+    "coef_x0": beta * np.sqrt(abar_prev) / (1.0 - abar),
+    "coef_xt": (1.0 - abar_prev) * np.sqrt(1.0 - beta) / (1.0 - abar),
+  }
 
 
 def learned_range_log_variance(v: jax.Array, min_log: jax.Array, max_log: jax.Array) -> jax.Array:
@@ -93,13 +99,12 @@ def learned_range_log_variance(v: jax.Array, min_log: jax.Array, max_log: jax.Ar
 # ---------------------------------------------------------------- variational bound terms
 def normal_kl(mean1, logvar1, mean2, logvar2) -> jax.Array:
   """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) per element, in nats (broadcasting)."""
-  return 0.5 * (logvar2 - logvar1 + jnp.exp(logvar1 - logvar2)
-                + jnp.square(mean1 - mean2) * jnp.exp(-logvar2) - 1.0)
+  return 0.5 * (logvar2 - logvar1 + jnp.exp(logvar1 - logvar2) + jnp.square(mean1 - mean2) * jnp.exp(-logvar2) - 1.0)
 
 
 def _approx_cdf_logit(x: jax.Array) -> jax.Array:
   """g(x) with Phi(x) ~ sigmoid(g(x)) = 0.5 (1 + tanh(g(x) / 2)): ADM's tanh approximation of the normal CDF."""
-  return 2.0 * math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)
+  return 2.0 * math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
 
 
 def approx_standard_normal_cdf(x: jax.Array) -> jax.Array:
@@ -156,9 +161,11 @@ def split_learned_sigma(pred: jax.Array, x: jax.Array) -> jax.Array:
   if pred.shape == x.shape:
     return pred.astype(jnp.float32)
   if pred.shape[:-1] == x.shape[:-1] and pred.shape[-1] == 2 * x.shape[-1]:
-    return pred[..., :x.shape[-1]].astype(jnp.float32)
-  raise ValueError(f"model output {pred.shape} must match the input {x.shape} "
-                   f"(or have twice its channels on the last axis with learn_sigma)")
+    return pred[..., : x.shape[-1]].astype(jnp.float32)
+  raise ValueError(
+    f"model output {pred.shape} must match the input {x.shape} "
+    f"(or have twice its channels on the last axis with learn_sigma)"
+  )
 
 
 def split_variance(pred: jax.Array, x: jax.Array) -> jax.Array | None:
@@ -166,7 +173,7 @@ def split_variance(pred: jax.Array, x: jax.Array) -> jax.Array | None:
   split_learned_sigma(pred, x)  # shape check
   if pred.shape == x.shape:
     return None
-  return pred[..., x.shape[-1]:].astype(jnp.float32)
+  return pred[..., x.shape[-1] :].astype(jnp.float32)
 
 
 def _mean_flat(x: jax.Array) -> jax.Array:
@@ -198,18 +205,24 @@ class DDPM:
     if self.loss_weighting not in ("none", "min_snr"):
       raise ValueError(f"diffusion.loss_weighting={self.loss_weighting!r} is not one of ['min_snr', 'none']")
     if self.learn_sigma_loss not in LEARN_SIGMA_LOSSES:
-      raise ValueError(f"diffusion.learn_sigma_loss={self.learn_sigma_loss!r} is not one of {list(LEARN_SIGMA_LOSSES)} "
-                       "('hybrid': MSE + variational bound, trains the variance of learn_sigma models; "
-                       "'mse': prediction half only)")
+      raise ValueError(
+        f"diffusion.learn_sigma_loss={self.learn_sigma_loss!r} is not one of {list(LEARN_SIGMA_LOSSES)} "
+        "('hybrid': MSE + variational bound, trains the variance of learn_sigma models; "
+        "'mse': prediction half only)"
+      )
     if self.num_timesteps < 2:
       raise ValueError(f"diffusion.num_timesteps={self.num_timesteps} must be >= 2")
 
   @classmethod
   def from_config(cls, diffusion_cfg) -> "DDPM":
-    return cls(num_timesteps=diffusion_cfg.num_timesteps, schedule=diffusion_cfg.ddpm_schedule,
-               prediction=diffusion_cfg.ddpm_prediction, loss_weighting=diffusion_cfg.loss_weighting,
-               min_snr_gamma=diffusion_cfg.get("min_snr_gamma", 5.0),
-               learn_sigma_loss=diffusion_cfg.get("learn_sigma_loss", "hybrid"))
+    return cls(
+      num_timesteps=diffusion_cfg.num_timesteps,
+      schedule=diffusion_cfg.ddpm_schedule,
+      prediction=diffusion_cfg.ddpm_prediction,
+      loss_weighting=diffusion_cfg.loss_weighting,
+      min_snr_gamma=diffusion_cfg.get("min_snr_gamma", 5.0),
+      learn_sigma_loss=diffusion_cfg.get("learn_sigma_loss", "hybrid"),
+    )
 
   # ------------------------------------------------------------------ schedule
   @functools.cached_property
@@ -231,8 +244,10 @@ class DDPM:
 
   def _alpha_sigma(self, k: jax.Array) -> tuple[jax.Array, jax.Array]:
     # sqrt(1 - alpha_bar) from the float64 table: in float32, 1 - alpha_bar cancels at small k.
-    return (jnp.asarray(np.sqrt(self.alphas_cumprod), jnp.float32)[k],
-            jnp.asarray(np.sqrt(1.0 - self.alphas_cumprod), jnp.float32)[k])
+    return (
+      jnp.asarray(np.sqrt(self.alphas_cumprod), jnp.float32)[k],
+      jnp.asarray(np.sqrt(1.0 - self.alphas_cumprod), jnp.float32)[k],
+    )
 
   def sample_t(self, rng: jax.Array, batch_size: int, num_tokens: int | None = None) -> jax.Array:
     """Training timesteps k [B], int32 uniform in [0, T)."""
@@ -257,8 +272,16 @@ class DDPM:
     snr = jnp.asarray(self.alphas_cumprod / (1.0 - self.alphas_cumprod), jnp.float32)[k]
     return jnp.minimum(snr, self.min_snr_gamma) / (snr if self.prediction == "epsilon" else snr + 1.0)
 
-  def loss(self, model_fn: ModelFn, x0: jax.Array, cond: Any, rng: jax.Array, num_tokens: int | None = None,
-           *, t: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(
+    self,
+    model_fn: ModelFn,
+    x0: jax.Array,
+    cond: Any,
+    rng: jax.Array,
+    num_tokens: int | None = None,
+    *,
+    t: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """MSE on the epsilon or v target (+ the VLB term for learn_sigma outputs with "hybrid").
 
     Same interface as `FlowMatching.loss` (t = timesteps k [B]). Returns (loss: batch mean of
@@ -283,8 +306,7 @@ class DDPM:
       aux["vlb"] = vlb
     return jnp.mean(per_example), aux
 
-  def vlb_terms(self, pred: jax.Array, var_out: jax.Array, x0: jax.Array, x_t: jax.Array,
-                k: jax.Array) -> jax.Array:
+  def vlb_terms(self, pred: jax.Array, var_out: jax.Array, x0: jax.Array, x_t: jax.Array, k: jax.Array) -> jax.Array:
     """L_vlb [B] in bits per dimension: KL(q(x_{k-1} | x_k, x0) || p(x_{k-1} | x_k)) for k > 0,
     -log p(x0 | x_1) (discretized Gaussian) for k = 0.
 

@@ -66,8 +66,10 @@ def _per_example(x: jax.Array, t: jax.Array) -> jax.Array:
 
 def _check_prediction(pred: jax.Array, x: jax.Array) -> jax.Array:
   if pred.shape != x.shape:
-    raise ValueError(f"model output {pred.shape} must have the input's shape {x.shape} for flow matching "
-                     "(learn_sigma doubles the channels and only applies to kind='ddpm')")
+    raise ValueError(
+      f"model output {pred.shape} must have the input's shape {x.shape} for flow matching "
+      "(learn_sigma doubles the channels and only applies to kind='ddpm')"
+    )
   return pred.astype(jnp.float32)
 
 
@@ -83,7 +85,7 @@ def _weight_min_snr(t: jax.Array, gamma: float) -> jax.Array:
   weight on the velocity MSE is min(SNR, gamma) * t^2 with SNR = ((1 - t) / t)^2,
   i.e. min((1 - t)^2, gamma * t^2).
   """
-  return jnp.minimum((1.0 - t) ** 2, gamma * t ** 2)
+  return jnp.minimum((1.0 - t) ** 2, gamma * t**2)
 
 
 LOSS_WEIGHTINGS = {"none": _weight_none, "min_snr": _weight_min_snr}
@@ -134,10 +136,13 @@ class FlowMatching:
     if self.shift > 0:
       return float(self.shift)
     if num_tokens is None:
-      raise ValueError("diffusion.shift=0 means 'automatic from the token count': pass num_tokens= "
-                       "(tokens per example, e.g. dit.num_tokens(x.shape)) or set diffusion.shift > 0")
-    return auto_shift(num_tokens, base_tokens=self.base_shift_tokens, max_tokens=self.max_shift_tokens,
-                      max_shift=self.max_shift)
+      raise ValueError(
+        "diffusion.shift=0 means 'automatic from the token count': pass num_tokens= "
+        "(tokens per example, e.g. dit.num_tokens(x.shape)) or set diffusion.shift > 0"
+      )
+    return auto_shift(
+      num_tokens, base_tokens=self.base_shift_tokens, max_tokens=self.max_shift_tokens, max_shift=self.max_shift
+    )
 
   def sample_t(self, rng: jax.Array, batch_size: int, num_tokens: int | None = None) -> jax.Array:
     """Training times t [B] in [0, 1] (uniform or logit-normal, then shifted)."""
@@ -165,8 +170,16 @@ class FlowMatching:
   def loss_weight(self, t: jax.Array) -> jax.Array:
     return LOSS_WEIGHTINGS[self.loss_weighting](t, self.min_snr_gamma)
 
-  def loss(self, model_fn: ModelFn, x0: jax.Array, cond: Any, rng: jax.Array, num_tokens: int | None = None,
-           *, t: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss(
+    self,
+    model_fn: ModelFn,
+    x0: jax.Array,
+    cond: Any,
+    rng: jax.Array,
+    num_tokens: int | None = None,
+    *,
+    t: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted velocity MSE.
 
     Args:

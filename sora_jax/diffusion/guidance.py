@@ -31,15 +31,18 @@ def _broadcast_like(leaf: jax.Array, like: jax.Array, what: str) -> jax.Array:
   if leaf.ndim == like.ndim - 1:
     leaf = leaf[None]
   if leaf.ndim != like.ndim or leaf.shape[1:] != like.shape[1:] or leaf.shape[0] not in (1, like.shape[0]):
-    raise ValueError(f"{what} leaf of shape {leaf.shape} does not fit the condition's {like.shape}: give one "
-                     f"example ({like.shape[1:]}), a batch of 1 or a batch of {like.shape[0]}")
+    raise ValueError(
+      f"{what} leaf of shape {leaf.shape} does not fit the condition's {like.shape}: give one "
+      f"example ({like.shape[1:]}), a batch of 1 or a batch of {like.shape[0]}"
+    )
   return jnp.broadcast_to(leaf, like.shape).astype(like.dtype)
 
 
 def _match_structure(cond: Any, other: Any, what: str) -> Any:
   if jax.tree.structure(cond) != jax.tree.structure(other):
-    raise ValueError(f"{what} must have the same pytree structure as cond: "
-                     f"{jax.tree.structure(other)} vs {jax.tree.structure(cond)}")
+    raise ValueError(
+      f"{what} must have the same pytree structure as cond: {jax.tree.structure(other)} vs {jax.tree.structure(cond)}"
+    )
   return jax.tree.map(lambda c, o: _broadcast_like(o, jnp.asarray(c), what), cond, other)
 
 

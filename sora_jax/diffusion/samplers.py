@@ -93,8 +93,9 @@ def _multistep_step(model_fn: GuidedFn, process, state: SamplerState, inp: dict)
 def _ancestral_step(model_fn: GuidedFn, process, state: SamplerState, inp: dict) -> SamplerState:
   """DDPM: x_next = c_x x + c_x0 x0_hat + noise_scale * exp(log_var / 2) z, z ~ N(0, I) from the step's keys."""
   if state.key is None:
-    raise ValueError("the 'ddpm' sampler draws noise at every step: start from "
-                     "initial_state(noise, ancestral_keys(noise, rng))")
+    raise ValueError(
+      "the 'ddpm' sampler draws noise at every step: start from initial_state(noise, ancestral_keys(noise, rng))"
+    )
   pred = model_fn(state.x, _time(state.x, inp["t_model"]))
   x0 = process.predict_x0(pred, state.x, inp["alpha"], inp["sigma"])
   var_out = ddpm.split_variance(pred, state.x)
@@ -109,8 +110,13 @@ def _ancestral_step(model_fn: GuidedFn, process, state: SamplerState, inp: dict)
   return state._replace(x=x_next, prev_x0=x0)
 
 
-STEPS = {"euler": _euler_step, "heun": _heun_step, "ddim": _multistep_step, "dpmpp_2m": _multistep_step,
-         "ddpm": _ancestral_step}
+STEPS = {
+  "euler": _euler_step,
+  "heun": _heun_step,
+  "ddim": _multistep_step,
+  "dpmpp_2m": _multistep_step,
+  "ddpm": _ancestral_step,
+}
 FLOW_ONLY = ("euler", "heun")
 DDPM_ONLY = ("ddpm",)
 STOCHASTIC = ("ddpm",)
@@ -121,11 +127,15 @@ def _check(process, sampler: str, num_steps: int) -> None:
   if sampler not in STEPS:
     raise ValueError(f"sampler={sampler!r} is not one of {sorted(STEPS)}")
   if sampler in FLOW_ONLY and process.kind != "flow":
-    raise ValueError(f"sampler={sampler!r} integrates the flow ODE and needs diffusion.kind='flow'; "
-                     f"with kind={process.kind!r} use 'ddim', 'dpmpp_2m' or 'ddpm'")
+    raise ValueError(
+      f"sampler={sampler!r} integrates the flow ODE and needs diffusion.kind='flow'; "
+      f"with kind={process.kind!r} use 'ddim', 'dpmpp_2m' or 'ddpm'"
+    )
   if sampler in DDPM_ONLY and process.kind != "ddpm":
-    raise ValueError(f"sampler={sampler!r} is DDPM's ancestral sampler and needs diffusion.kind='ddpm'; "
-                     f"with kind={process.kind!r} use 'euler', 'heun', 'ddim' or 'dpmpp_2m'")
+    raise ValueError(
+      f"sampler={sampler!r} is DDPM's ancestral sampler and needs diffusion.kind='ddpm'; "
+      f"with kind={process.kind!r} use 'euler', 'heun', 'ddim' or 'dpmpp_2m'"
+    )
   if int(num_steps) < 1:
     raise ValueError(f"num_steps={num_steps} must be >= 1")
 
@@ -163,21 +173,31 @@ def ancestral_coefficients(alpha: np.ndarray, sigma: np.ndarray) -> dict[str, np
   log_var_min (clipped log beta_tilde), log_var_max (log beta) and noise_scale (0 on the last
   step, into the clean point; 1 elsewhere).
   """
-  if sigma[-1] != 0 or np.any(sigma[:-1] <= 0) or not np.allclose(alpha ** 2 + sigma ** 2, 1.0):
+  if sigma[-1] != 0 or np.any(sigma[:-1] <= 0) or not np.allclose(alpha**2 + sigma**2, 1.0):
     raise ValueError("ancestral sampling needs variance-preserving points (alpha^2 + sigma^2 = 1) ending at sigma = 0")
   chain = ddpm.posterior_coefficients((alpha[:-1] ** 2)[::-1])
   rev = {k: v[::-1] for k, v in chain.items()}
-  return {"c_x": rev["coef_xt"], "c_x0": rev["coef_x0"], "c_prev": np.zeros_like(rev["coef_xt"]),
-          "log_var_min": rev["log_var_clipped"], "log_var_max": rev["log_beta"],
-          "noise_scale": (sigma[1:] > 0).astype(np.float64)}
+  return {
+    "c_x": rev["coef_xt"],
+    "c_x0": rev["coef_x0"],
+    "c_prev": np.zeros_like(rev["coef_xt"]),
+    "log_var_min": rev["log_var_clipped"],
+    "log_var_max": rev["log_beta"],
+    "noise_scale": (sigma[1:] > 0).astype(np.float64),
+  }
 
 
 def step_inputs(process, sampler: str, num_steps: int, num_tokens: int | None = None) -> dict[str, np.ndarray]:
   """Per-step scalars (numpy [num_steps]; float32, 'step' int32) the step function reads: what `sample` scans over."""
   _check(process, sampler, num_steps)
   p = process.sampling_points(int(num_steps), num_tokens)
-  inputs = {"t_model": p["t_model"][:-1], "t_model_next": p["t_model"][1:], "dt": p["t"][1:] - p["t"][:-1],
-            "alpha": p["alpha"][:-1], "sigma": p["sigma"][:-1]}
+  inputs = {
+    "t_model": p["t_model"][:-1],
+    "t_model_next": p["t_model"][1:],
+    "dt": p["t"][1:] - p["t"][:-1],
+    "alpha": p["alpha"][:-1],
+    "sigma": p["sigma"][:-1],
+  }
   if sampler == "ddpm":
     inputs.update(ancestral_coefficients(p["alpha"], p["sigma"]))
   else:
@@ -213,8 +233,9 @@ def initial_state(noise: jax.Array, keys: jax.Array | None = None) -> SamplerSta
 
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "process", "sampler", "keep_all"))
-def _scan(model_fn: GuidedFn, noise: jax.Array, inputs: dict, rng: jax.Array | None, *, process, sampler: str,
-          keep_all: bool):
+def _scan(
+  model_fn: GuidedFn, noise: jax.Array, inputs: dict, rng: jax.Array | None, *, process, sampler: str, keep_all: bool
+):
   step = sampling_step(model_fn, process, sampler)
   keys = ancestral_keys(noise, rng) if sampler in STOCHASTIC else None
 
@@ -226,8 +247,17 @@ def _scan(model_fn: GuidedFn, noise: jax.Array, inputs: dict, rng: jax.Array | N
   return state.x, xs
 
 
-def sample(model_fn: GuidedFn, noise: jax.Array, *, process, sampler: str = "euler", num_steps: int = 30,
-           num_tokens: int | None = None, return_every: int = 0, rng: jax.Array | None = None) -> Any:
+def sample(
+  model_fn: GuidedFn,
+  noise: jax.Array,
+  *,
+  process,
+  sampler: str = "euler",
+  num_steps: int = 30,
+  num_tokens: int | None = None,
+  return_every: int = 0,
+  rng: jax.Array | None = None,
+) -> Any:
   """Integrates from `noise` [B, ...] to data with `num_steps` steps of `sampler`.
 
   Args:
@@ -249,5 +279,5 @@ def sample(model_fn: GuidedFn, noise: jax.Array, *, process, sampler: str = "eul
   rng = rng if sampler in STOCHASTIC else None
   x, xs = _scan(model_fn, noise, inputs, rng, process=process, sampler=sampler, keep_all=return_every > 0)
   if return_every > 0:
-    return x, xs[return_every - 1::return_every]
+    return x, xs[return_every - 1 :: return_every]
   return x

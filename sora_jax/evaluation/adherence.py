@@ -24,8 +24,15 @@ def all_prompts() -> list[str]:
   return shapes.all_canonical_captions()
 
 
-def evaluate_adherence(pipe, prompts: Sequence[str] | None = None, *, batch_size: int = 16, seed: int = 0,
-                       videos_per_prompt: int = 1, **sample_kwargs) -> dict[str, Any]:
+def evaluate_adherence(
+  pipe,
+  prompts: Sequence[str] | None = None,
+  *,
+  batch_size: int = 16,
+  seed: int = 0,
+  videos_per_prompt: int = 1,
+  **sample_kwargs,
+) -> dict[str, Any]:
   """Generates, analyses and scores; returns accuracies, per-prompt results and the videos.
 
   Returns:
@@ -38,15 +45,25 @@ def evaluate_adherence(pipe, prompts: Sequence[str] | None = None, *, batch_size
   # Job j uses noise seed `seed + j`: the pipeline gives example i of a call seed + i.
   jobs = [(p, seed + j) for j, p in enumerate(prompts * videos_per_prompt)]
   results, videos = [], []
-  for start in progress_bar(range(0, len(jobs), batch_size), desc="evaluate adherence",
-                            total=(len(jobs) + batch_size - 1) // batch_size, unit="batch"):
-    chunk = jobs[start:start + batch_size]
+  for start in progress_bar(
+    range(0, len(jobs), batch_size),
+    desc="evaluate adherence",
+    total=(len(jobs) + batch_size - 1) // batch_size,
+    unit="batch",
+  ):
+    chunk = jobs[start : start + batch_size]
     batch_videos = pipe([p for p, _ in chunk], seed=chunk[0][1], expand_prompts=False, **sample_kwargs)
     for (prompt, job_seed), video in zip(chunk, batch_videos):
       predicted = analyzer.analyze_video(video)
       correct = analyzer.score(predicted, prompt)
-      results.append({"prompt": prompt, "seed": job_seed,
-                      "predicted": {a: predicted[a] for a in analyzer.ATTRIBUTES}, "correct": correct})
+      results.append(
+        {
+          "prompt": prompt,
+          "seed": job_seed,
+          "predicted": {a: predicted[a] for a in analyzer.ATTRIBUTES},
+          "correct": correct,
+        }
+      )
       videos.append(video)
   acc = analyzer.accuracy([r["correct"] for r in results])
   out: dict[str, Any] = {f"accuracy_{k}": v for k, v in acc.items()}
@@ -54,9 +71,11 @@ def evaluate_adherence(pipe, prompts: Sequence[str] | None = None, *, batch_size
   out["per_prompt"] = results
   out["labels"] = {a: list(analyzer.attribute_labels(a)) for a in analyzer.ATTRIBUTES}
   out["confusion"] = {
-      a: analyzer.confusion_matrix([r["predicted"][a] for r in results],
-                                   [analyzer.expected_attributes(r["prompt"])[a] for r in results], a).tolist()
-      for a in analyzer.ATTRIBUTES}
+    a: analyzer.confusion_matrix(
+      [r["predicted"][a] for r in results], [analyzer.expected_attributes(r["prompt"])[a] for r in results], a
+    ).tolist()
+    for a in analyzer.ATTRIBUTES
+  }
   out["videos"] = np.stack(videos)
   return out
 
@@ -64,6 +83,7 @@ def evaluate_adherence(pipe, prompts: Sequence[str] | None = None, *, batch_size
 def plot_summary(result: dict[str, Any], out_png: str | os.PathLike) -> str:
   """One PNG: accuracy bars per attribute and a confusion matrix per attribute."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -86,8 +106,9 @@ def plot_summary(result: dict[str, Any], out_png: str | os.PathLike) -> str:
     ax.set_title(f"{attribute}: {result[f'accuracy_{attribute}']:.0%}")
     for (i, j), count in np.ndenumerate(matrix):
       if count:
-        ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                color="white" if count > matrix.max() / 2 else "black")
+        ax.text(
+          j, i, str(count), ha="center", va="center", fontsize=8, color="white" if count > matrix.max() / 2 else "black"
+        )
   fig.tight_layout()
   fig.savefig(out_png, dpi=100)
   plt.close(fig)

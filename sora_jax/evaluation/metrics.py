@@ -19,8 +19,10 @@ def _check_pair(a, b, name: str) -> tuple[jnp.ndarray, jnp.ndarray]:
   if a.shape != b.shape:
     raise ValueError(f"{name}: the two inputs must have the same shape, got {a.shape} and {b.shape}")
   if a.ndim < 3:
-    raise ValueError(f"{name}: inputs must be [..., H, W, C], got shape {a.shape}; "
-                     "add a channel axis with x[..., None] for gray images")
+    raise ValueError(
+      f"{name}: inputs must be [..., H, W, C], got shape {a.shape}; "
+      "add a channel axis with x[..., None] for gray images"
+    )
   return a.astype(jnp.float32), b.astype(jnp.float32)
 
 
@@ -55,12 +57,13 @@ def _valid_filter_matrix(length: int, window: np.ndarray) -> np.ndarray:
   k = len(window)
   out = np.zeros((length - k + 1, length), dtype=np.float32)
   for i in range(length - k + 1):
-    out[i, i:i + k] = window
+    out[i, i : i + k] = window
   return out
 
 
-def ssim(a, b, max_value: float = 1.0, *, filter_size: int = 11, filter_sigma: float = 1.5,
-         k1: float = 0.01, k2: float = 0.03) -> jnp.ndarray:
+def ssim(
+  a, b, max_value: float = 1.0, *, filter_size: int = 11, filter_sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03
+) -> jnp.ndarray:
   """Structural similarity per image (Wang et al. 2004), Gaussian window, mean over pixels and channels.
 
   Local means, variances and covariance use an 11x11 Gaussian (sigma 1.5)
@@ -78,21 +81,22 @@ def ssim(a, b, max_value: float = 1.0, *, filter_size: int = 11, filter_sigma: f
   a, b = _check_pair(a, b, "ssim")
   height, width = a.shape[-3], a.shape[-2]
   if min(height, width) < filter_size:
-    raise ValueError(f"ssim: images of {height}x{width} are smaller than the {filter_size}-tap window; "
-                     f"pass filter_size <= {min(height, width)}")
+    raise ValueError(
+      f"ssim: images of {height}x{width} are smaller than the {filter_size}-tap window; "
+      f"pass filter_size <= {min(height, width)}"
+    )
   window = gaussian_window(filter_size, filter_sigma)
   rows = jnp.asarray(_valid_filter_matrix(height, window))
   cols = jnp.asarray(_valid_filter_matrix(width, window))
 
   def blur(x):  # [..., H, W, C] -> [..., H', W', C]
-    return jnp.einsum("ih,...hwc,jw->...ijc", rows, x, cols, precision="highest",
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum("ih,...hwc,jw->...ijc", rows, x, cols, precision="highest", preferred_element_type=jnp.float32)
 
   mu_a, mu_b = blur(a), blur(b)
-  var_a = blur(a * a) - mu_a ** 2
-  var_b = blur(b * b) - mu_b ** 2
+  var_a = blur(a * a) - mu_a**2
+  var_b = blur(b * b) - mu_b**2
   cov = blur(a * b) - mu_a * mu_b
   c1 = (k1 * max_value) ** 2
   c2 = (k2 * max_value) ** 2
-  ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+  ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
   return jnp.mean(ssim_map, axis=(-3, -2, -1))

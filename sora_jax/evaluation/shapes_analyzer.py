@@ -53,11 +53,12 @@ _DIRECTION_BY_AXIS_SIGN = {(0, -1): "left", (0, 1): "right", (1, -1): "up", (1, 
 @dataclasses.dataclass(frozen=True)
 class FrameMeasurement:
   """What one frame says about the object (pixel units, x right, y down)."""
-  centroid: tuple[float, float]   # (x, y) of the object mask
-  area: float                     # object mask area in pixels
-  shape_iou: dict[str, float]     # IoU of the mask with each shape template of the same area and centroid
-  chroma_sum: np.ndarray          # [3] sum over confident pixels of RGB / max(RGB)
-  chroma_count: float             # number of confident pixels
+
+  centroid: tuple[float, float]  # (x, y) of the object mask
+  area: float  # object mask area in pixels
+  shape_iou: dict[str, float]  # IoU of the mask with each shape template of the same area and centroid
+  chroma_sum: np.ndarray  # [3] sum over confident pixels of RGB / max(RGB)
+  chroma_count: float  # number of confident pixels
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -76,14 +77,15 @@ def _size_from_area(shape: str, area: float) -> float:
 
 # Point-in-shape tests; dx, dy are offsets from the bounding-box centre, half = half the box side.
 _INSIDE = {
-    "circle": lambda dx, dy, half: dx * dx + dy * dy <= half * half,
-    "square": lambda dx, dy, half: (np.abs(dx) <= half) & (np.abs(dy) <= half),
-    "triangle": lambda dx, dy, half: (dy <= half) & (np.abs(dx) <= (dy + half) * 0.5),  # apex up
+  "circle": lambda dx, dy, half: dx * dx + dy * dy <= half * half,
+  "square": lambda dx, dy, half: (np.abs(dx) <= half) & (np.abs(dy) <= half),
+  "triangle": lambda dx, dy, half: (dy <= half) & (np.abs(dx) <= (dy + half) * 0.5),  # apex up
 }
 
 
-def shape_template(shape: str, centroid: tuple[float, float], area: float, height: int, width: int, *,
-                   supersample: int = 4) -> np.ndarray:
+def shape_template(
+  shape: str, centroid: tuple[float, float], area: float, height: int, width: int, *, supersample: int = 4
+) -> np.ndarray:
   """Pixel coverage float [H, W] of an ideal `shape` with this area and centroid (x, y in pixels).
 
   Same geometry as the dataset: circle, axis-aligned square, and an up-pointing
@@ -135,8 +137,13 @@ def measure_frame(frame: np.ndarray) -> FrameMeasurement | None:
     confident = mask
   pixels = rgb[confident]
   chroma = pixels / np.maximum(pixels.max(axis=-1, keepdims=True), 1e-6)
-  return FrameMeasurement(centroid=centroid, area=area, shape_iou=shape_iou,
-                          chroma_sum=chroma.sum(axis=0), chroma_count=float(confident.sum()))
+  return FrameMeasurement(
+    centroid=centroid,
+    area=area,
+    shape_iou=shape_iou,
+    chroma_sum=chroma.sum(axis=0),
+    chroma_count=float(confident.sum()),
+  )
 
 
 def _margin_confidence(distances: Mapping[str, float]) -> tuple[str, float]:
@@ -148,8 +155,7 @@ def _margin_confidence(distances: Mapping[str, float]) -> tuple[str, float]:
 
 def classify_color(chroma: np.ndarray) -> tuple[str, float]:
   """Nearest palette colour to a mean chroma [3] (RGB / max channel, in [0, 1])."""
-  distances = {name: float(np.linalg.norm(chroma - np.asarray(rgb) / 255.0))
-               for name, rgb in shapes.COLORS.items()}
+  distances = {name: float(np.linalg.norm(chroma - np.asarray(rgb) / 255.0)) for name, rgb in shapes.COLORS.items()}
   return _margin_confidence(distances)
 
 
@@ -170,7 +176,7 @@ def classify_motion(times: np.ndarray, centroids: np.ndarray, height: int, width
   if len(times) < 2 or np.ptp(times) == 0:
     return "still", 0.0, np.zeros(2)
   design = np.stack([times, np.ones_like(times)], axis=1)
-  slope = np.linalg.lstsq(design, centroids, rcond=None)[0][0]   # pixels per clip
+  slope = np.linalg.lstsq(design, centroids, rcond=None)[0][0]  # pixels per clip
   displacement = slope / np.array([width, height], dtype=np.float64)
   magnitude = float(np.abs(displacement).max())
   if magnitude < STILL_THRESHOLD:
@@ -183,9 +189,14 @@ def classify_motion(times: np.ndarray, centroids: np.ndarray, height: int, width
 
 
 def _not_found(num_frames: int) -> dict[str, Any]:
-  return {"color": None, "shape": None, "motion": None, "found": False,
-          "confidence": {a: 0.0 for a in ATTRIBUTES},
-          "features": {"frames_with_object": 0, "num_frames": num_frames}}
+  return {
+    "color": None,
+    "shape": None,
+    "motion": None,
+    "found": False,
+    "confidence": {a: 0.0 for a in ATTRIBUTES},
+    "features": {"frames_with_object": 0, "num_frames": num_frames},
+  }
 
 
 def analyze_video(video: np.ndarray) -> dict[str, Any]:
@@ -202,8 +213,10 @@ def analyze_video(video: np.ndarray) -> dict[str, Any]:
   """
   video = np.asarray(video)
   if video.ndim != 4 or video.shape[-1] != 3 or video.dtype != np.uint8:
-    raise ValueError(f"analyze_video expects uint8 [T, H, W, 3], got {video.dtype} {video.shape}; "
-                     "convert model output with sora_jax.media.convert.to_uint8")
+    raise ValueError(
+      f"analyze_video expects uint8 [T, H, W, 3], got {video.dtype} {video.shape}; "
+      "convert model output with sora_jax.media.convert.to_uint8"
+    )
   num_frames, height, width = video.shape[:3]
   times = np.linspace(0.0, 1.0, num_frames) if num_frames > 1 else np.zeros(1)
   found = [(t, m) for t, m in zip(times, map(measure_frame, video)) if m is not None]
@@ -215,16 +228,22 @@ def analyze_video(video: np.ndarray) -> dict[str, Any]:
   color, color_conf = classify_color(chroma)
   shape, shape_conf = classify_shape(mean_iou)
   motion, motion_conf, displacement = classify_motion(
-      np.array([t for t, _ in found]), np.array([m.centroid for m in measures]), height, width)
+    np.array([t for t, _ in found]), np.array([m.centroid for m in measures]), height, width
+  )
   return {
-      "color": color, "shape": shape, "motion": motion, "found": True,
-      "confidence": {"color": color_conf, "shape": shape_conf, "motion": motion_conf},
-      "features": {
-          "shape_iou": mean_iou, "chroma": [float(c) for c in chroma],
-          "displacement": [float(d) for d in displacement],
-          "area_fraction": float(np.median([m.area for m in measures]) / (height * width)),
-          "frames_with_object": len(found), "num_frames": num_frames,
-      },
+    "color": color,
+    "shape": shape,
+    "motion": motion,
+    "found": True,
+    "confidence": {"color": color_conf, "shape": shape_conf, "motion": motion_conf},
+    "features": {
+      "shape_iou": mean_iou,
+      "chroma": [float(c) for c in chroma],
+      "displacement": [float(d) for d in displacement],
+      "area_fraction": float(np.median([m.area for m in measures]) / (height * width)),
+      "frames_with_object": len(found),
+      "num_frames": num_frames,
+    },
   }
 
 
@@ -242,8 +261,10 @@ def expected_attributes(expected) -> dict[str, str]:
   elif isinstance(expected, Sequence) and len(expected) == 3:
     color, shape, motion = expected
   else:
-    raise ValueError(f"cannot read expected attributes from {expected!r}; pass a caption, a ClipSpec, "
-                     "a (color, shape, motion) tuple or a dict with those keys")
+    raise ValueError(
+      f"cannot read expected attributes from {expected!r}; pass a caption, a ClipSpec, "
+      "a (color, shape, motion) tuple or a dict with those keys"
+    )
   return {"color": color, "shape": shape, "motion": motion}
 
 

@@ -37,9 +37,9 @@ def frame_metrics(original: jnp.ndarray, reconstruction: jnp.ndarray) -> dict[st
   return {"psnr": psnr, "ssim": metrics.ssim(a, b, max_value=255.0)}
 
 
-def evaluate_reconstructions(reconstruct: Callable[[np.ndarray], jnp.ndarray],
-                             batches: Iterable[dict], max_batches: int = 0,
-                             max_clips: int = 0) -> dict[str, float]:
+def evaluate_reconstructions(
+  reconstruct: Callable[[np.ndarray], jnp.ndarray], batches: Iterable[dict], max_batches: int = 0, max_clips: int = 0
+) -> dict[str, float]:
   """Mean per-frame PSNR / SSIM of `reconstruct(batch["video"])` over the batches.
 
   Args:
@@ -61,17 +61,21 @@ def evaluate_reconstructions(reconstruct: Callable[[np.ndarray], jnp.ndarray],
     ssim.append(result["ssim"])
     clips += len(video)
   if not psnr:
-    raise ValueError("no batches to evaluate: the split is empty or smaller than one batch "
-                     "(lower --config.data.batch_size)")
+    raise ValueError(
+      "no batches to evaluate: the split is empty or smaller than one batch (lower --config.data.batch_size)"
+    )
   psnr, ssim = np.concatenate(psnr), np.concatenate(ssim)
   if max_clips:
     psnr, ssim = psnr[:max_clips], ssim[:max_clips]
-  return {"psnr": float(psnr.mean()), "psnr_min": float(psnr.mean(axis=1).min()),
-          "ssim": float(ssim.mean()), "num_clips": int(psnr.shape[0])}
+  return {
+    "psnr": float(psnr.mean()),
+    "psnr_min": float(psnr.mean(axis=1).min()),
+    "ssim": float(ssim.mean()),
+    "num_clips": int(psnr.shape[0]),
+  }
 
 
-def evaluate_vae(workdir: str, split: str = "test", num_clips: int = 64,
-                 batch_size: int | None = None) -> dict:
+def evaluate_vae(workdir: str, split: str = "test", num_clips: int = 64, batch_size: int | None = None) -> dict:
   """Restores the VAE in `workdir` and evaluates it on the first `num_clips` clips of `split`
   (0 = all of it) of its own dataset config, in batches of `batch_size` (default: the config's).
 
@@ -89,8 +93,9 @@ def evaluate_vae(workdir: str, split: str = "test", num_clips: int = 64,
     mean, _ = vae_lib.encode_video(module, params, video)
     return vae_lib.decode_latents(module, params, mean)
 
-  iterator = pipeline.make_eval_iterator(config.data, split, batch_size=batch_size or config.data.batch_size,
-                                         drop_remainder=False)
+  iterator = pipeline.make_eval_iterator(
+    config.data, split, batch_size=batch_size or config.data.batch_size, drop_remainder=False
+  )
   try:
     result = evaluate_reconstructions(reconstruct, iterator, max_clips=num_clips)
   finally:

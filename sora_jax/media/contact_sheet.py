@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sora_jax.media.video_io import check_frames, upscale
 
-BACKGROUND = (40, 40, 40)      # dark gray
-TEXT_COLOR = (255, 255, 255)   # white
+BACKGROUND = (40, 40, 40)  # dark gray
+TEXT_COLOR = (255, 255, 255)  # white
 LABEL_COLOR = (170, 170, 170)  # row labels ("original", "reconstruction")
 FRAME_OUTLINE = (110, 110, 110)  # 1-px outline around each frame, so black frames read as cells
 
@@ -36,8 +36,7 @@ def _as_clip_list(videos, name: str) -> list[np.ndarray]:
   else:
     videos = np.asarray(videos)
     if videos.ndim != 5:
-      raise ValueError(f"{name} must be uint8 [N, T, H, W, 3] or a list of [T, H, W, 3], "
-                       f"got shape {videos.shape}")
+      raise ValueError(f"{name} must be uint8 [N, T, H, W, 3] or a list of [T, H, W, 3], got shape {videos.shape}")
     clips = list(videos)
   if not clips:
     raise ValueError(f"{name} is empty: need at least one clip")
@@ -96,8 +95,9 @@ class _Layout:
     self.line_height = bottom - top + 3
 
 
-def _render_blocks(blocks: list[tuple[list[np.ndarray], list[str], str]], *, scale: int,
-                   font_size: int | None, label_width: int = 0) -> np.ndarray:
+def _render_blocks(
+  blocks: list[tuple[list[np.ndarray], list[str], str]], *, scale: int, font_size: int | None, label_width: int = 0
+) -> np.ndarray:
   """Lays out blocks of (rows of frames [T, H, W, 3], row labels, caption) top to bottom."""
   first_row = blocks[0][0][0]
   layout = _Layout(first_row.shape[1], first_row.shape[2], scale, font_size)
@@ -107,8 +107,10 @@ def _render_blocks(blocks: list[tuple[list[np.ndarray], list[str], str]], *, sca
   text_w = width - 2 * layout.margin
   probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
   wrapped = [_wrap(probe, caption, layout.font, text_w) if caption else [] for _, _, caption in blocks]
-  heights = [len(rows) * (layout.frame_h + layout.gap) + len(lines) * layout.line_height + layout.margin
-             for (rows, _, _), lines in zip(blocks, wrapped)]
+  heights = [
+    len(rows) * (layout.frame_h + layout.gap) + len(lines) * layout.line_height + layout.margin
+    for (rows, _, _), lines in zip(blocks, wrapped)
+  ]
   height = layout.margin + sum(heights)
   sheet = Image.new("RGB", (width, height), BACKGROUND)
   draw = ImageDraw.Draw(sheet)
@@ -116,8 +118,7 @@ def _render_blocks(blocks: list[tuple[list[np.ndarray], list[str], str]], *, sca
   for (rows, labels, _), lines in zip(blocks, wrapped):
     for row, label in zip(rows, labels):
       if label:
-        draw.text((layout.margin, y + layout.frame_h // 2), label, font=layout.font,
-                  fill=LABEL_COLOR, anchor="lm")
+        draw.text((layout.margin, y + layout.frame_h // 2), label, font=layout.font, fill=LABEL_COLOR, anchor="lm")
       big = upscale(row, scale)
       for t, frame in enumerate(big):
         x = layout.margin + label_width + t * (layout.frame_w + layout.gap)
@@ -142,8 +143,14 @@ def _check_captions(captions: Sequence[str] | None, count: int) -> list[str]:
   return captions
 
 
-def make_grid_image(videos, captions: Sequence[str] | None = None, *, max_frames: int | None = None,
-                    scale: int = 1, font_size: int | None = None) -> np.ndarray:
+def make_grid_image(
+  videos,
+  captions: Sequence[str] | None = None,
+  *,
+  max_frames: int | None = None,
+  scale: int = 1,
+  font_size: int | None = None,
+) -> np.ndarray:
   """Contact sheet as an array: one row per clip, caption under each row.
 
   Args:
@@ -161,20 +168,31 @@ def make_grid_image(videos, captions: Sequence[str] | None = None, *, max_frames
   return _render_blocks(blocks, scale=scale, font_size=font_size)
 
 
-def make_comparison_image(originals, reconstructions, captions: Sequence[str] | None = None, *,
-                          max_frames: int | None = None, scale: int = 2, font_size: int | None = None,
-                          labels: tuple[str, str] = ("original", "reconstruction")) -> np.ndarray:
+def make_comparison_image(
+  originals,
+  reconstructions,
+  captions: Sequence[str] | None = None,
+  *,
+  max_frames: int | None = None,
+  scale: int = 2,
+  font_size: int | None = None,
+  labels: tuple[str, str] = ("original", "reconstruction"),
+) -> np.ndarray:
   """Sheet array with, per clip, the original row above the reconstruction row, then the caption."""
   originals = _as_clip_list(originals, "originals")
   reconstructions = _as_clip_list(reconstructions, "reconstructions")
   if len(originals) != len(reconstructions):
     raise ValueError(f"got {len(originals)} originals but {len(reconstructions)} reconstructions")
   if originals[0].shape[1:3] != reconstructions[0].shape[1:3]:
-    raise ValueError(f"originals are {originals[0].shape[1:3]} but reconstructions are "
-                     f"{reconstructions[0].shape[1:3]} (H, W); they must match")
+    raise ValueError(
+      f"originals are {originals[0].shape[1:3]} but reconstructions are "
+      f"{reconstructions[0].shape[1:3]} (H, W); they must match"
+    )
   captions = _check_captions(captions, len(originals))
-  blocks = [([select_frames(o, max_frames), select_frames(r, max_frames)], list(labels), caption)
-            for o, r, caption in zip(originals, reconstructions, captions)]
+  blocks = [
+    ([select_frames(o, max_frames), select_frames(r, max_frames)], list(labels), caption)
+    for o, r, caption in zip(originals, reconstructions, captions)
+  ]
   probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
   font = _Layout(1, 1, 1, font_size or max(10, min(16, originals[0].shape[1] * scale // 4 + 6))).font
   label_width = int(max(probe.textlength(label, font=font) for label in labels)) + 8 if any(labels) else 0
@@ -188,21 +206,37 @@ def _save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
   return path
 
 
-def save_contact_sheet(path: str | os.PathLike, videos, captions: Sequence[str] | None = None, *,
-                       max_frames: int | None = None, scale: int = 2,
-                       font_size: int | None = None) -> Path:
+def save_contact_sheet(
+  path: str | os.PathLike,
+  videos,
+  captions: Sequence[str] | None = None,
+  *,
+  max_frames: int | None = None,
+  scale: int = 2,
+  font_size: int | None = None,
+) -> Path:
   """Writes a contact-sheet PNG (one row per clip, frames left to right, caption below).
 
   Args: as `make_grid_image`; `path` gets a PNG (parent folders are created).
   Returns: the path written.
   """
-  return _save_png(path, make_grid_image(videos, captions, max_frames=max_frames, scale=scale,
-                                         font_size=font_size))
+  return _save_png(path, make_grid_image(videos, captions, max_frames=max_frames, scale=scale, font_size=font_size))
 
 
-def save_comparison_sheet(path: str | os.PathLike, originals, reconstructions,
-                          captions: Sequence[str] | None = None, *, max_frames: int | None = None,
-                          scale: int = 2, font_size: int | None = None) -> Path:
+def save_comparison_sheet(
+  path: str | os.PathLike,
+  originals,
+  reconstructions,
+  captions: Sequence[str] | None = None,
+  *,
+  max_frames: int | None = None,
+  scale: int = 2,
+  font_size: int | None = None,
+) -> Path:
   """Writes a PNG with each original clip's row above its reconstruction's row (VAE grids)."""
-  return _save_png(path, make_comparison_image(originals, reconstructions, captions,
-                                               max_frames=max_frames, scale=scale, font_size=font_size))
+  return _save_png(
+    path,
+    make_comparison_image(
+      originals, reconstructions, captions, max_frames=max_frames, scale=scale, font_size=font_size
+    ),
+  )

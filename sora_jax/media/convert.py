@@ -18,6 +18,7 @@ def _array_module(video):
   jax = sys.modules.get("jax")  # a jax array implies jax is already imported
   if jax is not None and isinstance(video, jax.Array):
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
     return jnp
   return np
 

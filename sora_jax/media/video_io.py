@@ -31,8 +31,14 @@ from PIL import Image
 
 # Black plus the seven colours of the shapes dataset (DESIGN.md §4): always in the GIF palette.
 RESERVED_GIF_COLORS = (
-    (0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255),
-    (255, 255, 0), (0, 255, 255), (255, 0, 255), (255, 255, 255),
+  (0, 0, 0),
+  (255, 0, 0),
+  (0, 255, 0),
+  (0, 0, 255),
+  (255, 255, 0),
+  (0, 255, 255),
+  (255, 0, 255),
+  (255, 255, 255),
 )
 _GIF_COMMENT_PREFIX = "sora_jax fps="
 _GIF_SUFFIXES = (".gif",)
@@ -54,11 +60,15 @@ def check_frames(frames: np.ndarray, name: str = "frames") -> np.ndarray:
   """Returns `frames` as a C-contiguous uint8 [T, H, W, 3] array or raises ValueError."""
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3:
-    raise ValueError(f"{name} must have shape [T, H, W, 3] (RGB), got {frames.shape}; "
-                     "add a time axis with frames[None] for a single image")
+    raise ValueError(
+      f"{name} must have shape [T, H, W, 3] (RGB), got {frames.shape}; "
+      "add a time axis with frames[None] for a single image"
+    )
   if frames.dtype != np.uint8:
-    raise ValueError(f"{name} must be uint8 in [0, 255], got {frames.dtype}; convert floats with "
-                     "sora_jax.media.convert.to_uint8(x, value_range=(-1, 1))")
+    raise ValueError(
+      f"{name} must be uint8 in [0, 255], got {frames.dtype}; convert floats with "
+      "sora_jax.media.convert.to_uint8(x, value_range=(-1, 1))"
+    )
   if frames.shape[0] == 0 or frames.shape[1] == 0 or frames.shape[2] == 0:
     raise ValueError(f"{name} is empty: shape {frames.shape}")
   return np.ascontiguousarray(frames)
@@ -96,8 +106,7 @@ def _prepare_output_path(path: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------- mp4
 
 
-def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 8, *,
-              scale: int = 1, crf: int = 18) -> Path:
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 8, *, scale: int = 1, crf: int = 18) -> Path:
   """Writes uint8 [T, H, W, 3] frames as an H.264 (libx264, yuv420p) mp4.
 
   Args:
@@ -148,9 +157,9 @@ def _nearest_palette_indices(pixels: np.ndarray, palette: np.ndarray, chunk: int
   palette = palette.astype(np.int32)
   out = np.empty(len(pixels), dtype=np.uint8)
   for start in range(0, len(pixels), chunk):
-    block = pixels[start:start + chunk].astype(np.int32)
+    block = pixels[start : start + chunk].astype(np.int32)
     dist = ((block[:, None, :] - palette[None, :, :]) ** 2).sum(-1)
-    out[start:start + chunk] = dist.argmin(-1)
+    out[start : start + chunk] = dist.argmin(-1)
   return out
 
 
@@ -173,7 +182,7 @@ def _gif_palette_and_indices(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray
   sample = pixels[::step]
   mosaic = Image.fromarray(sample.reshape(-1, 1, 3))
   quantized = mosaic.quantize(colors=num_free, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-  learned = np.array(quantized.getpalette()[:3 * num_free], dtype=np.uint8).reshape(-1, 3)
+  learned = np.array(quantized.getpalette()[: 3 * num_free], dtype=np.uint8).reshape(-1, 3)
   palette = np.concatenate([reserved, learned], axis=0)
   palette = np.unique(palette, axis=0)[:256]
   indices = _nearest_palette_indices(colors, palette)[inverse]
@@ -194,7 +203,7 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float = 8, *, sc
   frames = upscale(frames, scale)
   palette, indices = _gif_palette_and_indices(frames)
   flat_palette = np.zeros((256, 3), dtype=np.uint8)
-  flat_palette[:len(palette)] = palette
+  flat_palette[: len(palette)] = palette
   images = []
   for frame_indices in indices:
     image = Image.fromarray(frame_indices, mode="P")
@@ -204,9 +213,16 @@ def write_gif(path: str | os.PathLike, frames: np.ndarray, fps: float = 8, *, sc
   tmp_path = path.with_name(path.name + ".partial")
   try:
     images[0].save(
-        tmp_path, format="GIF", save_all=True, append_images=images[1:],
-        duration=int(round(1000.0 / fps)), loop=0, optimize=False, disposal=1,
-        comment=f"{_GIF_COMMENT_PREFIX}{float(fps)!r} frames={len(images)}")
+      tmp_path,
+      format="GIF",
+      save_all=True,
+      append_images=images[1:],
+      duration=int(round(1000.0 / fps)),
+      loop=0,
+      optimize=False,
+      disposal=1,
+      comment=f"{_GIF_COMMENT_PREFIX}{float(fps)!r} frames={len(images)}",
+    )
     os.replace(tmp_path, path)
   finally:
     if tmp_path.exists():
@@ -318,5 +334,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 8, *, 
   return writers[suffix](path, frames, fps, scale=scale)
 
 
-__all__ = ["VideoReadError", "read_video", "write_mp4", "write_gif", "write_video",
-           "check_frames", "upscale", "RESERVED_GIF_COLORS"]
+__all__ = [
+  "VideoReadError",
+  "read_video",
+  "write_mp4",
+  "write_gif",
+  "write_video",
+  "check_frames",
+  "upscale",
+  "RESERVED_GIF_COLORS",
+]

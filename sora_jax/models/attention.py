@@ -44,9 +44,16 @@ Initializer = Callable[..., jax.Array]
 ATTENTION_IMPLS = ("xla", "einsum", "jax_nn", "cudnn", "chunked")
 
 
-def linear(shape: Sequence[int], einsum_str: str, kernel_axes: Sequence[str | None],
-           bias_axes: Sequence[str | None] | None, *, dtype: Any, kernel_init: Initializer,
-           name: str) -> nn.Einsum:
+def linear(
+  shape: Sequence[int],
+  einsum_str: str,
+  kernel_axes: Sequence[str | None],
+  bias_axes: Sequence[str | None] | None,
+  *,
+  dtype: Any,
+  kernel_init: Initializer,
+  name: str,
+) -> nn.Einsum:
   """A projection `einsum(inputs, kernel) + bias` with partitioned float32 params.
 
   Args:
@@ -57,11 +64,16 @@ def linear(shape: Sequence[int], einsum_str: str, kernel_axes: Sequence[str | No
     dtype: compute dtype; inputs and params are cast to it, accumulation is float32.
   """
   return nn.Einsum(
-      shape=tuple(shape), einsum_str=einsum_str, use_bias=bias_axes is not None,
-      dtype=dtype, param_dtype=jnp.float32, preferred_element_type=jnp.float32,
-      kernel_init=nn.with_logical_partitioning(kernel_init, tuple(kernel_axes)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(bias_axes or ())),
-      name=name)
+    shape=tuple(shape),
+    einsum_str=einsum_str,
+    use_bias=bias_axes is not None,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    preferred_element_type=jnp.float32,
+    kernel_init=nn.with_logical_partitioning(kernel_init, tuple(kernel_axes)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(bias_axes or ())),
+    name=name,
+  )
 
 
 def xavier(in_axis: int | Sequence[int], out_axis: int | Sequence[int]) -> Initializer:
@@ -71,12 +83,14 @@ def xavier(in_axis: int | Sequence[int], out_axis: int | Sequence[int]) -> Initi
 
 class RMSNorm(nn.Module):
   """RMS normalisation over the last axis with a learned scale (QK norm: over head_dim)."""
+
   epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                       (x.shape[-1],), jnp.float32)
+    scale = self.param(
+      "scale", nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)), (x.shape[-1],), jnp.float32
+    )
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.epsilon)
     return (xf * scale).astype(x.dtype)
@@ -112,8 +126,8 @@ def _einsum_attention(q, k, v, mask):
     logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
   # Softmax is invariant to the shift, so the row max needs no gradient: no [N, L] reductions backwards.
   row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-  weights = jnp.exp(logits - row_max)                        # unnormalised, in (0, 1]; the max is 1
-  denominator = jnp.sum(weights, axis=-1, keepdims=True)     # >= 1
+  weights = jnp.exp(logits - row_max)  # unnormalised, in (0, 1]; the max is 1
+  denominator = jnp.sum(weights, axis=-1, keepdims=True)  # >= 1
   out = jnp.einsum("bhnl,bhlk->bhnk", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
   return (out / denominator).astype(q.dtype)
 
@@ -142,16 +156,24 @@ def _chunked_attention(q, k, v, mask, chunk_size):
   def attend(q_chunk):
     return _einsum_attention(q_chunk, k, v, mask)
 
-  out = jax.lax.map(attend, chunks)                      # [num_chunks, B, H, chunk, K]
+  out = jax.lax.map(attend, chunks)  # [num_chunks, B, H, chunk, K]
   out = jnp.moveaxis(out, 0, 2).reshape(b, h, num_chunks * chunk_size, d)
   return out[:, :, :n]
 
 
-_TO_HEADS_MAJOR = (0, 2, 1, 3)   # [B, N, H, K] <-> [B, H, N, K] (its own inverse)
+_TO_HEADS_MAJOR = (0, 2, 1, 3)  # [B, N, H, K] <-> [B, H, N, K] (its own inverse)
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None, *,
-                          impl: str = "xla", query_chunk_size: int = 1024, layout: str = "bnhk") -> jax.Array:
+def dot_product_attention(
+  q: jax.Array,
+  k: jax.Array,
+  v: jax.Array,
+  mask: jax.Array | None = None,
+  *,
+  impl: str = "xla",
+  query_chunk_size: int = 1024,
+  layout: str = "bnhk",
+) -> jax.Array:
   """Softmax attention; q [B, N, H, K], k/v [B, L, H, K], mask [B, L] (True = attend) -> [B, N, H, K].
 
   With layout="bhnk" inputs and output are heads-major instead: q [B, H, N, K], k/v [B, H, L, K]
@@ -194,6 +216,7 @@ class Attention(nn.Module):
     zero_init_output: output projection starts at zero (cross-attention in a
       DiT block, so the block is the identity at initialisation).
   """
+
   num_heads: int
   qk_norm: bool = True
   dtype: Any = jnp.float32
@@ -202,18 +225,28 @@ class Attention(nn.Module):
   zero_init_output: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, context: jax.Array | None = None,
-               context_mask: jax.Array | None = None,
-               rope: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    *,
+    context: jax.Array | None = None,
+    context_mask: jax.Array | None = None,
+    rope: tuple[jax.Array, jax.Array] | None = None,
+  ) -> jax.Array:
     """x [B, N, D] -> [B, N, D] (float32)."""
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"hidden_size {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
     layout = "bhnk" if heads_major(self.impl) else "bnhk"
-    in_proj = dict(shape=(width, self.num_heads, head_dim), einsum_str=f"bnd,dhk->{layout}",
-                   kernel_axes=("embed", "heads", "kv"), bias_axes=("heads", "kv"),
-                   dtype=self.dtype, kernel_init=xavier(0, (1, 2)))
+    in_proj = dict(
+      shape=(width, self.num_heads, head_dim),
+      einsum_str=f"bnd,dhk->{layout}",
+      kernel_axes=("embed", "heads", "kv"),
+      bias_axes=("heads", "kv"),
+      dtype=self.dtype,
+      kernel_init=xavier(0, (1, 2)),
+    )
     source = x if context is None else context
     q = linear(**in_proj, name="query")(x)
     k = linear(**in_proj, name="key")(source)
@@ -235,9 +268,17 @@ class Attention(nn.Module):
     q = constrain(q, "activation_length")
     k_length = "activation_length" if context is None else "activation_text_length"
     k, v = constrain(k, k_length), constrain(v, k_length)
-    out = dot_product_attention(q, k, v, context_mask, impl=self.impl, query_chunk_size=self.query_chunk_size,
-                                layout=layout)
+    out = dot_product_attention(
+      q, k, v, context_mask, impl=self.impl, query_chunk_size=self.query_chunk_size, layout=layout
+    )
     out = constrain(out, "activation_length")
     out_init = nn.initializers.zeros_init() if self.zero_init_output else xavier((0, 1), 2)
-    return linear((self.num_heads, head_dim, width), f"{layout},hkd->bnd", ("heads", "kv", "embed"),
-                  ("embed",), dtype=self.dtype, kernel_init=out_init, name="out")(out)
+    return linear(
+      (self.num_heads, head_dim, width),
+      f"{layout},hkd->bnd",
+      ("heads", "kv", "embed"),
+      ("embed",),
+      dtype=self.dtype,
+      kernel_init=out_init,
+      name="out",
+    )(out)

@@ -27,8 +27,7 @@ from jax import lax
 
 # Flax rejects a logical name repeated within one array, so only the time tap is named.
 KERNEL_AXES = ("conv_kernel", None, None, "conv_in", "conv_out")
-VIDEO_AXES = ("activation_batch", "activation_time", "activation_height", "activation_width",
-              "activation_channels")
+VIDEO_AXES = ("activation_batch", "activation_time", "activation_height", "activation_width", "activation_channels")
 CACHE = "cache"  # the Flax collection that holds streaming state
 
 
@@ -51,8 +50,7 @@ def is_first_chunk(module: nn.Module) -> bool:
   return first
 
 
-def prepend_past(module: nn.Module, x: jnp.ndarray, num_pad: int, window: int,
-                 stride: int) -> jnp.ndarray:
+def prepend_past(module: nn.Module, x: jnp.ndarray, num_pad: int, window: int, stride: int) -> jnp.ndarray:
   """Puts `num_pad` past frames (zeros at clip start, cached context when streaming) before x.
 
   Args:
@@ -67,11 +65,10 @@ def prepend_past(module: nn.Module, x: jnp.ndarray, num_pad: int, window: int,
   if not is_streaming(module):
     return jnp.pad(x, ((0, 0), (num_pad, 0), (0, 0), (0, 0), (0, 0)))
   batch, _, height, width, channels = x.shape
-  context = module.variable(CACHE, "context", jnp.zeros, (batch, num_pad, height, width, channels),
-                            x.dtype)
+  context = module.variable(CACHE, "context", jnp.zeros, (batch, num_pad, height, width, channels), x.dtype)
   stream = jnp.concatenate([context.value.astype(x.dtype), x], axis=1)
   num_out = max((stream.shape[1] - window) // stride + 1, 0)
-  context.value = stream[:, num_out * stride:]
+  context.value = stream[:, num_out * stride :]
   return stream
 
 
@@ -93,14 +90,18 @@ def _conv3d_as_conv2d(stream: jnp.ndarray, kernel: jnp.ndarray, strides: Sequenc
   st, sh, sw = strides
   batch, t_in, height, width, _ = stream.shape
   t_out = (t_in - kt) // st + 1
-  taps = [stream[:, a:a + st * (t_out - 1) + 1:st] for a in range(kt)]
+  taps = [stream[:, a : a + st * (t_out - 1) + 1 : st] for a in range(kt)]
   frames = jnp.concatenate(taps, axis=-1) if kt > 1 else taps[0]
   frames = frames.reshape(batch * t_out, height, width, kt * cin)
   kernel2d = jnp.transpose(kernel, (1, 2, 0, 3, 4)).reshape(kh, kw, kt * cin, cout)
-  y = lax.conv_general_dilated(frames, kernel2d, window_strides=(sh, sw),
-                               padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
-                               dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                               preferred_element_type=jnp.float32)
+  y = lax.conv_general_dilated(
+    frames,
+    kernel2d,
+    window_strides=(sh, sw),
+    padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    preferred_element_type=jnp.float32,
+  )
   return y.reshape(batch, t_out, *y.shape[1:])
 
 
@@ -116,6 +117,7 @@ class CausalConv3d(nn.Module):
     dtype: compute dtype (params stay float32; accumulation is float32).
     kernel_init: initializer of the [kt, kh, kw, Cin, features] kernel.
   """
+
   features: int
   kernel_size: Sequence[int] = (3, 3, 3)
   strides: Sequence[int] = (1, 1, 1)
@@ -130,18 +132,22 @@ class CausalConv3d(nn.Module):
     if kh % 2 == 0 or kw % 2 == 0:
       raise ValueError(f"CausalConv3d spatial kernel sizes must be odd, got {self.kernel_size}")
     in_channels = x.shape[-1]
-    kernel = self.param("kernel", nn.with_logical_partitioning(self.kernel_init, KERNEL_AXES),
-                        (kt, kh, kw, in_channels, self.features), jnp.float32)
+    kernel = self.param(
+      "kernel",
+      nn.with_logical_partitioning(self.kernel_init, KERNEL_AXES),
+      (kt, kh, kw, in_channels, self.features),
+      jnp.float32,
+    )
     x = x.astype(self.dtype)
     if kt > 1:
       x = prepend_past(self, x, num_pad=kt - 1, window=kt, stride=st)
     if (kt, kh, kw) == (1, 1, 1) and (st, sh, sw) == (1, 1, 1):
-      y = jnp.einsum("bthwi,io->bthwo", x, kernel[0, 0, 0].astype(self.dtype),
-                     preferred_element_type=jnp.float32)
+      y = jnp.einsum("bthwi,io->bthwo", x, kernel[0, 0, 0].astype(self.dtype), preferred_element_type=jnp.float32)
     else:
       y = _conv3d_as_conv2d(x, kernel.astype(self.dtype), (st, sh, sw))
     if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)),
-                        (self.features,), jnp.float32)
+      bias = self.param(
+        "bias", nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)), (self.features,), jnp.float32
+      )
       y = y + bias
     return y.astype(self.dtype)

@@ -48,11 +48,21 @@ def dit_from_diffusers_config(config: Mapping[str, Any], *, scan_layers: bool = 
     raise ValueError(f"out_channels must be in_channels or 2*in_channels (learned sigma), got {out_channels}")
   p = config["patch_size"]
   fields = dict(
-      in_channels=in_channels, hidden_size=heads * head_dim, depth=config["num_layers"], num_heads=heads,
-      mlp_dim=4 * heads * head_dim, patch_size=(1, p, p), conditioning="class",
-      num_classes=config["num_embeds_ada_norm"], pos_embedding="sincos2d", qk_norm=False,
-      learn_sigma=out_channels == 2 * in_channels, modulation="per_block", scan_layers=scan_layers,
-      timestep_frequency_shift=1.0)
+    in_channels=in_channels,
+    hidden_size=heads * head_dim,
+    depth=config["num_layers"],
+    num_heads=heads,
+    mlp_dim=4 * heads * head_dim,
+    patch_size=(1, p, p),
+    conditioning="class",
+    num_classes=config["num_embeds_ada_norm"],
+    pos_embedding="sincos2d",
+    qk_norm=False,
+    learn_sigma=out_channels == 2 * in_channels,
+    modulation="per_block",
+    scan_layers=scan_layers,
+    timestep_frequency_shift=1.0,
+  )
   fields.update(overrides)
   return DiT(**fields)
 
@@ -79,27 +89,35 @@ def _block(sd, i, width, heads):
   fc1 = _linear(sd, f"{prefix}.ff.net.0.proj")
   fc2 = _linear(sd, f"{prefix}.ff.net.2")
   return {
-      "modulation": {"adaln": {"kernel": ada_kernel.reshape(width, 6, width), "bias": ada_bias.reshape(6, width)}},
-      "self_attention": _attention(sd, f"{prefix}.attn1", width, heads),
-      "mlp": {"fc1": {"kernel": fc1[0], "bias": fc1[1]}, "fc2": {"kernel": fc2[0], "bias": fc2[1]}},
+    "modulation": {"adaln": {"kernel": ada_kernel.reshape(width, 6, width), "bias": ada_bias.reshape(6, width)}},
+    "self_attention": _attention(sd, f"{prefix}.attn1", width, heads),
+    "mlp": {"fc1": {"kernel": fc1[0], "bias": fc1[1]}, "fc2": {"kernel": fc2[0], "bias": fc2[1]}},
   }
 
 
 def _shared_embedders(sd, depth):
   """Timestep + label embedders; diffusers keeps one copy per block, which must all be equal."""
-  names = ("timestep_embedder.linear_1.weight", "timestep_embedder.linear_1.bias",
-           "timestep_embedder.linear_2.weight", "timestep_embedder.linear_2.bias",
-           "class_embedder.embedding_table.weight")
+  names = (
+    "timestep_embedder.linear_1.weight",
+    "timestep_embedder.linear_1.bias",
+    "timestep_embedder.linear_2.weight",
+    "timestep_embedder.linear_2.bias",
+    "class_embedder.embedding_table.weight",
+  )
   for name in names:
     first = _to_numpy(sd[f"transformer_blocks.0.norm1.emb.{name}"])
     for i in range(1, depth):
       if not np.array_equal(first, _to_numpy(sd[f"transformer_blocks.{i}.norm1.emb.{name}"])):
-        raise ValueError(f"transformer_blocks.{i}.norm1.emb.{name} differs from block 0; the DiT paper's network "
-                         f"has one timestep/class embedder shared by all blocks, so this model cannot be converted")
+        raise ValueError(
+          f"transformer_blocks.{i}.norm1.emb.{name} differs from block 0; the DiT paper's network "
+          f"has one timestep/class embedder shared by all blocks, so this model cannot be converted"
+        )
   emb = "transformer_blocks.0.norm1.emb"
   t1, t2 = _linear(sd, f"{emb}.timestep_embedder.linear_1"), _linear(sd, f"{emb}.timestep_embedder.linear_2")
-  return ({"linear_1": {"kernel": t1[0], "bias": t1[1]}, "linear_2": {"kernel": t2[0], "bias": t2[1]}},
-          {"embedding": _to_numpy(sd[f"{emb}.class_embedder.embedding_table.weight"])})
+  return (
+    {"linear_1": {"kernel": t1[0], "bias": t1[1]}, "linear_2": {"kernel": t2[0], "bias": t2[1]}},
+    {"embedding": _to_numpy(sd[f"{emb}.class_embedder.embedding_table.weight"])},
+  )
 
 
 def params_from_diffusers_state_dict(state_dict: Mapping[str, Any], model: DiT) -> dict:
@@ -112,22 +130,27 @@ def params_from_diffusers_state_dict(state_dict: Mapping[str, Any], model: DiT) 
     A nested dict of float32 arrays, for `model.apply({"params": params}, ...)`.
   """
   width, heads, depth = model.hidden_size, model.num_heads, model.depth
-  patch_weight = _to_numpy(state_dict["pos_embed.proj.weight"])          # [D, C, p, p]
+  patch_weight = _to_numpy(state_dict["pos_embed.proj.weight"])  # [D, C, p, p]
   if patch_weight.shape[0] != width or patch_weight.shape[1] != model.in_channels:
-    raise ValueError(f"state dict has patch embedding {patch_weight.shape}, model expects width {width} and "
-                     f"{model.in_channels} channels")
+    raise ValueError(
+      f"state dict has patch embedding {patch_weight.shape}, model expects width {width} and "
+      f"{model.in_channels} channels"
+    )
   timestep, label = _shared_embedders(state_dict, depth)
   final_ada = _linear(state_dict, "proj_out_1")
   final_out = _linear(state_dict, "proj_out_2")
   params = {
-      # Patch values are ordered (ph, pw, C) in our tokens: [D, C, p, p] -> [p, p, C, D].
-      "patch_embed": {"kernel": patch_weight.transpose(2, 3, 1, 0).reshape(-1, width),
-                      "bias": _to_numpy(state_dict["pos_embed.proj.bias"])},
-      "timestep_embedder": timestep,
-      "label_embedder": label,
-      "final_layer": {
-          "adaln": {"kernel": final_ada[0].reshape(width, 2, width), "bias": final_ada[1].reshape(2, width)},
-          "linear": {"kernel": final_out[0], "bias": final_out[1]}},
+    # Patch values are ordered (ph, pw, C) in our tokens: [D, C, p, p] -> [p, p, C, D].
+    "patch_embed": {
+      "kernel": patch_weight.transpose(2, 3, 1, 0).reshape(-1, width),
+      "bias": _to_numpy(state_dict["pos_embed.proj.bias"]),
+    },
+    "timestep_embedder": timestep,
+    "label_embedder": label,
+    "final_layer": {
+      "adaln": {"kernel": final_ada[0].reshape(width, 2, width), "bias": final_ada[1].reshape(2, width)},
+      "linear": {"kernel": final_out[0], "bias": final_out[1]},
+    },
   }
   blocks = [_block(state_dict, i, width, heads) for i in range(depth)]
   if model.scan_layers:

@@ -54,27 +54,28 @@ def count_params(spec: ModelSpec, in_channels: int | None = None, text_dim: int 
 
   attention = 4 * _linear_params(d, d) + (2 * head_dim if m.qk_norm else 0)
   block = {
-      "modulation": _linear_params(d, 6 * d) if m.modulation == "per_block" else 6 * d,
-      "self_attention": attention,
-      "cross_attention": (attention + 2 * d) if text else 0,   # + affine LayerNorm
-      "mlp": _linear_params(d, mlp) + _linear_params(mlp, d),
+    "modulation": _linear_params(d, 6 * d) if m.modulation == "per_block" else 6 * d,
+    "self_attention": attention,
+    "cross_attention": (attention + 2 * d) if text else 0,  # + affine LayerNorm
+    "mlp": _linear_params(d, mlp) + _linear_params(mlp, d),
   }
   parts = {
-      "patch_embed": _linear_params(patch * m.in_channels, d),
-      "timestep_embedder": _linear_params(TIMESTEP_FEATURES, d) + _linear_params(d, d),
-      "label_embedder": 0 if text else (m.num_classes + 1) * d,
-      "text_projection": _linear_params(m.text_dim, d) + _linear_params(d, d) if text else 0,
-      "pooled_text_projection": _linear_params(m.text_dim, d) + _linear_params(d, d) if text else 0,
-      "shared_modulation": _linear_params(d, 6 * d) if m.modulation == "shared" else 0,
-      "blocks": m.depth * sum(block.values()),
-      "final_layer": _linear_params(d, 2 * d) + _linear_params(d, patch * m.out_channels),
+    "patch_embed": _linear_params(patch * m.in_channels, d),
+    "timestep_embedder": _linear_params(TIMESTEP_FEATURES, d) + _linear_params(d, d),
+    "label_embedder": 0 if text else (m.num_classes + 1) * d,
+    "text_projection": _linear_params(m.text_dim, d) + _linear_params(d, d) if text else 0,
+    "pooled_text_projection": _linear_params(m.text_dim, d) + _linear_params(d, d) if text else 0,
+    "shared_modulation": _linear_params(d, 6 * d) if m.modulation == "shared" else 0,
+    "blocks": m.depth * sum(block.values()),
+    "final_layer": _linear_params(d, 2 * d) + _linear_params(d, patch * m.out_channels),
   }
   parts["total"] = sum(parts.values())
   return parts
 
 
-def count_flops(spec: ModelSpec, latent_shape: Sequence[int], in_channels: int | None = None, text_dim: int = 0,
-                text_length: int = 0) -> dict[str, float]:
+def count_flops(
+  spec: ModelSpec, latent_shape: Sequence[int], in_channels: int | None = None, text_dim: int = 0, text_length: int = 0
+) -> dict[str, float]:
   """Forward multiply-adds of one sample by part, plus totals.
 
   Args:
@@ -95,19 +96,23 @@ def count_flops(spec: ModelSpec, latent_shape: Sequence[int], in_channels: int |
   length = text_length if text else 0
 
   block = {
-      "modulation": 6 * d * d if m.modulation == "per_block" else 0,
-      "self_attention_projections": 4 * n * d * d,
-      "self_attention_scores": 2 * n * n * d,                         # QK^T and AV over all heads
-      "cross_attention_projections": (2 * n * d * d + 2 * length * d * d) if text else 0,
-      "cross_attention_scores": 2 * n * length * d if text else 0,
-      "mlp": 2 * n * d * mlp,
+    "modulation": 6 * d * d if m.modulation == "per_block" else 0,
+    "self_attention_projections": 4 * n * d * d,
+    "self_attention_scores": 2 * n * n * d,  # QK^T and AV over all heads
+    "cross_attention_projections": (2 * n * d * d + 2 * length * d * d) if text else 0,
+    "cross_attention_scores": 2 * n * length * d if text else 0,
+    "mlp": 2 * n * d * mlp,
   }
   parts = {
-      "patch_embed": n * patch * m.in_channels * d,
-      "conditioning": (TIMESTEP_FEATURES * d + d * d + ((m.text_dim * d + d * d) if text else 0)
-                       + (6 * d * d if m.modulation == "shared" else 0)),
-      "text_projection": length * (m.text_dim * d + d * d) if text else 0,
-      "final_layer": 2 * d * d + n * d * patch * m.out_channels,
+    "patch_embed": n * patch * m.in_channels * d,
+    "conditioning": (
+      TIMESTEP_FEATURES * d
+      + d * d
+      + ((m.text_dim * d + d * d) if text else 0)
+      + (6 * d * d if m.modulation == "shared" else 0)
+    ),
+    "text_projection": length * (m.text_dim * d + d * d) if text else 0,
+    "final_layer": 2 * d * d + n * d * patch * m.out_channels,
   }
   parts.update({f"blocks.{name}": m.depth * value for name, value in block.items()})
   macs = sum(parts.values())

@@ -29,6 +29,7 @@ class PatchDiscriminator3D(nn.Module):
     num_layers: strided layers; each halves H and W (the second also halves T).
     dtype: compute dtype.
   """
+
   channels: int = 32
   num_layers: int = 3
   dtype: Any = jnp.float32
@@ -38,16 +39,18 @@ class PatchDiscriminator3D(nn.Module):
     x = video.astype(self.dtype)
     for i in range(self.num_layers):
       time_stride = 2 if i == 1 and x.shape[1] > 2 else 1
-      x = CausalConv3d(self.channels * min(2 ** i, 8), (3, 3, 3), (time_stride, 2, 2), dtype=self.dtype,
-                       name=f"conv{i}")(x)
+      x = CausalConv3d(self.channels * min(2**i, 8), (3, 3, 3), (time_stride, 2, 2), dtype=self.dtype, name=f"conv{i}")(
+        x
+      )
       x = nn.with_logical_constraint(jax.nn.leaky_relu(x, 0.2), VIDEO_AXES)
     return CausalConv3d(1, (3, 3, 3), dtype=jnp.float32, name="logits")(x)
 
 
 def discriminator_hinge_loss(real_logits: jnp.ndarray, fake_logits: jnp.ndarray) -> jnp.ndarray:
   """mean(relu(1 - real)) + mean(relu(1 + fake)): a float32 scalar."""
-  return (jnp.mean(jax.nn.relu(1.0 - real_logits.astype(jnp.float32)))
-          + jnp.mean(jax.nn.relu(1.0 + fake_logits.astype(jnp.float32))))
+  return jnp.mean(jax.nn.relu(1.0 - real_logits.astype(jnp.float32))) + jnp.mean(
+    jax.nn.relu(1.0 + fake_logits.astype(jnp.float32))
+  )
 
 
 def generator_hinge_loss(fake_logits: jnp.ndarray) -> jnp.ndarray:

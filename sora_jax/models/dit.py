@@ -37,10 +37,10 @@ from sora_jax.models import variants
 from sora_jax.models.attention import ATTENTION_IMPLS, Attention, linear, xavier
 
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  "none": None,
+  "full": jax.checkpoint_policies.nothing_saveable,
+  "dots_saveable": jax.checkpoint_policies.dots_saveable,
+  "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONDITIONINGS = ("text", "class")
@@ -67,18 +67,33 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 class Mlp(nn.Module):
   """[B, N, D] -> Linear(D, mlp_dim) -> GELU(tanh) -> Linear(mlp_dim, D)."""
+
   mlp_dim: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    h = linear((width, self.mlp_dim), "bnd,dm->bnm", ("embed", "mlp"), ("mlp",), dtype=self.dtype,
-               kernel_init=xavier(0, 1), name="fc1")(x)
+    h = linear(
+      (width, self.mlp_dim),
+      "bnd,dm->bnm",
+      ("embed", "mlp"),
+      ("mlp",),
+      dtype=self.dtype,
+      kernel_init=xavier(0, 1),
+      name="fc1",
+    )(x)
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
     h = nn.gelu(h, approximate=True)
-    return linear((self.mlp_dim, width), "bnm,md->bnd", ("mlp", "embed"), ("embed",), dtype=self.dtype,
-                  kernel_init=xavier(0, 1), name="fc2")(h)
+    return linear(
+      (self.mlp_dim, width),
+      "bnm,md->bnd",
+      ("mlp", "embed"),
+      ("embed",),
+      dtype=self.dtype,
+      kernel_init=xavier(0, 1),
+      name="fc2",
+    )(h)
 
 
 class Modulation(nn.Module):
@@ -88,6 +103,7 @@ class Modulation(nn.Module):
   "shared" (Wan 2.1): the model-level projection passed in (already [B, count, D])
   plus a learned per-block offset, zero-initialised.
   """
+
   count: int
   width: int
   mode: str = "per_block"
@@ -96,11 +112,22 @@ class Modulation(nn.Module):
   @nn.compact
   def __call__(self, cond: jax.Array) -> jax.Array:
     if self.mode == "shared":
-      offset = self.param("offset", nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, "embed")),
-                          (self.count, self.width), jnp.float32)
+      offset = self.param(
+        "offset",
+        nn.with_logical_partitioning(nn.initializers.zeros_init(), (None, "embed")),
+        (self.count, self.width),
+        jnp.float32,
+      )
       return cond + offset[None]
-    return linear((cond.shape[-1], self.count, self.width), "bc,csd->bsd", ("cond", None, "embed"),
-                  (None, "embed"), dtype=self.dtype, kernel_init=nn.initializers.zeros_init(), name="adaln")(cond)
+    return linear(
+      (cond.shape[-1], self.count, self.width),
+      "bc,csd->bsd",
+      ("cond", None, "embed"),
+      (None, "embed"),
+      dtype=self.dtype,
+      kernel_init=nn.initializers.zeros_init(),
+      name="adaln",
+    )(cond)
 
 
 class DiTBlock(nn.Module):
@@ -111,6 +138,7 @@ class DiTBlock(nn.Module):
   text [B, L, D] or None, text_mask [B, L] bool or None -> x [B, N, D]
   (or (x, None) when `scanned`, the carry form nn.scan needs).
   """
+
   num_heads: int
   mlp_dim: int
   qk_norm: bool
@@ -124,8 +152,13 @@ class DiTBlock(nn.Module):
   @nn.compact
   def __call__(self, x, cond, rope, text, text_mask):
     width = x.shape[-1]
-    attention = dict(num_heads=self.num_heads, qk_norm=self.qk_norm, dtype=self.dtype,
-                     impl=self.attention_impl, query_chunk_size=self.query_chunk_size)
+    attention = dict(
+      num_heads=self.num_heads,
+      qk_norm=self.qk_norm,
+      dtype=self.dtype,
+      impl=self.attention_impl,
+      query_chunk_size=self.query_chunk_size,
+    )
     mods = Modulation(6, width, self.modulation, self.dtype, name="modulation")(cond)
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mods[:, i] for i in range(6))
 
@@ -134,12 +167,15 @@ class DiTBlock(nn.Module):
     x = nn.with_logical_constraint(x + gate_msa[:, None, :] * h, TOKEN_AXES)
 
     if self.cross_attention:
-      h = nn.LayerNorm(epsilon=NORM_EPS, dtype=jnp.float32, param_dtype=jnp.float32,
-                       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                       bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-                       name="cross_norm")(x)
-      h = Attention(**attention, zero_init_output=True, name="cross_attention")(
-          h, context=text, context_mask=text_mask)
+      h = nn.LayerNorm(
+        epsilon=NORM_EPS,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+        name="cross_norm",
+      )(x)
+      h = Attention(**attention, zero_init_output=True, name="cross_attention")(h, context=text, context_mask=text_mask)
       x = nn.with_logical_constraint(x + h, TOKEN_AXES)
 
     h = modulate(layer_norm(x), shift_mlp, scale_mlp)
@@ -150,17 +186,32 @@ class DiTBlock(nn.Module):
 
 class FinalLayer(nn.Module):
   """adaLN (shift, scale from SiLU(c)) + linear to patch values; both zero-initialised as in DiT."""
+
   out_features: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
     width = x.shape[-1]
-    mods = linear((cond.shape[-1], 2, width), "bc,csd->bsd", ("cond", None, "embed"), (None, "embed"),
-                  dtype=self.dtype, kernel_init=nn.initializers.zeros_init(), name="adaln")(cond)
+    mods = linear(
+      (cond.shape[-1], 2, width),
+      "bc,csd->bsd",
+      ("cond", None, "embed"),
+      (None, "embed"),
+      dtype=self.dtype,
+      kernel_init=nn.initializers.zeros_init(),
+      name="adaln",
+    )(cond)
     x = modulate(layer_norm(x), mods[:, 0], mods[:, 1])
-    return linear((width, self.out_features), "bnd,dp->bnp", ("embed", "patch"), ("patch",), dtype=self.dtype,
-                  kernel_init=nn.initializers.zeros_init(), name="linear")(x)
+    return linear(
+      (width, self.out_features),
+      "bnd,dp->bnp",
+      ("embed", "patch"),
+      ("patch",),
+      dtype=self.dtype,
+      kernel_init=nn.initializers.zeros_init(),
+      name="linear",
+    )(x)
 
 
 def stack_layers(layer_params: Sequence[Mapping[str, Any]]) -> Any:
@@ -185,6 +236,7 @@ class DiT(nn.Module):
   latent channel count, `text_dim` the text encoder width (text mode).
   `timestep_frequency_shift` is 0 for the DiT paper and 1 for diffusers' port.
   """
+
   in_channels: int
   text_dim: int = 0
   hidden_size: int = 384
@@ -211,13 +263,24 @@ class DiT(nn.Module):
     """The DiT described by `config.dit` (sizes as given; see variants.apply_variant)."""
     variants.warn_if_variant_mismatch(dit_cfg)
     fields = dict(
-        hidden_size=dit_cfg.hidden_size, depth=dit_cfg.depth, num_heads=dit_cfg.num_heads,
-        mlp_dim=dit_cfg.mlp_dim, patch_size=tuple(dit_cfg.patch_size), conditioning=dit_cfg.conditioning,
-        num_classes=dit_cfg.num_classes, pos_embedding=dit_cfg.pos_embedding,
-        abs_pos_embedding=dit_cfg.get("abs_pos_embedding", "none"), qk_norm=dit_cfg.qk_norm,
-        learn_sigma=dit_cfg.learn_sigma, modulation=dit_cfg.get("modulation", "per_block"),
-        attention_impl=dit_cfg.attention_impl, query_chunk_size=dit_cfg.query_chunk_size,
-        scan_layers=dit_cfg.scan_layers, remat_policy=dit_cfg.remat_policy, dtype=dit_cfg.dtype)
+      hidden_size=dit_cfg.hidden_size,
+      depth=dit_cfg.depth,
+      num_heads=dit_cfg.num_heads,
+      mlp_dim=dit_cfg.mlp_dim,
+      patch_size=tuple(dit_cfg.patch_size),
+      conditioning=dit_cfg.conditioning,
+      num_classes=dit_cfg.num_classes,
+      pos_embedding=dit_cfg.pos_embedding,
+      abs_pos_embedding=dit_cfg.get("abs_pos_embedding", "none"),
+      qk_norm=dit_cfg.qk_norm,
+      learn_sigma=dit_cfg.learn_sigma,
+      modulation=dit_cfg.get("modulation", "per_block"),
+      attention_impl=dit_cfg.attention_impl,
+      query_chunk_size=dit_cfg.query_chunk_size,
+      scan_layers=dit_cfg.scan_layers,
+      remat_policy=dit_cfg.remat_policy,
+      dtype=dit_cfg.dtype,
+    )
     fields.update(overrides)
     return cls(in_channels=in_channels, text_dim=text_dim, **fields)
 
@@ -231,17 +294,24 @@ class DiT(nn.Module):
 
   def check_settings(self) -> None:
     """Raises ValueError naming the wrong setting and the allowed values."""
-    choices = {"conditioning": CONDITIONINGS, "pos_embedding": POS_EMBEDDINGS,
-               "abs_pos_embedding": ABS_POS_EMBEDDINGS, "modulation": MODULATIONS,
-               "attention_impl": ATTENTION_IMPLS, "remat_policy": tuple(REMAT_POLICIES), "dtype": tuple(DTYPES)}
+    choices = {
+      "conditioning": CONDITIONINGS,
+      "pos_embedding": POS_EMBEDDINGS,
+      "abs_pos_embedding": ABS_POS_EMBEDDINGS,
+      "modulation": MODULATIONS,
+      "attention_impl": ATTENTION_IMPLS,
+      "remat_policy": tuple(REMAT_POLICIES),
+      "dtype": tuple(DTYPES),
+    }
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise ValueError(f"dit.{field}={getattr(self, field)!r} is not one of {', '.join(allowed)}")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"dit.hidden_size={self.hidden_size} must be divisible by dit.num_heads={self.num_heads}")
     if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
-      raise ValueError("dit.attention_impl='cudnn' runs in bfloat16: also set dit.dtype='bfloat16' "
-                       "(or use attention_impl='xla')")
+      raise ValueError(
+        "dit.attention_impl='cudnn' runs in bfloat16: also set dit.dtype='bfloat16' (or use attention_impl='xla')"
+      )
     if self.conditioning == "text" and self.text_dim <= 0:
       raise ValueError("text conditioning needs text_dim > 0 (the text encoder width)")
 
@@ -259,8 +329,10 @@ class DiT(nn.Module):
       if text.ndim != 3 or text.shape[0] != b or text.shape[-1] != self.text_dim:
         raise ValueError(f"cond['text'] must be [B={b}, L, text_dim={self.text_dim}], got {text.shape}")
       if cond["text_mask"].shape != text.shape[:2] or cond["text_mask"].dtype != jnp.bool_:
-        raise ValueError(f"cond['text_mask'] must be bool [B, L] = {text.shape[:2]}, got "
-                         f"{cond['text_mask'].dtype} {cond['text_mask'].shape}")
+        raise ValueError(
+          f"cond['text_mask'] must be bool [B, L] = {text.shape[:2]}, got "
+          f"{cond['text_mask'].dtype} {cond['text_mask'].shape}"
+        )
       if cond["pooled"].shape != (b, self.text_dim):
         raise ValueError(f"cond['pooled'] must be [B, text_dim] = {(b, self.text_dim)}, got {cond['pooled'].shape}")
     elif cond["label"].shape != (x.shape[0],):
@@ -268,8 +340,7 @@ class DiT(nn.Module):
 
   def _conditioning(self, t, cond, dtype):
     """Conditioning vector c [B, D] and projected text tokens [B, L, D] (or None)."""
-    c = embeddings.TimestepEmbedder(self.hidden_size, dtype, self.timestep_frequency_shift,
-                                    name="timestep_embedder")(t)
+    c = embeddings.TimestepEmbedder(self.hidden_size, dtype, self.timestep_frequency_shift, name="timestep_embedder")(t)
     if self.conditioning == "class":
       labels = embeddings.LabelEmbedder(self.num_classes, self.hidden_size, name="label_embedder")(cond["label"])
       return c + labels, None
@@ -283,13 +354,25 @@ class DiT(nn.Module):
     policy = REMAT_POLICIES[self.remat_policy]
     if self.remat_policy != "none":
       block_cls = nn.remat(DiTBlock, policy=policy, prevent_cse=not self.scan_layers)
-    settings = dict(num_heads=self.num_heads, mlp_dim=self.resolved_mlp_dim, qk_norm=self.qk_norm,
-                    cross_attention=self.conditioning == "text", modulation=self.modulation, dtype=dtype,
-                    attention_impl=self.attention_impl, query_chunk_size=self.query_chunk_size)
+    settings = dict(
+      num_heads=self.num_heads,
+      mlp_dim=self.resolved_mlp_dim,
+      qk_norm=self.qk_norm,
+      cross_attention=self.conditioning == "text",
+      modulation=self.modulation,
+      dtype=dtype,
+      attention_impl=self.attention_impl,
+      query_chunk_size=self.query_chunk_size,
+    )
     if self.scan_layers:
-      scanned = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast,) * 4, length=self.depth,
-                        metadata_params={nn.PARTITION_NAME: "layers"})
+      scanned = nn.scan(
+        block_cls,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(nn.broadcast,) * 4,
+        length=self.depth,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+      )
       stack = scanned(**settings, scanned=True, name="blocks")
       return lambda *args: stack(*args)[0]
     layers = [block_cls(**settings, name=f"blocks_{i}") for i in range(self.depth)]
@@ -298,11 +381,13 @@ class DiT(nn.Module):
       for layer in layers:
         x = layer(x, *args)
       return x
+
     return run
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array],
-               deterministic: bool = True) -> jax.Array:
+  def __call__(
+    self, x: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array], deterministic: bool = True
+  ) -> jax.Array:
     del deterministic  # no dropout; CFG dropout is done by the caller (null label / null text)
     self.check_settings()
     self._check_inputs(x, t, cond)
@@ -312,13 +397,22 @@ class DiT(nn.Module):
     tokens, grid = patchify_lib.patchify(x, self.patch_size)
     tokens = nn.with_logical_constraint(tokens, ("activation_batch", "activation_length", None))
     patch_values = tokens.shape[-1]
-    h = linear((patch_values, width), "bnp,pd->bnd", ("patch", "embed"), ("embed",), dtype=dtype,
-               kernel_init=xavier(0, 1), name="patch_embed")(tokens)
+    h = linear(
+      (patch_values, width),
+      "bnp,pd->bnd",
+      ("patch", "embed"),
+      ("embed",),
+      dtype=dtype,
+      kernel_init=xavier(0, 1),
+      name="patch_embed",
+    )(tokens)
     rope = None
     if self.pos_embedding == "sincos2d":
       if grid[0] != 1:
-        raise ValueError(f"pos_embedding='sincos2d' is the DiT-paper image mode and needs one latent frame per "
-                         f"clip (T/pt = 1), got {grid[0]}; use pos_embedding='rope3d' for video")
+        raise ValueError(
+          f"pos_embedding='sincos2d' is the DiT-paper image mode and needs one latent frame per "
+          f"clip (T/pt = 1), got {grid[0]}; use pos_embedding='rope3d' for video"
+        )
       h = h + jnp.asarray(embeddings.sincos_2d_embedding(width, grid[1], grid[2]))[None]
     else:
       rope = rope_lib.rope_tables(grid, width // self.num_heads)
@@ -329,8 +423,15 @@ class DiT(nn.Module):
     c, text = self._conditioning(t, cond, dtype)
     c_act = nn.silu(c)
     if self.modulation == "shared":
-      block_cond = linear((width, 6, width), "bc,csd->bsd", ("cond", None, "embed"), (None, "embed"), dtype=dtype,
-                          kernel_init=nn.initializers.zeros_init(), name="shared_modulation")(c_act)
+      block_cond = linear(
+        (width, 6, width),
+        "bc,csd->bsd",
+        ("cond", None, "embed"),
+        (None, "embed"),
+        dtype=dtype,
+        kernel_init=nn.initializers.zeros_init(),
+        name="shared_modulation",
+      )(c_act)
     else:
       block_cond = c_act
     text_mask = cond["text_mask"] if text is not None else None

@@ -27,8 +27,9 @@ from sora_jax.models.attention import linear
 TIMESTEP_FEATURES = 256
 
 
-def timestep_embedding(t: jax.Array, dim: int = TIMESTEP_FEATURES, max_period: float = 10_000.0,
-                       frequency_shift: float = 0.0) -> jax.Array:
+def timestep_embedding(
+  t: jax.Array, dim: int = TIMESTEP_FEATURES, max_period: float = 10_000.0, frequency_shift: float = 0.0
+) -> jax.Array:
   """Sinusoidal features [B, dim] = [cos(t*f), sin(t*f)] of timesteps t [B].
 
   Frequencies f_i = max_period^(-i / (dim/2 - frequency_shift)). The DiT paper
@@ -45,15 +46,18 @@ def timestep_embedding(t: jax.Array, dim: int = TIMESTEP_FEATURES, max_period: f
 
 def _mlp(x: jax.Array, width: int, dtype: Any, activation, init, names: tuple[str, str]) -> jax.Array:
   """Two-layer MLP [B, ..., in] -> [B, ..., width] with partitioned params."""
-  x = linear((x.shape[-1], width), "...i,io->...o", ("cond", "embed"), ("embed",), dtype=dtype,
-             kernel_init=init, name=names[0])(x)
+  x = linear(
+    (x.shape[-1], width), "...i,io->...o", ("cond", "embed"), ("embed",), dtype=dtype, kernel_init=init, name=names[0]
+  )(x)
   x = activation(x)
-  return linear((width, width), "...i,io->...o", ("cond", "embed"), ("embed",), dtype=dtype,
-                kernel_init=init, name=names[1])(x)
+  return linear(
+    (width, width), "...i,io->...o", ("cond", "embed"), ("embed",), dtype=dtype, kernel_init=init, name=names[1]
+  )(x)
 
 
 class TimestepEmbedder(nn.Module):
   """Timesteps t [B] (float, 0..1000 scale) -> embedding [B, hidden_size] (float32)."""
+
   hidden_size: int
   dtype: Any = jnp.float32
   frequency_shift: float = 0.0
@@ -63,12 +67,12 @@ class TimestepEmbedder(nn.Module):
     if t.ndim != 1:
       raise ValueError(f"timesteps must have shape [B], got {t.shape}")
     features = timestep_embedding(t, TIMESTEP_FEATURES, frequency_shift=self.frequency_shift)
-    return _mlp(features, self.hidden_size, self.dtype, nn.silu, nn.initializers.normal(0.02),
-                ("linear_1", "linear_2"))
+    return _mlp(features, self.hidden_size, self.dtype, nn.silu, nn.initializers.normal(0.02), ("linear_1", "linear_2"))
 
 
 class LabelEmbedder(nn.Module):
   """Class labels [B] int in [0, num_classes] -> [B, hidden_size]; label num_classes is the null class."""
+
   num_classes: int
   hidden_size: int
 
@@ -76,32 +80,43 @@ class LabelEmbedder(nn.Module):
   def __call__(self, labels: jax.Array) -> jax.Array:
     if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
       raise ValueError(f"cond['label'] must be integer class ids of shape [B], got {labels.dtype} {labels.shape}")
-    table = self.param("embedding", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
-                       (self.num_classes + 1, self.hidden_size), jnp.float32)
+    table = self.param(
+      "embedding",
+      nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+      (self.num_classes + 1, self.hidden_size),
+      jnp.float32,
+    )
     return jnp.take(table, labels, axis=0)
 
 
 class TextProjection(nn.Module):
   """Text-encoder states [B, L, D_text] -> [B, L, hidden_size] (Linear, GELU-tanh, Linear)."""
+
   hidden_size: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, text: jax.Array) -> jax.Array:
-    out = _mlp(text, self.hidden_size, self.dtype, lambda x: nn.gelu(x, approximate=True),
-               nn.initializers.normal(0.02), ("linear_1", "linear_2"))
+    out = _mlp(
+      text,
+      self.hidden_size,
+      self.dtype,
+      lambda x: nn.gelu(x, approximate=True),
+      nn.initializers.normal(0.02),
+      ("linear_1", "linear_2"),
+    )
     return nn.with_logical_constraint(out, ("activation_batch", "activation_text_length", "activation_embed"))
 
 
 class PooledTextProjection(nn.Module):
   """Pooled text vector [B, D_text] -> conditioning [B, hidden_size] (Linear, SiLU, Linear)."""
+
   hidden_size: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, pooled: jax.Array) -> jax.Array:
-    return _mlp(pooled, self.hidden_size, self.dtype, nn.silu, nn.initializers.normal(0.02),
-                ("linear_1", "linear_2"))
+    return _mlp(pooled, self.hidden_size, self.dtype, nn.silu, nn.initializers.normal(0.02), ("linear_1", "linear_2"))
 
 
 def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:

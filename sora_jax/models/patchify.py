@@ -33,17 +33,21 @@ def patch_grid(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> Grid:
       the axis and sizes that would work.
   """
   if len(spatial_shape) != 3 or len(patch_size) != 3:
-    raise ValueError(f"expected (T, H, W) sizes and a (pt, ph, pw) patch, got {tuple(spatial_shape)} "
-                     f"and {tuple(patch_size)}")
+    raise ValueError(
+      f"expected (T, H, W) sizes and a (pt, ph, pw) patch, got {tuple(spatial_shape)} and {tuple(patch_size)}"
+    )
   grid = []
-  for axis, size, patch in zip(("T (latent frames)", "H (latent height)", "W (latent width)"),
-                               spatial_shape, patch_size):
+  for axis, size, patch in zip(
+    ("T (latent frames)", "H (latent height)", "W (latent width)"), spatial_shape, patch_size
+  ):
     if patch < 1:
       raise ValueError(f"patch sizes must be >= 1, got {tuple(patch_size)}")
     if size % patch:
-      raise ValueError(f"latent {axis} = {size} is not divisible by the patch size {patch} "
-                       f"(patch_size={tuple(patch_size)}); sizes that work: {_working_sizes(size, patch)}. "
-                       f"Change the clip size or dit.patch_size.")
+      raise ValueError(
+        f"latent {axis} = {size} is not divisible by the patch size {patch} "
+        f"(patch_size={tuple(patch_size)}); sizes that work: {_working_sizes(size, patch)}. "
+        f"Change the clip size or dit.patch_size."
+      )
     grid.append(size // patch)
   return tuple(grid)
 
@@ -73,8 +77,9 @@ def unpatchify(tokens: jax.Array, grid: Sequence[int], patch_size: Sequence[int]
   if n != gt * gh * gw:
     raise ValueError(f"{n} tokens do not fill the grid {tuple(grid)} ({gt * gh * gw} tokens)")
   if values % (pt * ph * pw):
-    raise ValueError(f"token width {values} is not a multiple of the patch volume {pt * ph * pw} "
-                     f"(patch_size={tuple(patch_size)})")
+    raise ValueError(
+      f"token width {values} is not a multiple of the patch volume {pt * ph * pw} (patch_size={tuple(patch_size)})"
+    )
   c = values // (pt * ph * pw)
   x = tokens.reshape(b, gt, gh, gw, pt, ph, pw, c)
   x = jnp.transpose(x, (0, 1, 4, 2, 5, 3, 6, 7))  # [B, gt, pt, gh, ph, gw, pw, C]

@@ -25,8 +25,10 @@ DEFAULT_THETA = 10_000.0
 def band_sizes(head_dim: int) -> tuple[int, int, int]:
   """Dimensions of the (t, h, w) bands for a head of `head_dim` (all even)."""
   if head_dim % 2 or head_dim < 6:
-    raise ValueError(f"3D RoPE needs an even head_dim >= 6, got {head_dim}; choose hidden_size/num_heads "
-                     f"accordingly (e.g. 32, 64 or 128)")
+    raise ValueError(
+      f"3D RoPE needs an even head_dim >= 6, got {head_dim}; choose hidden_size/num_heads "
+      f"accordingly (e.g. 32, 64 or 128)"
+    )
   hw = 2 * (head_dim // 6)
   return head_dim - 2 * hw, hw, hw
 
@@ -51,8 +53,8 @@ def rope_angles(positions: jax.Array, head_dim: int, theta: float = DEFAULT_THET
   freqs = [_band_frequencies(d, theta) for d in band_sizes(head_dim)]
   positions = jnp.asarray(positions, jnp.float32)
   return jnp.concatenate(
-      [positions[:, axis, None] * jnp.asarray(f, jnp.float32)[None, :] for axis, f in enumerate(freqs)],
-      axis=-1)
+    [positions[:, axis, None] * jnp.asarray(f, jnp.float32)[None, :] for axis, f in enumerate(freqs)], axis=-1
+  )
 
 
 def rope_tables(grid: Sequence[int], head_dim: int, theta: float = DEFAULT_THETA) -> tuple[jax.Array, jax.Array]:
@@ -73,8 +75,10 @@ def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array, *, heads_major: boo
   half = x.shape[-1] // 2
   tokens = x.shape[2] if heads_major else x.shape[1]
   if cos.shape != (tokens, half):
-    raise ValueError(f"RoPE tables of shape {cos.shape} do not match {tokens} tokens of head_dim "
-                     f"{x.shape[-1]} (expected {(tokens, half)})")
+    raise ValueError(
+      f"RoPE tables of shape {cos.shape} do not match {tokens} tokens of head_dim "
+      f"{x.shape[-1]} (expected {(tokens, half)})"
+    )
   xf = x.astype(jnp.float32)
   x1, x2 = xf[..., :half], xf[..., half:]
   if heads_major:

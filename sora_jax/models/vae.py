@@ -41,8 +41,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from sora_jax.models.causal_conv import (CACHE, VIDEO_AXES, CausalConv3d, is_first_chunk,
-                                         prepend_past)
+from sora_jax.models.causal_conv import CACHE, VIDEO_AXES, CausalConv3d, is_first_chunk, prepend_past
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 NORMS = ("rms", "none")
@@ -82,59 +81,76 @@ def compression_plan(config) -> dict:
   if sf not in (1, 2, 4, 8, 16, 32):
     raise ValueError(f"vae.spatial_factor must be 4, 8 or 16, got {sf}")
   if ph != pw or sf % ph or tf % pt:
-    raise ValueError(f"vae.patch_size={tuple(config.patch_size)} must be (pt, p, p) with p dividing "
-                     f"spatial_factor={sf} and pt dividing temporal_factor={tf}")
+    raise ValueError(
+      f"vae.patch_size={tuple(config.patch_size)} must be (pt, p, p) with p dividing "
+      f"spatial_factor={sf} and pt dividing temporal_factor={tf}"
+    )
   num_levels = int(round(math.log2(sf // ph))) + 1
   if len(config.channel_multipliers) != num_levels:
     raise ValueError(
-        f"vae.channel_multipliers has {len(config.channel_multipliers)} entries but spatial_factor="
-        f"{sf} with patch {ph} needs log2({sf}/{ph})+1 = {num_levels} levels; e.g. "
-        f"--config.vae.channel_multipliers={tuple([1] + [2] * (num_levels - 1))}")
+      f"vae.channel_multipliers has {len(config.channel_multipliers)} entries but spatial_factor="
+      f"{sf} with patch {ph} needs log2({sf}/{ph})+1 = {num_levels} levels; e.g. "
+      f"--config.vae.channel_multipliers={tuple([1] + [2] * (num_levels - 1))}"
+    )
   if norm_kind(config) not in NORMS:
     raise ValueError(f"vae.norm={norm_kind(config)!r} is not one of {NORMS}")
   if config.get("output_activation", "none") not in OUTPUT_ACTIVATIONS:
-    raise ValueError(f"vae.output_activation={config.output_activation!r} is not one of "
-                     f"{tuple(OUTPUT_ACTIVATIONS)}")
+    raise ValueError(f"vae.output_activation={config.output_activation!r} is not one of {tuple(OUTPUT_ACTIVATIONS)}")
   temporal_downsamples = int(round(math.log2(tf // pt)))
   if temporal_downsamples > num_levels - 1:
     raise ValueError(
-        f"temporal_factor={tf} with patch time {pt} needs {temporal_downsamples} temporal "
-        f"downsamplings but there are only {num_levels - 1} downsampling stages; raise "
-        f"vae.patch_size[0] or the spatial factor")
+      f"temporal_factor={tf} with patch time {pt} needs {temporal_downsamples} temporal "
+      f"downsamplings but there are only {num_levels - 1} downsampling stages; raise "
+      f"vae.patch_size[0] or the spatial factor"
+    )
   channels = tuple(config.base_channels * m for m in config.channel_multipliers)
   pt_dec = config.get("decoder_time_patch", 0) or pt
   temporal_upsamples = int(round(math.log2(tf // pt_dec))) if tf % pt_dec == 0 else -1
   if pt_dec > pt or temporal_upsamples < 0 or temporal_upsamples > num_levels - 1:
     raise ValueError(
-        f"vae.decoder_time_patch={pt_dec} must divide temporal_factor={tf}, be at most patch_size[0]={pt} "
-        f"and leave at most {num_levels - 1} temporal upsamplings (one per level); e.g. "
-        f"--config.vae.decoder_time_patch={max(pt, tf >> (num_levels - 1))} (0 = patch_size[0])")
+      f"vae.decoder_time_patch={pt_dec} must divide temporal_factor={tf}, be at most patch_size[0]={pt} "
+      f"and leave at most {num_levels - 1} temporal upsamplings (one per level); e.g. "
+      f"--config.vae.decoder_time_patch={max(pt, tf >> (num_levels - 1))} (0 = patch_size[0])"
+    )
   decoder_multipliers = tuple(config.get("decoder_channel_multipliers", ()) or config.channel_multipliers)
   if len(decoder_multipliers) != num_levels:
-    raise ValueError(f"vae.decoder_channel_multipliers={decoder_multipliers} needs {num_levels} entries, one per "
-                     f"level like vae.channel_multipliers (or () for the same)")
-  return dict(patch=(pt, ph, pw), num_levels=num_levels,
-              temporal_downsamples=temporal_downsamples, channels=channels,
-              encoder_time_kernels=_time_kernels(config, "encoder_time_kernels", num_levels),
-              decoder_patch=(pt_dec, ph, pw), temporal_upsamples=temporal_upsamples,
-              decoder_channels=tuple(config.base_channels * m for m in decoder_multipliers),
-              decoder_time_kernels=_time_kernels(config, "decoder_time_kernels", num_levels))
+    raise ValueError(
+      f"vae.decoder_channel_multipliers={decoder_multipliers} needs {num_levels} entries, one per "
+      f"level like vae.channel_multipliers (or () for the same)"
+    )
+  return dict(
+    patch=(pt, ph, pw),
+    num_levels=num_levels,
+    temporal_downsamples=temporal_downsamples,
+    channels=channels,
+    encoder_time_kernels=_time_kernels(config, "encoder_time_kernels", num_levels),
+    decoder_patch=(pt_dec, ph, pw),
+    temporal_upsamples=temporal_upsamples,
+    decoder_channels=tuple(config.base_channels * m for m in decoder_multipliers),
+    decoder_time_kernels=_time_kernels(config, "decoder_time_kernels", num_levels),
+  )
 
 
 def _time_kernels(config, field: str, num_levels: int) -> tuple[int, ...]:
   """config.<field>: the time extent (1 or 3) of the convs at each level; () means 3 everywhere."""
   kernels = tuple(config.get(field, ()) or (3,) * num_levels)
   if len(kernels) != num_levels or any(k not in (1, 3) for k in kernels):
-    raise ValueError(f"vae.{field}={kernels} needs {num_levels} entries of 1 (per-frame 2D "
-                     f"convs) or 3 (causal 3D convs), one per level (or () for 3 everywhere)")
+    raise ValueError(
+      f"vae.{field}={kernels} needs {num_levels} entries of 1 (per-frame 2D "
+      f"convs) or 3 (causal 3D convs), one per level (or () for 3 everywhere)"
+    )
   return kernels
 
 
 def latent_shape(config, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
   """(latent frames, latent height, latent width, channels) of a valid clip shape."""
   check_video_shape((1, num_frames, height, width, 3), config)
-  return (1 + (num_frames - 1) // config.temporal_factor, height // config.spatial_factor,
-          width // config.spatial_factor, config.latent_channels)
+  return (
+    1 + (num_frames - 1) // config.temporal_factor,
+    height // config.spatial_factor,
+    width // config.spatial_factor,
+    config.latent_channels,
+  )
 
 
 def check_video_shape(shape: Sequence[int], config) -> None:
@@ -146,21 +162,22 @@ def check_video_shape(shape: Sequence[int], config) -> None:
   if frames < 1 or (frames - 1) % tf:
     lower = 1 + (max(frames - 1, 0) // tf) * tf
     raise ValueError(
-        f"got {frames} frames, but a causal VAE with temporal factor {tf} takes 1+{tf}k frames "
-        f"(1, {1 + tf}, {1 + 2 * tf}, ...); the nearest valid counts are {lower} and {lower + tf}: "
-        f"trim or pad the clip, or set --config.data.num_frames={lower if frames > 1 else lower + tf}")
+      f"got {frames} frames, but a causal VAE with temporal factor {tf} takes 1+{tf}k frames "
+      f"(1, {1 + tf}, {1 + 2 * tf}, ...); the nearest valid counts are {lower} and {lower + tf}: "
+      f"trim or pad the clip, or set --config.data.num_frames={lower if frames > 1 else lower + tf}"
+    )
   for name, size in (("height", height), ("width", width)):
     if size % sf or size == 0:
       lower = (size // sf) * sf
       raise ValueError(
-          f"{name} {size} is not divisible by the VAE spatial factor {sf}; resize or crop to "
-          f"{lower or sf} or {lower + sf} (e.g. --config.data.{name}={lower or sf})")
+        f"{name} {size} is not divisible by the VAE spatial factor {sf}; resize or crop to "
+        f"{lower or sf} or {lower + sf} (e.g. --config.data.{name}={lower or sf})"
+      )
 
 
 def check_latent_shape(shape: Sequence[int], config) -> None:
   if len(shape) != 5 or shape[-1] != config.latent_channels:
-    raise ValueError(f"the VAE decoder takes latents [B, T, h, w, {config.latent_channels}], "
-                     f"got shape {tuple(shape)}")
+    raise ValueError(f"the VAE decoder takes latents [B, T, h, w, {config.latent_channels}], got shape {tuple(shape)}")
 
 
 def _constrain(x: jnp.ndarray) -> jnp.ndarray:
@@ -172,13 +189,15 @@ def _constrain(x: jnp.ndarray) -> jnp.ndarray:
 
 class ChannelRMSNorm(nn.Module):
   """RMS norm over channels at each position (Wan's RMS_norm); causal and tile-friendly."""
+
   dtype: Any = jnp.float32
   epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                       (x.shape[-1],), jnp.float32)
+    scale = self.param(
+      "scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)), (x.shape[-1],), jnp.float32
+    )
     x32 = x.astype(jnp.float32)
     y = x32 * lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
     return (y * scale).astype(self.dtype)
@@ -190,8 +209,7 @@ def make_norm(kind: str, dtype: Any, name: str | None = None) -> Callable[[jnp.n
   Both are per position, so they keep the network causal and chunk-exact. Without norms a
   small VAE learns faster (measured on the CPU demo); deep ones want "rms".
   """
-  factories = {"rms": lambda: ChannelRMSNorm(dtype, name=name),
-               "none": lambda: (lambda x: x.astype(dtype))}
+  factories = {"rms": lambda: ChannelRMSNorm(dtype, name=name), "none": lambda: lambda x: x.astype(dtype)}
   if kind not in factories:
     raise ValueError(f"vae.norm={kind!r} is not one of {NORMS}")
   return factories[kind]()
@@ -202,6 +220,7 @@ class ResBlock(nn.Module):
 
   Convs are (time_kernel, 3, 3): 3 = causal 3D, 1 = per-frame 2D (3x cheaper).
   """
+
   features: int
   dtype: Any = jnp.float32
   norm: str = "rms"
@@ -222,6 +241,7 @@ class ResBlock(nn.Module):
 
 class FrameAttention(nn.Module):
   """Single-head self-attention over the H*W positions of each frame (never across time)."""
+
   dtype: Any = jnp.float32
   norm: str = "rms"
 
@@ -235,13 +255,13 @@ class FrameAttention(nn.Module):
     weights = jax.nn.softmax(logits / math.sqrt(channels), axis=-1).astype(self.dtype)
     out = jnp.einsum("bqk,bkc->bqc", weights, v, preferred_element_type=jnp.float32)
     out = out.reshape(batch, frames, height, width, channels).astype(self.dtype)
-    out = CausalConv3d(channels, (1, 1, 1), dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                       name="proj")(out)
+    out = CausalConv3d(channels, (1, 1, 1), dtype=self.dtype, kernel_init=nn.initializers.zeros, name="proj")(out)
     return _constrain(x + out)
 
 
 class Downsample(nn.Module):
   """Halves H and W (stride-2 conv per frame); with `temporal`, also maps 1+2m frames to 1+m."""
+
   temporal: bool
   dtype: Any = jnp.float32
 
@@ -261,6 +281,7 @@ class Upsample(nn.Module):
   frames; at the start of a clip the first of frame 0's pair is dropped (frame 0 stays one
   frame, as it was encoded on its own).
   """
+
   temporal: bool
   dtype: Any = jnp.float32
 
@@ -284,6 +305,7 @@ class Patchify(nn.Module):
   Time is grouped into pt frames after padding pt-1 zero frames in front, so frame 0 forms
   a group on its own (1+pt*k frames -> 1+k groups); streams like a causal conv.
   """
+
   patch: Sequence[int]
 
   @nn.compact
@@ -291,21 +313,20 @@ class Patchify(nn.Module):
     pt, ph, pw = self.patch
     if pt > 1:
       x = prepend_past(self, x, num_pad=pt - 1, window=pt, stride=pt)
-    return einops.rearrange(x, "b (t pt) (h ph) (w pw) c -> b t h w (pt ph pw c)",
-                            pt=pt, ph=ph, pw=pw)
+    return einops.rearrange(x, "b (t pt) (h ph) (w pw) c -> b t h w (pt ph pw c)", pt=pt, ph=ph, pw=pw)
 
 
 class Unpatchify(nn.Module):
   """Inverse of Patchify; drops the pt-1 padding frames at the start of a clip."""
+
   patch: Sequence[int]
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     pt, ph, pw = self.patch
     first = is_first_chunk(self) if pt > 1 else False
-    x = einops.rearrange(x, "b t h w (pt ph pw c) -> b (t pt) (h ph) (w pw) c",
-                         pt=pt, ph=ph, pw=pw)
-    return x[:, pt - 1:] if first else x
+    x = einops.rearrange(x, "b t h w (pt ph pw c) -> b (t pt) (h ph) (w pw) c", pt=pt, ph=ph, pw=pw)
+    return x[:, pt - 1 :] if first else x
 
 
 # ---------------------------------------------------------------------------- encoder / decoder
@@ -317,6 +338,7 @@ def _res_block_class(remat: bool):
 
 class Encoder(nn.Module):
   """video [B, T, H, W, 3] -> (mean, logvar), each [B, 1+(T-1)/tf, H/sf, W/sf, latent_channels]."""
+
   config: Any
 
   @nn.compact
@@ -345,6 +367,7 @@ class Encoder(nn.Module):
 
 class Decoder(nn.Module):
   """latents [B, t, h, w, latent_channels] -> video [B, 1+tf*(t-1), h*sf, w*sf, 3] (float32)."""
+
   config: Any
 
   @nn.compact
@@ -395,6 +418,7 @@ class CausalVAE(nn.Module):
     encode_chunk / decode_chunk: the same without the whole-clip shape check, for streaming
       with a mutable "cache" collection (see encode_video / decode_latents).
   """
+
   config: Any
 
   def __post_init__(self):
@@ -443,14 +467,14 @@ def _stream(apply_chunk: Callable, x: jnp.ndarray, first_len: int, chunk_len: in
   pieces = [outputs]
   num_full = (x.shape[1] - first_len) // chunk_len
   if num_full:
+
     def body(carry, index):
       chunk = lax.dynamic_slice_in_dim(x, first_len + index * chunk_len, chunk_len, axis=1)
       out, carry = apply_chunk(carry, chunk)
       return carry, out
 
     cache, stacked = lax.scan(body, cache, jnp.arange(num_full))
-    pieces.append(jax.tree.map(
-        lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], -1, *a.shape[3:]), stacked))
+    pieces.append(jax.tree.map(lambda a: jnp.moveaxis(a, 0, 1).reshape(a.shape[1], -1, *a.shape[3:]), stacked))
   start = first_len + num_full * chunk_len
   if start < x.shape[1]:
     out, _ = apply_chunk(cache, x[:, start:])
@@ -463,6 +487,7 @@ def _chunk_applier(module: CausalVAE, params, method: Callable) -> Callable:
     variables = {"params": params} if cache is None else {"params": params, CACHE: cache}
     out, state = module.apply(variables, frames, method=method, mutable=[CACHE])
     return out, state[CACHE]
+
   return apply_chunk
 
 
@@ -470,8 +495,9 @@ def _chunk_applier(module: CausalVAE, params, method: Callable) -> Callable:
 def _encode_streamed(module: CausalVAE, params, video: jnp.ndarray, chunk_frames: int):
   if chunk_frames <= 0:
     return module.apply({"params": params}, video, method=CausalVAE.encode)
-  return _stream(_chunk_applier(module, params, CausalVAE.encode_chunk), video, 1,
-                 chunk_frames * module.config.temporal_factor)
+  return _stream(
+    _chunk_applier(module, params, CausalVAE.encode_chunk), video, 1, chunk_frames * module.config.temporal_factor
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
@@ -519,15 +545,14 @@ def blend_tiles(fn: Callable, x: jnp.ndarray, tile: int, stride: int, scale: flo
   total, weight_sum = None, None
   for r in rows:
     for c in cols:
-      out = fn(x[:, :, r:r + tile_h, c:c + tile_w])
+      out = fn(x[:, :, r : r + tile_h, c : c + tile_w])
       leaves, treedef = jax.tree.flatten(out)
       h_out, w_out = leaves[0].shape[2], leaves[0].shape[3]
       weight = jnp.asarray(np.outer(_ramp(h_out, overlap_out), _ramp(w_out, overlap_out)))
       weight = weight[None, None, :, :, None]
       r0, c0 = int(round(r * scale)), int(round(c * scale))
       if total is None:
-        shape = lambda a: (a.shape[0], a.shape[1], int(round(height * scale)),
-                           int(round(width * scale)), a.shape[4])
+        shape = lambda a: (a.shape[0], a.shape[1], int(round(height * scale)), int(round(width * scale)), a.shape[4])
         total = [jnp.zeros(shape(a), jnp.float32) for a in leaves]
         weight_sum = jnp.zeros((1, 1) + total[0].shape[2:4] + (1,), jnp.float32)
       region = (slice(None), slice(None), slice(r0, r0 + h_out), slice(c0, c0 + w_out))
@@ -540,15 +565,24 @@ def _tiling(config, tile: int | None, overlap: float | None) -> tuple[int, float
   tile = config.tile_size if tile is None else tile
   overlap = config.tile_overlap if overlap is None else overlap
   if tile and tile % config.spatial_factor:
-    raise ValueError(f"tile size {tile} must be a multiple of the spatial factor "
-                     f"{config.spatial_factor} (e.g. {max(tile // config.spatial_factor, 1) * config.spatial_factor})")
+    raise ValueError(
+      f"tile size {tile} must be a multiple of the spatial factor "
+      f"{config.spatial_factor} (e.g. {max(tile // config.spatial_factor, 1) * config.spatial_factor})"
+    )
   if not 0.0 <= overlap < 1.0:
     raise ValueError(f"tile overlap must be a fraction in [0, 1), got {overlap}")
   return tile, overlap
 
 
-def encode_video(module: CausalVAE, params, video, *, chunk_frames: int | None = None,
-                 tile: int | None = None, tile_overlap: float | None = None):
+def encode_video(
+  module: CausalVAE,
+  params,
+  video,
+  *,
+  chunk_frames: int | None = None,
+  tile: int | None = None,
+  tile_overlap: float | None = None,
+):
   """Encodes video [B, T, H, W, 3] in [-1, 1] -> (mean, logvar) [B, 1+(T-1)/tf, H/sf, W/sf, C].
 
   Args:
@@ -570,8 +604,15 @@ def encode_video(module: CausalVAE, params, video, *, chunk_frames: int | None =
   return blend_tiles(fn, video, tile, stride, 1.0 / sf, unit=sf)
 
 
-def decode_latents(module: CausalVAE, params, latents, *, chunk_frames: int | None = None,
-                   tile: int | None = None, tile_overlap: float | None = None) -> jnp.ndarray:
+def decode_latents(
+  module: CausalVAE,
+  params,
+  latents,
+  *,
+  chunk_frames: int | None = None,
+  tile: int | None = None,
+  tile_overlap: float | None = None,
+) -> jnp.ndarray:
   """Decodes latents [B, t, h, w, C] -> video [B, 1+tf*(t-1), h*sf, w*sf, 3] float32 in ~[-1, 1].
 
   chunk_frames (latent frames per chunk), tile (pixels) and tile_overlap as in encode_video.
@@ -628,15 +669,21 @@ def load_latent_stats(workdir: str, latent_channels: int) -> dict[str, np.ndarra
   path = os.path.join(workdir, LATENT_STATS_FILE)
   if not os.path.exists(path):
     import logging
-    logging.warning("%s is missing (the VAE run did not finish); using mean 0, std 1. Re-run "
-                    "tools/train_vae.py with the same --workdir to compute the statistics.", path)
+
+    logging.warning(
+      "%s is missing (the VAE run did not finish); using mean 0, std 1. Re-run "
+      "tools/train_vae.py with the same --workdir to compute the statistics.",
+      path,
+    )
     return {"mean": np.zeros((latent_channels,), np.float32), "std": np.ones((latent_channels,), np.float32)}
   with open(path) as f:
     record = json.load(f)
   stats = {k: np.asarray(record[k], np.float32) for k in ("mean", "std")}
   if stats["mean"].shape != (latent_channels,):
-    raise ValueError(f"{path} holds statistics for {stats['mean'].shape[0]} channels but the VAE has "
-                     f"{latent_channels}; delete it and re-run tools/train_vae.py to recompute")
+    raise ValueError(
+      f"{path} holds statistics for {stats['mean'].shape[0]} channels but the VAE has "
+      f"{latent_channels}; delete it and re-run tools/train_vae.py to recompute"
+    )
   return stats
 
 
@@ -654,16 +701,17 @@ def load_vae(workdir: str, step: int | None = None):
 
   config = checkpointing.load_config_from_workdir(workdir)
   if "vae" not in config or "vae_loss" not in config:
-    raise ValueError(f"{workdir} is not a VAE run (its config has no vae/vae_loss section); pass the "
-                     f"--workdir of tools/train_vae.py")
+    raise ValueError(
+      f"{workdir} is not a VAE run (its config has no vae/vae_loss section); pass the --workdir of tools/train_vae.py"
+    )
   module = CausalVAE(config.vae)
   tx = make_optimizer(config.train)
   shape = (1, 1 + config.vae.temporal_factor, config.vae.spatial_factor, config.vae.spatial_factor, 3)
-  init_fn = vae_step.make_init_fn(module, tx, shape, vae_step.make_discriminator(config),
-                                  ema=config.train.ema_decay > 0)
+  init_fn = vae_step.make_init_fn(
+    module, tx, shape, vae_step.make_discriminator(config), ema=config.train.ema_decay > 0
+  )
   mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
-  abstract, _ = partitioning.abstract_state(init_fn, mesh, partitioning.logical_rules(config),
-                                            jax.random.key(0))
+  abstract, _ = partitioning.abstract_state(init_fn, mesh, partitioning.logical_rules(config), jax.random.key(0))
   with checkpointing.Checkpointer(workdir) as ckpt:
     state, _ = ckpt.restore(abstract, step=step, restore_data=False)
   stats = load_latent_stats(workdir, config.vae.latent_channels)

@@ -21,34 +21,46 @@ import logging
 
 import ml_collections
 
-_PAPER = dict(conditioning="class", num_classes=1000, pos_embedding="sincos2d", qk_norm=False,
-              learn_sigma=True, mlp_dim=0, modulation="per_block")
+_PAPER = dict(
+  conditioning="class",
+  num_classes=1000,
+  pos_embedding="sincos2d",
+  qk_norm=False,
+  learn_sigma=True,
+  mlp_dim=0,
+  modulation="per_block",
+)
 _PAPER_SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 _VIDEO = dict(conditioning="text", pos_embedding="rope3d", qk_norm=True, learn_sigma=False, patch_size=(1, 2, 2))
 
 VARIANTS: dict[str, dict] = {
-    f"DiT-{size}/{p}": dict(depth=depth, hidden_size=width, num_heads=heads, patch_size=(1, p, p), **_PAPER)
-    for size, (depth, width, heads) in _PAPER_SIZES.items() for p in (2, 4, 8)
+  f"DiT-{size}/{p}": dict(depth=depth, hidden_size=width, num_heads=heads, patch_size=(1, p, p), **_PAPER)
+  for size, (depth, width, heads) in _PAPER_SIZES.items()
+  for p in (2, 4, 8)
 }
-VARIANTS.update({
+VARIANTS.update(
+  {
     "video-tiny": dict(depth=4, hidden_size=128, num_heads=4, mlp_dim=512, modulation="per_block", **_VIDEO),
     "video-S": dict(depth=12, hidden_size=384, num_heads=6, mlp_dim=1536, modulation="per_block", **_VIDEO),
     "wan-small": dict(depth=8, hidden_size=384, num_heads=6, mlp_dim=1536, modulation="shared", **_VIDEO),
     "wan-1.3b": dict(depth=30, hidden_size=1536, num_heads=12, mlp_dim=8960, modulation="shared", **_VIDEO),
     "wan-14b": dict(depth=40, hidden_size=5120, num_heads=40, mlp_dim=13824, modulation="shared", **_VIDEO),
-})
+  }
+)
 
 # The inputs each variant family is sized for: latent channels, VAE compression, text encoder width/length.
 _SD_IMAGE_VAE = dict(latent_channels=4, spatial_factor=8, temporal_factor=1, text_dim=0, text_length=0)
 _OUR_VAE = dict(latent_channels=16, spatial_factor=8, temporal_factor=4)
 REFERENCE_INPUTS: dict[str, dict] = {name: _SD_IMAGE_VAE for name in VARIANTS if name.startswith("DiT-")}
-REFERENCE_INPUTS.update({
-    "video-tiny": dict(_OUR_VAE, text_dim=128, text_length=32),       # small trainable text encoder
-    "video-S": dict(_OUR_VAE, text_dim=384, text_length=32),          # all-MiniLM-L6-v2
+REFERENCE_INPUTS.update(
+  {
+    "video-tiny": dict(_OUR_VAE, text_dim=128, text_length=32),  # small trainable text encoder
+    "video-S": dict(_OUR_VAE, text_dim=384, text_length=32),  # all-MiniLM-L6-v2
     "wan-small": dict(_OUR_VAE, text_dim=384, text_length=32),
-    "wan-1.3b": dict(_OUR_VAE, text_dim=4096, text_length=512),       # umT5-XXL, as Wan 2.1
+    "wan-1.3b": dict(_OUR_VAE, text_dim=4096, text_length=512),  # umT5-XXL, as Wan 2.1
     "wan-14b": dict(_OUR_VAE, text_dim=4096, text_length=512),
-})
+  }
+)
 
 
 def variant_fields(name: str) -> dict:
@@ -85,6 +97,9 @@ def warn_if_variant_mismatch(dit_cfg: ml_collections.ConfigDict) -> None:
   diffs = variant_mismatches(dit_cfg)
   if diffs:
     listed = ", ".join(f"{k}={v[0]!r} (variant: {v[1]!r})" for k, v in diffs.items())
-    logging.warning("dit.variant=%r but %s; using the fields as given. Call variants.apply_variant in the "
-                    "config file to take the variant's sizes, or set dit.variant='' for custom sizes.",
-                    dit_cfg.variant, listed)
+    logging.warning(
+      "dit.variant=%r but %s; using the fields as given. Call variants.apply_variant in the "
+      "config file to take the variant's sizes, or set dit.variant='' for custom sizes.",
+      dit_cfg.variant,
+      listed,
+    )

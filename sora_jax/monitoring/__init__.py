@@ -1,6 +1,6 @@
 """Progress bars, TensorBoard/text metric logs and plots.
 
-  from sora_jax.monitoring import MetricWriter, progress_bar, plot_curves
+from sora_jax.monitoring import MetricWriter, progress_bar, plot_curves
 """
 
 from sora_jax.monitoring.plots import plot_curves, read_metrics

@@ -23,8 +23,9 @@ def read_metrics(jsonl_path: str | os.PathLike) -> list[dict]:
   """All records of a metrics.jsonl, skipping blank or crash-truncated lines."""
   path = Path(jsonl_path)
   if not path.exists():
-    raise FileNotFoundError(f"no metrics file at {os.fspath(path)!r}; MetricWriter writes "
-                            f"<workdir>/metrics.jsonl during training")
+    raise FileNotFoundError(
+      f"no metrics file at {os.fspath(path)!r}; MetricWriter writes <workdir>/metrics.jsonl during training"
+    )
   records = []
   with path.open() as f:
     for line in f:
@@ -64,9 +65,16 @@ def _ema(values: np.ndarray, weight: float) -> np.ndarray:
   return out
 
 
-def plot_curves(jsonl_path: str | os.PathLike, keys: Sequence[str], out_png: str | os.PathLike, *,
-                x: str = "step", title: str | None = None, smoothing: float = 0.0,
-                log_y: bool | Sequence[str] = False) -> Path:
+def plot_curves(
+  jsonl_path: str | os.PathLike,
+  keys: Sequence[str],
+  out_png: str | os.PathLike,
+  *,
+  x: str = "step",
+  title: str | None = None,
+  smoothing: float = 0.0,
+  log_y: bool | Sequence[str] = False,
+) -> Path:
   """Plots `keys` of a metrics.jsonl against `x` and writes a PNG.
 
   Args:

@@ -83,10 +83,18 @@ def _non_tty_interval(value: float | None) -> float:
     raise ValueError(f"${_INTERVAL_ENV} must be a number of seconds, got {env!r}") from None
 
 
-def progress_bar(iterable: Iterable[T] | None = None, *, total: int | float | None = None,
-                 desc: str = "", unit: str = "it", initial: int = 0, disable: bool = False,
-                 leave: bool = True, file: IO | None = None,
-                 non_tty_interval_s: float | None = None) -> tqdm:
+def progress_bar(
+  iterable: Iterable[T] | None = None,
+  *,
+  total: int | float | None = None,
+  desc: str = "",
+  unit: str = "it",
+  initial: int = 0,
+  disable: bool = False,
+  leave: bool = True,
+  file: IO | None = None,
+  non_tty_interval_s: float | None = None,
+) -> tqdm:
   """A tqdm bar showing count, percentage, elapsed time, ETA and rate.
 
   Args:
@@ -107,10 +115,15 @@ def progress_bar(iterable: Iterable[T] | None = None, *, total: int | float | No
   stream = file if file is not None else sys.stderr
   if total is None and iterable is not None and hasattr(iterable, "__len__"):
     total = len(iterable) + initial
-  common = dict(total=total, desc=desc, unit=unit, initial=initial, disable=disable, leave=leave,
-                dynamic_ncols=True)
+  common = dict(total=total, desc=desc, unit=unit, initial=initial, disable=disable, leave=leave, dynamic_ncols=True)
   if is_interactive(stream):
     return tqdm(iterable, file=stream, bar_format=_TTY_FORMAT, **common)
-  return _SparseTqdm(iterable, file=_LineStream(stream), mininterval=_non_tty_interval(non_tty_interval_s),
-              maxinterval=float("inf"), ascii=True,
-              bar_format=_LINE_FORMAT if total else _LINE_FORMAT_NO_TOTAL, **common)
+  return _SparseTqdm(
+    iterable,
+    file=_LineStream(stream),
+    mininterval=_non_tty_interval(non_tty_interval_s),
+    maxinterval=float("inf"),
+    ascii=True,
+    bar_format=_LINE_FORMAT if total else _LINE_FORMAT_NO_TOTAL,
+    **common,
+  )

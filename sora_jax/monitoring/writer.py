@@ -51,8 +51,9 @@ def _to_python_scalar(key: str, value: Any) -> float | int:
   """Host scalar from a Python/numpy/JAX scalar; errors name the key."""
   array = np.asarray(value)
   if array.size != 1:
-    raise ValueError(f"scalar {key!r} must hold one value, got shape {array.shape}; "
-                     "reduce it (e.g. .mean()) before logging")
+    raise ValueError(
+      f"scalar {key!r} must hold one value, got shape {array.shape}; reduce it (e.g. .mean()) before logging"
+    )
   item = array.reshape(()).item()
   if isinstance(item, bool) or not isinstance(item, (int, float)):
     item = float(item)
@@ -83,8 +84,9 @@ class MetricWriter:
     tensorboard: also write TensorBoard event files (tensorboardX).
   """
 
-  def __init__(self, logdir: str | os.PathLike, process_index: int = 0, *, print_lines: bool = True,
-               tensorboard: bool = True):
+  def __init__(
+    self, logdir: str | os.PathLike, process_index: int = 0, *, print_lines: bool = True, tensorboard: bool = True
+  ):
     self.logdir = Path(logdir)
     self.active = process_index == 0
     self.print_lines = print_lines
@@ -97,6 +99,7 @@ class MetricWriter:
     self._minutes_offset = _last_minutes(self.metrics_path)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
       self._summary = SummaryWriter(logdir=str(self.logdir), flush_secs=30)
 
   def minutes(self) -> float:
@@ -134,8 +137,9 @@ class MetricWriter:
     for key, image in images.items():
       image = np.asarray(image)
       if image.dtype != np.uint8 or image.ndim not in (3, 4) or image.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"image {key!r} must be uint8 [H, W, C] or [N, H, W, C] with C in 1/3/4, "
-                         f"got {image.dtype} {image.shape}")
+        raise ValueError(
+          f"image {key!r} must be uint8 [H, W, C] or [N, H, W, C] with C in 1/3/4, got {image.dtype} {image.shape}"
+        )
       if image.ndim == 3:
         self._summary.add_image(key, image, global_step=int(step), dataformats="HWC")
       else:

@@ -31,28 +31,41 @@ class SamplingFlags:
 
   def overrides(self) -> dict[str, Any]:
     """{num_steps, guidance_scale, sampler} as given (None where not given): `Pipeline.__call__` kwargs."""
-    return {"num_steps": self.num_steps.value, "guidance_scale": self.guidance_scale.value,
-            "sampler": self.sampler.value}
+    return {
+      "num_steps": self.num_steps.value,
+      "guidance_scale": self.guidance_scale.value,
+      "sampler": self.sampler.value,
+    }
 
   def resolved(self, config) -> dict[str, Any]:
     """The values `Pipeline.__call__` uses: the flags where given, else config.sample's (its rules:
     num_steps 0 and an empty sampler also mean the config's; guidance_scale 0 is a value)."""
     given = self.overrides()
-    return {"num_steps": given["num_steps"] or config.sample.num_steps,
-            "guidance_scale": config.sample.guidance_scale if given["guidance_scale"] is None
-            else given["guidance_scale"],
-            "sampler": given["sampler"] or config.sample.sampler}
+    return {
+      "num_steps": given["num_steps"] or config.sample.num_steps,
+      "guidance_scale": config.sample.guidance_scale if given["guidance_scale"] is None else given["guidance_scale"],
+      "sampler": given["sampler"] or config.sample.sampler,
+    }
 
 
 def define_sampling_flags(flag_values: flags.FlagValues = flags.FLAGS) -> SamplingFlags:
   """Defines --num_steps, --guidance_scale and --sampler (each defaulting to the trained config's)."""
   return SamplingFlags(
-      num_steps=flags.DEFINE_integer("num_steps", None, "Denoising steps; default: config.sample.num_steps.",
-                                     flag_values=flag_values),
-      guidance_scale=flags.DEFINE_float(
-          "guidance_scale", None, "Classifier-free guidance scale (1 = off); default: config.sample.guidance_scale.",
-          flag_values=flag_values),
-      sampler=flags.DEFINE_enum("sampler", None, list(SAMPLERS),
-                                "Default: config.sample.sampler. 'euler' and 'heun' need a flow model, "
-                                "'ddpm' (stochastic ancestral sampling) a DDPM one.",
-                                flag_values=flag_values))
+    num_steps=flags.DEFINE_integer(
+      "num_steps", None, "Denoising steps; default: config.sample.num_steps.", flag_values=flag_values
+    ),
+    guidance_scale=flags.DEFINE_float(
+      "guidance_scale",
+      None,
+      "Classifier-free guidance scale (1 = off); default: config.sample.guidance_scale.",
+      flag_values=flag_values,
+    ),
+    sampler=flags.DEFINE_enum(
+      "sampler",
+      None,
+      list(SAMPLERS),
+      "Default: config.sample.sampler. 'euler' and 'heun' need a flow model, "
+      "'ddpm' (stochastic ancestral sampling) a DDPM one.",
+      flag_values=flag_values,
+    ),
+  )

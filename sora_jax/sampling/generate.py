@@ -31,11 +31,12 @@ from sora_jax.training import dit_step
 @dataclasses.dataclass(frozen=True, eq=False)
 class Models:
   """The modules and constants of a trained text-to-video system (no parameters)."""
-  dit: Any                # sora_jax.models.dit.DiT
-  text_encoder: Any       # sora_jax.models.text.TextEncoder
-  vae: Any                # sora_jax.models.vae.CausalVAE
-  process: Any            # FlowMatching or DDPM
-  latent_stats: dict      # {"mean": f32 [C], "std": f32 [C]}
+
+  dit: Any  # sora_jax.models.dit.DiT
+  text_encoder: Any  # sora_jax.models.text.TextEncoder
+  vae: Any  # sora_jax.models.vae.CausalVAE
+  process: Any  # FlowMatching or DDPM
+  latent_stats: dict  # {"mean": f32 [C], "std": f32 [C]}
 
 
 def text_fields(models: Models, text_params, prompts: list[str]) -> dict[str, np.ndarray]:
@@ -63,8 +64,15 @@ class StepTicker:
       self.bar.update(1)
 
 
-def make_generate_fn(models: Models, *, sampler: str, num_steps: int, latent_shape: tuple[int, int, int, int],
-                     return_latents: bool = False, ticker: StepTicker | None = None):
+def make_generate_fn(
+  models: Models,
+  *,
+  sampler: str,
+  num_steps: int,
+  latent_shape: tuple[int, int, int, int],
+  return_latents: bool = False,
+  ticker: StepTicker | None = None,
+):
   """A jitted `generate(params, fields, null_fields, seeds, guidance_scale)`.
 
   Args:
@@ -89,8 +97,9 @@ def make_generate_fn(models: Models, *, sampler: str, num_steps: int, latent_sha
     if ticker is not None:
       guided = _with_tick(guided, ticker)
     noise = initial_noise(seeds, tuple(latent_shape))
-    x0 = samplers.sample(guided, noise, process=models.process, sampler=sampler, num_steps=num_steps,
-                         num_tokens=num_tokens)
+    x0 = samplers.sample(
+      guided, noise, process=models.process, sampler=sampler, num_steps=num_steps, num_tokens=num_tokens
+    )
     video = vae_lib.decode_latents(models.vae, params["vae"], x0 * std + mean)
     frames = to_uint8(video)
     return (frames, x0) if return_latents else frames
@@ -102,6 +111,7 @@ def _with_tick(fn, ticker: StepTicker):
   def ticking(x_t, t_model):
     jax.debug.callback(ticker, t_model[0])
     return fn(x_t, t_model)
+
   return ticking
 
 

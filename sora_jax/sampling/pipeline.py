@@ -41,12 +41,16 @@ def resolve_workdirs(workdir: str) -> tuple[str, str]:
   """(dit_workdir, vae_workdir) for a demo workdir (dit/ + vae/) or a DiT workdir."""
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"workdir {workdir!r} does not exist. Train one with `make demo` "
-                            f"(-> runs/demo) or tools/train_dit.py --workdir=...")
+    raise FileNotFoundError(
+      f"workdir {workdir!r} does not exist. Train one with `make demo` "
+      f"(-> runs/demo) or tools/train_dit.py --workdir=..."
+    )
   dit_dir = os.path.join(workdir, "dit") if os.path.isdir(os.path.join(workdir, "dit")) else workdir
   if not os.path.exists(os.path.join(dit_dir, "config.json")):
-    raise FileNotFoundError(f"{workdir!r} holds no DiT run (no config.json in {dit_dir!r}). Pass the workdir "
-                            f"of `make demo` (runs/demo) or of tools/train_dit.py.")
+    raise FileNotFoundError(
+      f"{workdir!r} holds no DiT run (no config.json in {dit_dir!r}). Pass the workdir "
+      f"of `make demo` (runs/demo) or of tools/train_dit.py."
+    )
   config = checkpointing.load_config_from_workdir(dit_dir)
   vae_dir = config.vae_workdir or os.path.join(workdir, "vae")
   if not os.path.isabs(vae_dir) and not os.path.isdir(vae_dir):
@@ -57,9 +61,17 @@ def resolve_workdirs(workdir: str) -> tuple[str, str]:
 class Pipeline:
   """A trained text-to-video system: text encoder + DiT + VAE, and how to sample it."""
 
-  def __init__(self, *, models: gen.Models, params: dict, text_params, config, vae_config,
-               mesh: jax.sharding.Mesh | None = None,
-               prompt_expander: Callable[[str], str] | None = None):
+  def __init__(
+    self,
+    *,
+    models: gen.Models,
+    params: dict,
+    text_params,
+    config,
+    vae_config,
+    mesh: jax.sharding.Mesh | None = None,
+    prompt_expander: Callable[[str], str] | None = None,
+  ):
     self.models = models
     self.params = params
     self.text_params = text_params
@@ -72,9 +84,15 @@ class Pipeline:
 
   # ------------------------------------------------------------------ loading
   @classmethod
-  def from_pretrained(cls, workdir: str, *, mesh: jax.sharding.Mesh | None = None, use_ema: bool = True,
-                      prompt_expander: str | Callable[[str], str] = "auto",
-                      step: int | None = None) -> "Pipeline":
+  def from_pretrained(
+    cls,
+    workdir: str,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    use_ema: bool = True,
+    prompt_expander: str | Callable[[str], str] = "auto",
+    step: int | None = None,
+  ) -> "Pipeline":
     """Restores a trained system from `workdir` (see module docstring).
 
     Args:
@@ -92,11 +110,15 @@ class Pipeline:
 
     vae_module, vae_params, latent_stats, vae_config = vae_lib.load_vae(vae_dir)
     text_encoder = text_lib.build_text_encoder(config.text)
-    latent_shape = vae_lib.latent_shape(vae_config.vae, config.data.num_frames, config.data.height,
-                                        config.data.width)
+    latent_shape = vae_lib.latent_shape(vae_config.vae, config.data.num_frames, config.data.height, config.data.width)
     dit = DiT.from_config(config.dit, in_channels=latent_shape[-1], text_dim=text_encoder.output_dim)
-    init_fn = dit_step.make_init_fn(dit=dit, text_encoder=text_encoder, latent_shape=latent_shape,
-                                    tx=make_optimizer(config.train), ema=config.train.ema_decay > 0)
+    init_fn = dit_step.make_init_fn(
+      dit=dit,
+      text_encoder=text_encoder,
+      latent_shape=latent_shape,
+      tx=make_optimizer(config.train),
+      ema=config.train.ema_decay > 0,
+    )
     abstract, _ = partitioning.abstract_state(init_fn, mesh, rules, jax.random.PRNGKey(0))
     with checkpointing.Checkpointer(dit_dir) as ckpt:
       state, _ = ckpt.restore(abstract, step=step, restore_data=False)
@@ -104,16 +126,31 @@ class Pipeline:
     # The VAE and a frozen text encoder are small: a full copy on every device of the mesh.
     replicated = partitioning.replicated(mesh)
     params = dict(params, vae=jax.device_put(vae_params, replicated))
-    text_params = None if text_encoder.trainable else jax.device_put(
-        partitioning.unbox(text_encoder.init_params(jax.random.PRNGKey(0))), replicated)
-    models = gen.Models(dit=dit, text_encoder=text_encoder, vae=vae_module,
-                        process=build_diffusion(config.diffusion), latent_stats=latent_stats)
+    text_params = (
+      None
+      if text_encoder.trainable
+      else jax.device_put(partitioning.unbox(text_encoder.init_params(jax.random.PRNGKey(0))), replicated)
+    )
+    models = gen.Models(
+      dit=dit,
+      text_encoder=text_encoder,
+      vae=vae_module,
+      process=build_diffusion(config.diffusion),
+      latent_stats=latent_stats,
+    )
     if prompt_expander == "auto":
       prompt_expander = "shapes" if config.data.dataset == "shapes" else "none"
     if isinstance(prompt_expander, str):
       prompt_expander = expanders.get_expander(prompt_expander)
-    return cls(models=models, params=params, text_params=text_params, config=config, vae_config=vae_config,
-               mesh=mesh, prompt_expander=prompt_expander)
+    return cls(
+      models=models,
+      params=params,
+      text_params=text_params,
+      config=config,
+      vae_config=vae_config,
+      mesh=mesh,
+      prompt_expander=prompt_expander,
+    )
 
   # ------------------------------------------------------------------ shapes
   @property
@@ -129,20 +166,34 @@ class Pipeline:
     tf, pt = self.temporal_factor, self.models.dit.patch_size[0]
     if num_frames < 1 or (num_frames - 1) % tf or ((num_frames - 1) // tf + 1) % pt:
       valid = [n for n in range(1, 8 * tf + 2) if (n - 1) % tf == 0 and ((n - 1) // tf + 1) % pt == 0][:6]
-      raise ValueError(f"num_frames={num_frames} cannot be produced: the causal VAE makes 1+{tf}k frames"
-                       f"{f' with 1+k divisible by the patch {pt}' if pt > 1 else ''}; valid: {valid}, ...")
+      raise ValueError(
+        f"num_frames={num_frames} cannot be produced: the causal VAE makes 1+{tf}k frames"
+        f"{f' with 1+k divisible by the patch {pt}' if pt > 1 else ''}; valid: {valid}, ..."
+      )
     m = self.pixel_multiple
     if height < m or width < m or height % m or width % m:
-      raise ValueError(f"height={height}, width={width} cannot be produced: both must be positive multiples "
-                       f"of {m} (VAE spatial factor {self.vae_config.vae.spatial_factor} x DiT patch "
-                       f"{self.models.dit.patch_size[1]}), e.g. {m * max(1, height // m)}")
+      raise ValueError(
+        f"height={height}, width={width} cannot be produced: both must be positive multiples "
+        f"of {m} (VAE spatial factor {self.vae_config.vae.spatial_factor} x DiT patch "
+        f"{self.models.dit.patch_size[1]}), e.g. {m * max(1, height // m)}"
+      )
     return vae_lib.latent_shape(self.vae_config.vae, num_frames, height, width)
 
   # ------------------------------------------------------------------ sampling
-  def __call__(self, prompts: Sequence[str], num_frames: int | None = None, height: int | None = None,
-               width: int | None = None, num_steps: int | None = None, guidance_scale: float | None = None,
-               seed: int = 0, negative_prompt: str | None = None, sampler: str | None = None,
-               expand_prompts: bool = True, progress: bool = False) -> np.ndarray:
+  def __call__(
+    self,
+    prompts: Sequence[str],
+    num_frames: int | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    sampler: str | None = None,
+    expand_prompts: bool = True,
+    progress: bool = False,
+  ) -> np.ndarray:
     """Generates one video per prompt -> np.uint8 [B, T, H, W, 3].
 
     Defaults come from the trained config (data.num_frames/height/width, sample.*).
@@ -176,8 +227,9 @@ class Pipeline:
     seeds = jnp.arange(padded, dtype=jnp.int32) + jnp.int32(seed)
     key = (sampler, num_steps, latent_shape)
     if key not in self._compiled:
-      self._compiled[key] = gen.make_generate_fn(self.models, sampler=sampler, num_steps=num_steps,
-                                                 latent_shape=latent_shape, ticker=self._ticker)
+      self._compiled[key] = gen.make_generate_fn(
+        self.models, sampler=sampler, num_steps=num_steps, latent_shape=latent_shape, ticker=self._ticker
+      )
     evals = num_steps * gen.MODEL_EVALS_PER_STEP.get(sampler, 1)
     self._ticker.bar = progress_bar(total=evals, desc=f"sampling {batch} x {sampler}") if progress else None
     try:
@@ -205,4 +257,3 @@ class Pipeline:
     stats = self.models.latent_stats
     z = jnp.asarray(latents, jnp.float32) * stats["std"] + stats["mean"]
     return np.asarray(gen.to_uint8(vae_lib.decode_latents(self.models.vae, self.params["vae"], z)))
-

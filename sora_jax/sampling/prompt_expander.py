@@ -43,38 +43,113 @@ class CallableExpander:
 
 # Word -> canonical value. Multi-word phrases are matched before single words.
 COLOR_WORDS = {
-    "red": "red", "crimson": "red", "scarlet": "red",
-    "green": "green", "lime": "green", "emerald": "green",
-    "blue": "blue", "azure": "blue", "navy": "blue",
-    "yellow": "yellow", "gold": "yellow", "golden": "yellow",
-    "cyan": "cyan", "aqua": "cyan", "turquoise": "cyan", "teal": "cyan",
-    "magenta": "magenta", "pink": "magenta", "fuchsia": "magenta", "purple": "magenta",
-    "white": "white", "ivory": "white", "snow": "white",
+  "red": "red",
+  "crimson": "red",
+  "scarlet": "red",
+  "green": "green",
+  "lime": "green",
+  "emerald": "green",
+  "blue": "blue",
+  "azure": "blue",
+  "navy": "blue",
+  "yellow": "yellow",
+  "gold": "yellow",
+  "golden": "yellow",
+  "cyan": "cyan",
+  "aqua": "cyan",
+  "turquoise": "cyan",
+  "teal": "cyan",
+  "magenta": "magenta",
+  "pink": "magenta",
+  "fuchsia": "magenta",
+  "purple": "magenta",
+  "white": "white",
+  "ivory": "white",
+  "snow": "white",
 }
 SHAPE_WORDS = {
-    "circle": "circle", "circles": "circle", "ball": "circle", "disc": "circle", "disk": "circle",
-    "dot": "circle", "round": "circle", "sphere": "circle", "ring": "circle",
-    "square": "square", "squares": "square", "box": "square", "block": "square", "cube": "square",
-    "rectangle": "square", "tile": "square",
-    "triangle": "triangle", "triangles": "triangle", "pyramid": "triangle", "wedge": "triangle",
+  "circle": "circle",
+  "circles": "circle",
+  "ball": "circle",
+  "disc": "circle",
+  "disk": "circle",
+  "dot": "circle",
+  "round": "circle",
+  "sphere": "circle",
+  "ring": "circle",
+  "square": "square",
+  "squares": "square",
+  "box": "square",
+  "block": "square",
+  "cube": "square",
+  "rectangle": "square",
+  "tile": "square",
+  "triangle": "triangle",
+  "triangles": "triangle",
+  "pyramid": "triangle",
+  "wedge": "triangle",
 }
 MOTION_PHRASES = {
-    "not moving": "still", "standing still": "still", "staying still": "still", "stays still": "still",
-    "does not move": "still", "doesn t move": "still", "in place": "still",
-    "to the left": "left", "to the right": "right",
-    "towards the top": "up", "to the top": "up", "towards the bottom": "down", "to the bottom": "down",
+  "not moving": "still",
+  "standing still": "still",
+  "staying still": "still",
+  "stays still": "still",
+  "does not move": "still",
+  "doesn t move": "still",
+  "in place": "still",
+  "to the left": "left",
+  "to the right": "right",
+  "towards the top": "up",
+  "to the top": "up",
+  "towards the bottom": "down",
+  "to the bottom": "down",
 }
 MOTION_WORDS = {
-    "left": "left", "leftward": "left", "leftwards": "left", "west": "left", "westward": "left",
-    "right": "right", "rightward": "right", "rightwards": "right", "east": "right", "eastward": "right",
-    "up": "up", "upward": "up", "upwards": "up", "rising": "up", "rises": "up", "ascending": "up",
-    "climbing": "up", "climbs": "up", "north": "up", "top": "up",
-    "down": "down", "downward": "down", "downwards": "down", "falling": "down", "falls": "down",
-    "descending": "down", "sinking": "down", "sinks": "down", "dropping": "down", "drops": "down",
-    "south": "down", "bottom": "down",
-    "still": "still", "static": "still", "stationary": "still", "motionless": "still",
-    "resting": "still", "idle": "still", "fixed": "still", "frozen": "still", "unmoving": "still",
-    "staying": "still", "stays": "still", "sits": "still", "sitting": "still",
+  "left": "left",
+  "leftward": "left",
+  "leftwards": "left",
+  "west": "left",
+  "westward": "left",
+  "right": "right",
+  "rightward": "right",
+  "rightwards": "right",
+  "east": "right",
+  "eastward": "right",
+  "up": "up",
+  "upward": "up",
+  "upwards": "up",
+  "rising": "up",
+  "rises": "up",
+  "ascending": "up",
+  "climbing": "up",
+  "climbs": "up",
+  "north": "up",
+  "top": "up",
+  "down": "down",
+  "downward": "down",
+  "downwards": "down",
+  "falling": "down",
+  "falls": "down",
+  "descending": "down",
+  "sinking": "down",
+  "sinks": "down",
+  "dropping": "down",
+  "drops": "down",
+  "south": "down",
+  "bottom": "down",
+  "still": "still",
+  "static": "still",
+  "stationary": "still",
+  "motionless": "still",
+  "resting": "still",
+  "idle": "still",
+  "fixed": "still",
+  "frozen": "still",
+  "unmoving": "still",
+  "staying": "still",
+  "stays": "still",
+  "sits": "still",
+  "sitting": "still",
 }
 
 
@@ -93,8 +168,13 @@ class ShapesPromptExpander:
   ValueError (nothing to expand); contradictory words (two colours) take the first.
   """
 
-  def __init__(self, default_color: str = "white", default_shape: str = "circle",
-               default_motion: str = "still", strict: bool = False):
+  def __init__(
+    self,
+    default_color: str = "white",
+    default_shape: str = "circle",
+    default_motion: str = "still",
+    strict: bool = False,
+  ):
     self.defaults = (default_color, default_shape, default_motion)
     self.strict = strict
 
@@ -120,8 +200,9 @@ class ShapesPromptExpander:
   def __call__(self, prompt: str) -> str:
     parsed = self.parse(prompt)
     if self.strict and parsed == (None, None, None):
-      raise ValueError(f"prompt {prompt!r} names no colour, shape or motion of the shapes domain "
-                       f"(e.g. 'a red circle moving left')")
+      raise ValueError(
+        f"prompt {prompt!r} names no colour, shape or motion of the shapes domain (e.g. 'a red circle moving left')"
+      )
     color, shape, motion = (p if p is not None else d for p, d in zip(parsed, self.defaults))
     return canonical_caption(color, shape, motion)
 
@@ -131,6 +212,8 @@ EXPANDERS = {"none": IdentityExpander, "shapes": ShapesPromptExpander}
 
 def get_expander(name: str) -> PromptExpander:
   if name not in EXPANDERS:
-    raise ValueError(f"unknown prompt expander {name!r}; choose one of {sorted(EXPANDERS)} "
-                     f"or pass your own callable to Pipeline(prompt_expander=...)")
+    raise ValueError(
+      f"unknown prompt expander {name!r}; choose one of {sorted(EXPANDERS)} "
+      f"or pass your own callable to Pipeline(prompt_expander=...)"
+    )
   return EXPANDERS[name]()

@@ -46,9 +46,9 @@ def _tpu_workers(env: Mapping[str, str]) -> int:
 
 # Cluster name -> "does this environment say there is more than one process?"
 CLUSTER_DETECTORS: dict[str, Callable[[Mapping[str, str]], bool]] = {
-    "SLURM": lambda env: "SLURM_JOB_ID" in env and _count(env, "SLURM_NTASKS") > 1,
-    "Open MPI": lambda env: _count(env, "OMPI_COMM_WORLD_SIZE") > 1,
-    "TPU pod": lambda env: _tpu_workers(env) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in env,
+  "SLURM": lambda env: "SLURM_JOB_ID" in env and _count(env, "SLURM_NTASKS") > 1,
+  "Open MPI": lambda env: _count(env, "OMPI_COMM_WORLD_SIZE") > 1,
+  "TPU pod": lambda env: _tpu_workers(env) > 1 or "MEGASCALE_COORDINATOR_ADDRESS" in env,
 }
 
 
@@ -61,13 +61,16 @@ def detect_cluster(env: Mapping[str, str] | None = None) -> str | None:
 def _check_explicit(cfg: Any) -> None:
   if cfg.num_processes < 1 or not 0 <= cfg.process_id < cfg.num_processes:
     raise ValueError(
-        f"distributed.coordinator_address={cfg.coordinator_address!r} needs distributed.num_processes >= 1 "
-        f"and 0 <= distributed.process_id < num_processes (got num_processes={cfg.num_processes}, "
-        f"process_id={cfg.process_id}); pass e.g. --config.distributed.num_processes=2 "
-        f"--config.distributed.process_id=0 on the first process and process_id=1 on the second.")
+      f"distributed.coordinator_address={cfg.coordinator_address!r} needs distributed.num_processes >= 1 "
+      f"and 0 <= distributed.process_id < num_processes (got num_processes={cfg.num_processes}, "
+      f"process_id={cfg.process_id}); pass e.g. --config.distributed.num_processes=2 "
+      f"--config.distributed.process_id=0 on the first process and process_id=1 on the second."
+    )
   if ":" not in cfg.coordinator_address:
-    raise ValueError(f"distributed.coordinator_address={cfg.coordinator_address!r} must be host:port, "
-                     f"e.g. 10.0.0.1:1234 (the same on every process; process 0 listens there).")
+    raise ValueError(
+      f"distributed.coordinator_address={cfg.coordinator_address!r} must be host:port, "
+      f"e.g. 10.0.0.1:1234 (the same on every process; process 0 listens there)."
+    )
 
 
 def initialize(distributed_cfg: Any, env: Mapping[str, str] | None = None) -> tuple[int, int]:
@@ -88,16 +91,28 @@ def initialize(distributed_cfg: Any, env: Mapping[str, str] | None = None) -> tu
     return jax.process_index(), jax.process_count()
   if distributed_cfg.coordinator_address:
     _check_explicit(distributed_cfg)
-    log.info("joining %d-process job at %s as process %d", distributed_cfg.num_processes,
-             distributed_cfg.coordinator_address, distributed_cfg.process_id)
-    jax.distributed.initialize(distributed_cfg.coordinator_address, num_processes=distributed_cfg.num_processes,
-                               process_id=distributed_cfg.process_id)
+    log.info(
+      "joining %d-process job at %s as process %d",
+      distributed_cfg.num_processes,
+      distributed_cfg.coordinator_address,
+      distributed_cfg.process_id,
+    )
+    jax.distributed.initialize(
+      distributed_cfg.coordinator_address,
+      num_processes=distributed_cfg.num_processes,
+      process_id=distributed_cfg.process_id,
+    )
   else:
     cluster = detect_cluster(env)
     if cluster is None and mode == "auto":
       return 0, 1
     log.info("initialising jax.distributed from the %s environment", cluster or "cluster")
     jax.distributed.initialize()
-  log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
-           jax.local_device_count(), jax.device_count())
+  log.info(
+    "process %d of %d, %d local / %d global devices",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+  )
   return jax.process_index(), jax.process_count()

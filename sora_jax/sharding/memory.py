@@ -43,13 +43,22 @@ import numpy as np
 # Frozen (precomputed) text encoders: their output width. Trainable ones are built for real.
 FROZEN_TEXT_WIDTHS = {"minilm": 384}
 # Per-device peak memory (GiB) of common accelerators, for the "fits" verdict of `fits_on`.
-DEVICE_MEMORY_GIB = {"TPU v4": 32, "TPU v5e": 16, "TPU v5p": 95, "TPU v6e": 32, "A100-40GB": 40,
-                     "A100-80GB": 80, "H100": 80, "H200": 141}
+DEVICE_MEMORY_GIB = {
+  "TPU v4": 32,
+  "TPU v5e": 16,
+  "TPU v5p": 95,
+  "TPU v6e": 32,
+  "A100-40GB": 40,
+  "A100-80GB": 80,
+  "H100": 80,
+  "H200": 141,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class FrozenTextSpec:
   """Stand-in for a frozen text encoder: the train step only needs its output shape."""
+
   name: str
   output_dim: int
   max_length: int
@@ -68,6 +77,7 @@ class DiTTrainSetup:
     latent_shape: (T', H', W', C) of one latent.
     batch_size: global batch B.
   """
+
   dit: Any
   text_encoder: Any
   init_fn: Callable
@@ -85,9 +95,11 @@ class DiTTrainSetup:
   def batch_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
     """{field: (global shape, dtype)} of a latent-cache batch (see dit_step's module docstring)."""
     b, length = self.batch_size, self.text_encoder.max_length
-    shapes = {"latent_mean": ((b, *self.latent_shape), np.float32),
-              "latent_logvar": ((b, *self.latent_shape), np.float32),
-              "text_mask": ((b, length), np.bool_)}
+    shapes = {
+      "latent_mean": ((b, *self.latent_shape), np.float32),
+      "latent_logvar": ((b, *self.latent_shape), np.float32),
+      "text_mask": ((b, length), np.bool_),
+    }
     if self.text_encoder.trainable:
       shapes["text_ids"] = ((b, length), np.int32)
     else:
@@ -114,23 +126,33 @@ class DiTTrainSetup:
 def _text_encoder(config) -> Any:
   """The real encoder when it is trained with the DiT; a shape-only stand-in when frozen."""
   if config.dit.conditioning != "text":
-    raise ValueError(f"dit.conditioning={config.dit.conditioning!r}: the train-step benchmark and memory estimate "
-                     "cover text-conditional DiTs (configs/dit/*.py); class-conditional image configs are not "
-                     "supported yet (use tools/estimate.py for their params and FLOPs)")
+    raise ValueError(
+      f"dit.conditioning={config.dit.conditioning!r}: the train-step benchmark and memory estimate "
+      "cover text-conditional DiTs (configs/dit/*.py); class-conditional image configs are not "
+      "supported yet (use tools/estimate.py for their params and FLOPs)"
+    )
   if config.text.encoder in FROZEN_TEXT_WIDTHS:
     return FrozenTextSpec(config.text.encoder, FROZEN_TEXT_WIDTHS[config.text.encoder], config.text.max_length)
   from sora_jax.models import text as text_lib
+
   return text_lib.build_text_encoder(config.text)
 
 
 def latent_shape_of(config, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
   """(T', H', W', C) of a clip of frames x height x width pixels under config.vae's compression."""
   from sora_jax.models import vae as vae_lib
+
   return tuple(vae_lib.latent_shape(config.vae, frames, height, width))
 
 
-def build_dit_train_setup(config, *, frames: int | None = None, height: int | None = None,
-                          width: int | None = None, batch_size: int | None = None) -> DiTTrainSetup:
+def build_dit_train_setup(
+  config,
+  *,
+  frames: int | None = None,
+  height: int | None = None,
+  width: int | None = None,
+  batch_size: int | None = None,
+) -> DiTTrainSetup:
   """The config's DiT train step with synthetic inputs (clip size / batch default to config.data).
 
   Latent statistics are (0, 1) and the null text is zeros: values do not change the cost.
@@ -148,8 +170,9 @@ def build_dit_train_setup(config, *, frames: int | None = None, height: int | No
   text_encoder = _text_encoder(config)
   dit = DiT.from_config(config.dit, in_channels=latent_shape[-1], text_dim=text_encoder.output_dim)
   tx = make_optimizer(config.train)
-  init_fn = dit_step.make_init_fn(dit=dit, text_encoder=text_encoder, latent_shape=latent_shape, tx=tx,
-                                  ema=config.train.ema_decay > 0)
+  init_fn = dit_step.make_init_fn(
+    dit=dit, text_encoder=text_encoder, latent_shape=latent_shape, tx=tx, ema=config.train.ema_decay > 0
+  )
   channels = latent_shape[-1]
   latent_stats = {"mean": np.zeros((channels,), np.float32), "std": np.ones((channels,), np.float32)}
   length = text_encoder.max_length
@@ -157,13 +180,29 @@ def build_dit_train_setup(config, *, frames: int | None = None, height: int | No
     null_fields = {"text_ids": np.zeros((length,), np.int32), "text_mask": np.ones((length,), bool)}
   else:
     width_text = text_encoder.output_dim
-    null_fields = {"text_tokens": np.zeros((length, width_text), np.float32), "text_mask": np.ones((length,), bool),
-                   "text_pooled": np.zeros((width_text,), np.float32)}
+    null_fields = {
+      "text_tokens": np.zeros((length, width_text), np.float32),
+      "text_mask": np.ones((length,), bool),
+      "text_pooled": np.zeros((width_text,), np.float32),
+    }
   train_step, _ = dit_step.make_train_step(
-      dit=dit, text_encoder=text_encoder, diffusion=build_diffusion(config.diffusion), latent_stats=latent_stats,
-      null_fields=null_fields, cfg_dropout=config.diffusion.cfg_dropout, tx=tx, ema_decay=config.train.ema_decay)
-  return DiTTrainSetup(dit=dit, text_encoder=text_encoder, init_fn=init_fn, train_step=train_step,
-                       latent_shape=latent_shape, batch_size=batch_size)
+    dit=dit,
+    text_encoder=text_encoder,
+    diffusion=build_diffusion(config.diffusion),
+    latent_stats=latent_stats,
+    null_fields=null_fields,
+    cfg_dropout=config.diffusion.cfg_dropout,
+    tx=tx,
+    ema_decay=config.train.ema_decay,
+  )
+  return DiTTrainSetup(
+    dit=dit,
+    text_encoder=text_encoder,
+    init_fn=init_fn,
+    train_step=train_step,
+    latent_shape=latent_shape,
+    batch_size=batch_size,
+  )
 
 
 def _shard_bytes(tree: Any) -> int:
@@ -177,10 +216,13 @@ def _shard_bytes(tree: Any) -> int:
 
 def _check_mesh_shape(mesh_shape: Sequence[int]) -> tuple[int, ...]:
   from sora_jax.sharding.mesh import MESH_AXES
+
   shape = tuple(int(s) for s in mesh_shape)
   if len(shape) != len(MESH_AXES) or any(s < 1 for s in shape):
-    raise ValueError(f"mesh_shape {tuple(mesh_shape)} must give a positive size for each axis {MESH_AXES}, "
-                     f"e.g. (1, 64, 1, 1) for 64-way FSDP; -1 is not allowed here (no device count to fill)")
+    raise ValueError(
+      f"mesh_shape {tuple(mesh_shape)} must give a positive size for each axis {MESH_AXES}, "
+      f"e.g. (1, 64, 1, 1) for 64-way FSDP; -1 is not allowed here (no device count to fill)"
+    )
   return shape
 
 
@@ -189,8 +231,9 @@ def _check_mesh_shape(mesh_shape: Sequence[int]) -> tuple[int, ...]:
 ANALYSIS_ONLY_CPU_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
-def compile_train_step(setup: DiTTrainSetup, config, mesh,
-                       compiler_options: dict | None = None) -> tuple[Any, dict[str, Any]]:
+def compile_train_step(
+  setup: DiTTrainSetup, config, mesh, compiler_options: dict | None = None
+) -> tuple[Any, dict[str, Any]]:
   """(compiled step, abstract inputs {'state', 'batch'}) for `mesh`; allocates nothing.
 
   The step is jitted exactly as `sora_jax.training.loop.train` does: state sharded by the
@@ -200,18 +243,24 @@ def compile_train_step(setup: DiTTrainSetup, config, mesh,
   from sora_jax.sharding import mesh as mesh_lib
   from sora_jax.sharding import partitioning
 
-  mesh_lib.check_divisibility(mesh, batch_size=setup.batch_size, num_heads=setup.dit.num_heads,
-                              num_tokens=setup.num_tokens)
+  mesh_lib.check_divisibility(
+    mesh, batch_size=setup.batch_size, num_heads=setup.dit.num_heads, num_tokens=setup.num_tokens
+  )
   rules = partitioning.logical_rules(config)
   rng = jax.random.key(0)
   abstract_state, shardings = partitioning.abstract_state(setup.init_fn, mesh, rules, rng)
   batch_sharding = partitioning.batch_sharding(mesh)
-  abstract_batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-                    for k, (shape, dtype) in setup.batch_shapes().items()}
+  abstract_batch = {
+    k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in setup.batch_shapes().items()
+  }
   replicated = partitioning.replicated(mesh)
   with partitioning.use_mesh(mesh, rules):
-    jitted = jax.jit(setup.train_step, in_shardings=(shardings, batch_sharding, replicated),
-                     out_shardings=(shardings, replicated), donate_argnums=0)
+    jitted = jax.jit(
+      setup.train_step,
+      in_shardings=(shardings, batch_sharding, replicated),
+      out_shardings=(shardings, replicated),
+      donate_argnums=0,
+    )
     compiled = jitted.lower(abstract_state, abstract_batch, rng).compile(compiler_options=compiler_options)
   return compiled, {"state": abstract_state, "batch": abstract_batch}
 
@@ -220,29 +269,41 @@ def _estimate_in_process(config, frames, height, width, mesh_shape, batch_size) 
   from sora_jax.sharding import mesh as mesh_lib
 
   setup = build_dit_train_setup(config, frames=frames, height=height, width=width, batch_size=batch_size)
-  devices = jax.devices()[:math.prod(mesh_shape)]
+  devices = jax.devices()[: math.prod(mesh_shape)]
   mesh = mesh_lib.make_mesh(mesh_shape, devices=devices)
   options = ANALYSIS_ONLY_CPU_OPTIONS if devices[0].platform == "cpu" else None
   compiled, abstract = compile_train_step(setup, config, mesh, compiler_options=options)
   stats = compiled.memory_analysis()
   state = abstract["state"]
   result = {
-      "params_bytes": _shard_bytes(state.params),
-      "optimizer_bytes": _shard_bytes(state.opt_state),
-      "ema_bytes": _shard_bytes(state.ema_params) if state.ema_params is not None else 0,
-      "batch_bytes": _shard_bytes(abstract["batch"]),
-      "temp_bytes": int(stats.temp_size_in_bytes),
-      "argument_bytes": int(stats.argument_size_in_bytes),
-      "output_bytes": int(stats.output_size_in_bytes),
-      "alias_bytes": int(stats.alias_size_in_bytes),
+    "params_bytes": _shard_bytes(state.params),
+    "optimizer_bytes": _shard_bytes(state.opt_state),
+    "ema_bytes": _shard_bytes(state.ema_params) if state.ema_params is not None else 0,
+    "batch_bytes": _shard_bytes(abstract["batch"]),
+    "temp_bytes": int(stats.temp_size_in_bytes),
+    "argument_bytes": int(stats.argument_size_in_bytes),
+    "output_bytes": int(stats.output_size_in_bytes),
+    "alias_bytes": int(stats.alias_size_in_bytes),
   }
   result["state_bytes"] = result["params_bytes"] + result["optimizer_bytes"] + result["ema_bytes"]
-  result["peak_bytes"] = (result["argument_bytes"] + result["output_bytes"] - result["alias_bytes"]
-                          + result["temp_bytes"])
-  result.update(method="compiled", platform=devices[0].platform, device_kind=devices[0].device_kind,
-                mesh_shape=list(mesh_shape), num_devices=len(devices), batch_size=setup.batch_size,
-                latent_shape=list(setup.latent_shape), tokens=setup.num_tokens, frames=frames, height=height,
-                width=width, dtype=config.dit.dtype, remat_policy=config.dit.remat_policy)
+  result["peak_bytes"] = (
+    result["argument_bytes"] + result["output_bytes"] - result["alias_bytes"] + result["temp_bytes"]
+  )
+  result.update(
+    method="compiled",
+    platform=devices[0].platform,
+    device_kind=devices[0].device_kind,
+    mesh_shape=list(mesh_shape),
+    num_devices=len(devices),
+    batch_size=setup.batch_size,
+    latent_shape=list(setup.latent_shape),
+    tokens=setup.num_tokens,
+    frames=frames,
+    height=height,
+    width=width,
+    dtype=config.dit.dtype,
+    remat_policy=config.dit.remat_policy,
+  )
   return result
 
 
@@ -252,10 +313,24 @@ def _estimate_in_child(config, frames, height, width, mesh_shape, batch_size) ->
 
   n = math.prod(mesh_shape)
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-  request = json.dumps({"config": json.loads(to_json(config)), "frames": frames, "height": height,
-                        "width": width, "mesh_shape": list(mesh_shape), "batch_size": batch_size})
-  proc = subprocess.run([sys.executable, "-m", "sora_jax.sharding.memory"], input=request, env=env,
-                        capture_output=True, text=True, check=False)
+  request = json.dumps(
+    {
+      "config": json.loads(to_json(config)),
+      "frames": frames,
+      "height": height,
+      "width": width,
+      "mesh_shape": list(mesh_shape),
+      "batch_size": batch_size,
+    }
+  )
+  proc = subprocess.run(
+    [sys.executable, "-m", "sora_jax.sharding.memory"],
+    input=request,
+    env=env,
+    capture_output=True,
+    text=True,
+    check=False,
+  )
   if proc.returncode != 0:
     raise RuntimeError(f"memory estimate on {n} virtual CPU devices failed:\n{proc.stderr[-4000:]}")
   result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -263,9 +338,15 @@ def _estimate_in_child(config, frames, height, width, mesh_shape, batch_size) ->
   return result
 
 
-def estimate_train_memory(config, *, frames: int | None = None, height: int | None = None,
-                          width: int | None = None, mesh_shape: Sequence[int] = (1, 1, 1, 1),
-                          batch_size: int | None = None) -> dict:
+def estimate_train_memory(
+  config,
+  *,
+  frames: int | None = None,
+  height: int | None = None,
+  width: int | None = None,
+  mesh_shape: Sequence[int] = (1, 1, 1, 1),
+  batch_size: int | None = None,
+) -> dict:
   """Per-device memory of one DiT train step of `config` on a (data, fsdp, context, tensor) mesh.
 
   Args:
@@ -282,8 +363,14 @@ def estimate_train_memory(config, *, frames: int | None = None, height: int | No
     ValueError: bad mesh shape, or a size that does not divide over its mesh axes.
   """
   mesh_shape = _check_mesh_shape(mesh_shape)
-  args = (config, frames or config.data.num_frames, height or config.data.height, width or config.data.width,
-          mesh_shape, batch_size or config.data.batch_size)
+  args = (
+    config,
+    frames or config.data.num_frames,
+    height or config.data.height,
+    width or config.data.width,
+    mesh_shape,
+    batch_size or config.data.batch_size,
+  )
   if math.prod(mesh_shape) <= jax.device_count():
     return _estimate_in_process(*args)
   return _estimate_in_child(*args)
@@ -303,9 +390,11 @@ def fits_on(result: dict, device: str, headroom: float = 0.9) -> bool:
 
 def summary_lines(result: dict) -> list[str]:
   """Human-readable lines of an `estimate_train_memory` result (GiB per device)."""
-  lines = [f"per-device memory, mesh (data, fsdp, context, tensor) = {tuple(result['mesh_shape'])}, "
-           f"batch {result['batch_size']}, {result['tokens']} tokens/example, {result['method']} "
-           f"({result['platform']})"]
+  lines = [
+    f"per-device memory, mesh (data, fsdp, context, tensor) = {tuple(result['mesh_shape'])}, "
+    f"batch {result['batch_size']}, {result['tokens']} tokens/example, {result['method']} "
+    f"({result['platform']})"
+  ]
   for key in ("params_bytes", "optimizer_bytes", "ema_bytes", "batch_bytes", "temp_bytes", "peak_bytes"):
     lines.append(f"  {key.removesuffix('_bytes'):<10s} {gib(result[key]):>10.3f} GiB")
   return lines
@@ -314,10 +403,12 @@ def summary_lines(result: dict) -> list[str]:
 def _child_main() -> None:
   """`python -m sora_jax.sharding.memory` < request JSON: the child side of `_estimate_in_child`."""
   from sora_jax.configuration import from_dict
+
   request = json.loads(sys.stdin.read())
   config = from_dict(request.pop("config"))
-  result = _estimate_in_process(config, request["frames"], request["height"], request["width"],
-                                tuple(request["mesh_shape"]), request["batch_size"])
+  result = _estimate_in_process(
+    config, request["frames"], request["height"], request["width"], tuple(request["mesh_shape"]), request["batch_size"]
+  )
   print(json.dumps(result))
 
 

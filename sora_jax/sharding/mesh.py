@@ -53,25 +53,33 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...
   """
   shape = tuple(int(s) for s in shape)
   if len(shape) != len(MESH_AXES):
-    raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries, one per axis {MESH_AXES}; "
-                     f"e.g. --config.mesh.shape='(-1, 1, 1, 1)'.")
+    raise ValueError(
+      f"mesh shape {shape} must have {len(MESH_AXES)} entries, one per axis {MESH_AXES}; "
+      f"e.g. --config.mesh.shape='(-1, 1, 1, 1)'."
+    )
   if shape.count(-1) > 1:
-    raise ValueError(f"mesh shape {shape} has more than one -1; only one axis can take 'the rest of the "
-                     f"devices'. Give the others explicit sizes, e.g. (-1, 2, 1, 1).")
+    raise ValueError(
+      f"mesh shape {shape} has more than one -1; only one axis can take 'the rest of the "
+      f"devices'. Give the others explicit sizes, e.g. (-1, 2, 1, 1)."
+    )
   bad = [s for s in shape if s == 0 or s < -1]
   if bad:
     raise ValueError(f"mesh shape {shape} has invalid sizes {bad}; use positive sizes and at most one -1.")
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
-      raise ValueError(f"mesh shape {shape}: the explicit axes multiply to {known}, which does not divide "
-                       f"the {num_devices} devices, so -1 cannot fill the rest. Pick sizes whose product "
-                       f"divides {num_devices}.")
+      raise ValueError(
+        f"mesh shape {shape}: the explicit axes multiply to {known}, which does not divide "
+        f"the {num_devices} devices, so -1 cannot fill the rest. Pick sizes whose product "
+        f"divides {num_devices}."
+      )
     shape = tuple(num_devices // known if s == -1 else s for s in shape)
   if math.prod(shape) != num_devices:
-    raise ValueError(f"mesh shape {dict(zip(MESH_AXES, shape))} covers {math.prod(shape)} devices but "
-                     f"{num_devices} are available. Make the product equal {num_devices}, or put -1 on "
-                     f"one axis (e.g. --config.mesh.shape='(-1, 1, 1, 1)').")
+    raise ValueError(
+      f"mesh shape {dict(zip(MESH_AXES, shape))} covers {math.prod(shape)} devices but "
+      f"{num_devices} are available. Make the product equal {num_devices}, or put -1 on "
+      f"one axis (e.g. --config.mesh.shape='(-1, 1, 1, 1)')."
+    )
   return shape
 
 
@@ -92,8 +100,10 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
   if math.prod(dcn_shape) == 1:
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
   if len(dcn_shape) != len(MESH_AXES) or any(s % d for s, d in zip(shape, dcn_shape)):
-    raise ValueError(f"mesh dcn_shape {dcn_shape} must have one entry per axis {MESH_AXES} and divide the "
-                     f"mesh shape {shape} axis by axis (each axis = ICI part x DCN part).")
+    raise ValueError(
+      f"mesh dcn_shape {dcn_shape} must have one entry per axis {MESH_AXES} and divide the "
+      f"mesh shape {shape} axis by axis (each axis = ICI part x DCN part)."
+    )
   ici_shape = tuple(s // d for s, d in zip(shape, dcn_shape))
   # Granules joined by DCN: TPU slices when there are as many as dcn_shape asks for, else hosts
   # (GPU nodes; CPU devices report slice 0 everywhere).
@@ -101,11 +111,12 @@ def make_mesh(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mes
   num_hosts = len({d.process_index for d in devices})
   by_process = num_slices != math.prod(dcn_shape)
   if math.prod(dcn_shape) not in (num_slices, num_hosts):
-    raise ValueError(f"mesh dcn_shape {dcn_shape} spans {math.prod(dcn_shape)} slices/hosts, but the devices "
-                     f"come from {num_slices} TPU slice(s) on {num_hosts} host(s). Make the product of "
-                     f"dcn_shape equal the number of slices (or of hosts on GPU), or use (1, 1, 1, 1).")
-  device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices,
-                                                      process_is_granule=by_process)
+    raise ValueError(
+      f"mesh dcn_shape {dcn_shape} spans {math.prod(dcn_shape)} slices/hosts, but the devices "
+      f"come from {num_slices} TPU slice(s) on {num_hosts} host(s). Make the product of "
+      f"dcn_shape equal the number of slices (or of hosts on GPU), or use (1, 1, 1, 1)."
+    )
+  device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices, process_is_granule=by_process)
   return Mesh(device_array, MESH_AXES, axis_types=axis_types)
 
 
@@ -114,8 +125,9 @@ def axis_size(mesh: Mesh, *axes: str) -> int:
   return math.prod(mesh.shape.get(a, 1) for a in axes)
 
 
-def check_divisibility(mesh: Mesh, *, batch_size: int | None = None, num_heads: int | None = None,
-                       num_tokens: int | None = None) -> None:
+def check_divisibility(
+  mesh: Mesh, *, batch_size: int | None = None, num_heads: int | None = None, num_tokens: int | None = None
+) -> None:
   """Fails early (before compiling) when a size does not split evenly over its mesh axes.
 
   Args:
@@ -128,9 +140,9 @@ def check_divisibility(mesh: Mesh, *, batch_size: int | None = None, num_heads: 
   """
   shape = dict(mesh.shape)
   checks = (
-      ("global batch size", "data.batch_size", batch_size, BATCH_AXES),
-      ("number of attention heads", "dit.num_heads", num_heads, ("tensor",)),
-      ("number of spacetime tokens", "the clip size or dit.patch_size", num_tokens, ("context",)),
+    ("global batch size", "data.batch_size", batch_size, BATCH_AXES),
+    ("number of attention heads", "dit.num_heads", num_heads, ("tensor",)),
+    ("number of spacetime tokens", "the clip size or dit.patch_size", num_tokens, ("context",)),
   )
   for what, knob, value, axes in checks:
     if value is None:
@@ -139,10 +151,11 @@ def check_divisibility(mesh: Mesh, *, batch_size: int | None = None, num_heads: 
     if value % ways:
       divisors = [d for d in range(1, ways + 1) if ways % d == 0 and value % d == 0]
       raise ValueError(
-          f"{what} {value} is not divisible by the mesh's {' x '.join(axes)} = {ways} "
-          f"(mesh {shape}). Change {knob} to a multiple of {ways}, or shrink "
-          f"{'*'.join(axes)} in --config.mesh.shape to one of {divisors} (moving the rest to "
-          f"another axis).")
+        f"{what} {value} is not divisible by the mesh's {' x '.join(axes)} = {ways} "
+        f"(mesh {shape}). Change {knob} to a multiple of {ways}, or shrink "
+        f"{'*'.join(axes)} in --config.mesh.shape to one of {divisors} (moving the rest to "
+        f"another axis)."
+      )
 
 
 def describe(mesh: Mesh) -> str:

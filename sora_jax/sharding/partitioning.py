@@ -48,8 +48,10 @@ def logical_rules(config: Any) -> Rules:
   rules = []
   for rule in raw:
     if len(rule) != 2:
-      raise ValueError(f"logical axis rule {rule!r} must be a pair (logical_name, mesh_axes); "
-                       f"see LOGICAL_AXIS_RULES in configs/base.py.")
+      raise ValueError(
+        f"logical axis rule {rule!r} must be a pair (logical_name, mesh_axes); "
+        f"see LOGICAL_AXIS_RULES in configs/base.py."
+      )
     name, axes = rule
     if isinstance(axes, (list, tuple)):
       axes = tuple(axes)
@@ -100,12 +102,16 @@ def _check_names(names: Sequence[Any], rules: Rules, shape: Sequence[int]) -> No
   known = {name for name, _ in rules}
   unknown = [n for n in names if n is not None and n not in known]
   if unknown:
-    raise ValueError(f"logical axis names {unknown} (array of shape {tuple(shape)}, names {tuple(names)}) "
-                     f"have no rule in config.mesh.logical_axis_rules; use one of {sorted(known)} "
-                     f"or add a rule in configs/base.py.")
+    raise ValueError(
+      f"logical axis names {unknown} (array of shape {tuple(shape)}, names {tuple(names)}) "
+      f"have no rule in config.mesh.logical_axis_rules; use one of {sorted(known)} "
+      f"or add a rule in configs/base.py."
+    )
   if len(names) != len(shape):
-    raise ValueError(f"logical names {tuple(names)} do not match the array rank {len(shape)} "
-                     f"(shape {tuple(shape)}); give one name (or None) per dimension.")
+    raise ValueError(
+      f"logical names {tuple(names)} do not match the array rank {len(shape)} "
+      f"(shape {tuple(shape)}); give one name (or None) per dimension."
+    )
 
 
 def leaf_partition_spec(leaf: Any, mesh: Mesh, rules: Rules) -> PartitionSpec:
@@ -139,8 +145,7 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules: Rules) -> Any:
   Leaves without a logical annotation (step counters, ...) are replicated.
   """
   specs = partition_specs(abstract_state, mesh, rules)
-  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
-                      is_leaf=lambda x: isinstance(x, PartitionSpec))
+  return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def abstract_state(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args) -> tuple[Any, Any]:
@@ -151,8 +156,7 @@ def abstract_state(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *args)
   """
   boxed = jax.eval_shape(init_fn, *args)  # outside use_mesh: init needs no constraints (see init_sharded_state)
   shardings = state_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          unbox(boxed), shardings)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unbox(boxed), shardings)
   return abstract, shardings
 
 
@@ -208,7 +212,9 @@ def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
       raise ValueError(f"batch field {key!r} is a scalar; every batch field needs a leading batch axis.")
     global_rows = value.shape[0] * jax.process_count()
     if global_rows % ways:
-      raise ValueError(f"batch field {key!r} has {global_rows} rows in all, not divisible by the mesh's "
-                       f"data x fsdp = {ways}; change data.batch_size to a multiple of {ways}.")
+      raise ValueError(
+        f"batch field {key!r} has {global_rows} rows in all, not divisible by the mesh's "
+        f"data x fsdp = {ways}; change data.batch_size to a multiple of {ways}."
+      )
     out[key] = jax.make_array_from_process_local_data(sharding, value)
   return out

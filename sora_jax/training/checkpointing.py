@@ -109,14 +109,13 @@ class Checkpointer:
     async_save: write arrays in the background.
   """
 
-  def __init__(self, workdir: str | os.PathLike, keep: int = 3, save_interval_steps: int = 1,
-               async_save: bool = True):
+  def __init__(self, workdir: str | os.PathLike, keep: int = 3, save_interval_steps: int = 1, async_save: bool = True):
     self.workdir = _as_path(workdir)
     self.directory = self.workdir / CHECKPOINT_SUBDIR
     # create=False: only reading a workdir (or a mistyped one) must not create directories.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=save_interval_steps, create=False,
-        enable_async_checkpointing=async_save)
+      max_to_keep=keep, save_interval_steps=save_interval_steps, create=False, enable_async_checkpointing=async_save
+    )
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def all_steps(self) -> list[int]:
@@ -129,8 +128,7 @@ class Checkpointer:
   def step_dir(self, step: int) -> epath.Path:
     return self.directory / str(step)
 
-  def save(self, step: int, state: Any, data_state: Any = None, config: Any = None,
-           force: bool = False) -> bool:
+  def save(self, step: int, state: Any, data_state: Any = None, config: Any = None, force: bool = False) -> bool:
     """Starts saving `state` (+ iterator state, + config) as checkpoint `step`.
 
     Args:
@@ -152,11 +150,12 @@ class Checkpointer:
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def _missing_message(self) -> str:
-    return (f"no checkpoint found in {self.directory} (looked for step directories like "
-            f"{self.directory}/1000/state). Checkpoints are written by {_WRITTEN_BY}; check --workdir.")
+    return (
+      f"no checkpoint found in {self.directory} (looked for step directories like "
+      f"{self.directory}/1000/state). Checkpoints are written by {_WRITTEN_BY}; check --workdir."
+    )
 
-  def restore(self, abstract_state: Any, step: int | None = None,
-              restore_data: bool = True) -> tuple[Any, Any]:
+  def restore(self, abstract_state: Any, step: int | None = None, restore_data: bool = True) -> tuple[Any, Any]:
     """Restores checkpoint `step` (default: the latest) onto the shardings of `abstract_state`.
 
     Args:
@@ -177,8 +176,7 @@ class Checkpointer:
     if step is None:
       raise CheckpointNotFoundError(self._missing_message())
     if step not in steps:
-      raise CheckpointNotFoundError(f"no checkpoint for step {step} in {self.directory}; available steps: "
-                                    f"{steps}.")
+      raise CheckpointNotFoundError(f"no checkpoint for step {step} in {self.directory}; available steps: {steps}.")
     step_dir = self.step_dir(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     data_file = step_dir / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
@@ -192,11 +190,12 @@ class Checkpointer:
       cause = f"{type(e).__name__}: {e}"
       cause = cause if len(cause) <= 500 else cause[:500] + " ..."
       raise CorruptCheckpointError(
-          f"could not restore the checkpoint at {step_dir}. It is corrupt or incomplete (e.g. the run was "
-          f"killed or the disk filled while writing), or it was written by a different model config (the "
-          f"state's shapes differ). To go on, delete {step_dir} so training resumes from the previous "
-          f"checkpoint{f' (available: {earlier})' if earlier else ' (there is none: training starts over)'}, "
-          f"or restore an earlier step explicitly (restore(..., step=N)).\nCause: {cause}") from e
+        f"could not restore the checkpoint at {step_dir}. It is corrupt or incomplete (e.g. the run was "
+        f"killed or the disk filled while writing), or it was written by a different model config (the "
+        f"state's shapes differ). To go on, delete {step_dir} so training resumes from the previous "
+        f"checkpoint{f' (available: {earlier})' if earlier else ' (there is none: training starts over)'}, "
+        f"or restore an earlier step explicitly (restore(..., step=N)).\nCause: {cause}"
+      ) from e
     data_state = holder.state if "data" in items else None
     return restored["state"], data_state
 
@@ -239,5 +238,6 @@ def load_config_from_workdir(workdir: str | os.PathLike) -> ml_collections.Confi
       if ckpt.latest_step() is not None:
         return ckpt.restore_config()
   raise CheckpointNotFoundError(
-      f"no training run found in {workdir!s}: looked for {path} and for checkpoints in {checkpoints}. "
-      f"Both are written by {_WRITTEN_BY}; point --workdir (or Pipeline.from_pretrained) at that directory.")
+    f"no training run found in {workdir!s}: looked for {path} and for checkpoints in {checkpoints}. "
+    f"Both are written by {_WRITTEN_BY}; point --workdir (or Pipeline.from_pretrained) at that directory."
+  )

@@ -38,8 +38,11 @@ def text_fields(text_encoder, text_params, prompts: list[str]) -> dict[str, np.n
     ids, mask = text_encoder.tokenize(prompts)
     return {"text_ids": np.asarray(ids, np.int32), "text_mask": np.asarray(mask, bool)}
   tokens, mask, pooled = text_encoder.encode(text_params, prompts)
-  return {"text_tokens": np.asarray(tokens, np.float32), "text_mask": np.asarray(mask, bool),
-          "text_pooled": np.asarray(pooled, np.float32)}
+  return {
+    "text_tokens": np.asarray(tokens, np.float32),
+    "text_mask": np.asarray(mask, bool),
+    "text_pooled": np.asarray(pooled, np.float32),
+  }
 
 
 def null_text_fields(text_encoder, text_params) -> dict[str, np.ndarray]:
@@ -99,8 +102,9 @@ def loss_terms(aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {name: jnp.mean(aux[name]) for name in LOGGED_LOSS_TERMS if name in aux}
 
 
-def make_train_step(*, dit, text_encoder, diffusion, latent_stats, null_fields, cfg_dropout: float,
-                    tx, ema_decay: float):
+def make_train_step(
+  *, dit, text_encoder, diffusion, latent_stats, null_fields, cfg_dropout: float, tx, ema_decay: float
+):
   """Returns `(train_step(state, batch, rng) -> (state, metrics), loss_fn)` (pure; jit with shardings).
 
   metrics: 'loss', 'grad_norm' and the loss's terms (`loss_terms`: 'mse', and 'vlb' with the
@@ -162,8 +166,11 @@ def make_init_fn(*, dit, text_encoder, latent_shape, tx, ema: bool):
   def init_fn(rng):
     rng_dit, rng_text = jax.random.split(rng)
     x = jnp.zeros((1,) + tuple(latent_shape), jnp.float32)
-    cond = {"text": jnp.zeros((1, length, width), jnp.float32), "text_mask": jnp.ones((1, length), bool),
-            "pooled": jnp.zeros((1, width), jnp.float32)}
+    cond = {
+      "text": jnp.zeros((1, length, width), jnp.float32),
+      "text_mask": jnp.ones((1, length), bool),
+      "pooled": jnp.zeros((1, width), jnp.float32),
+    }
     params = {"dit": dit.init(rng_dit, x, jnp.zeros((1,), jnp.float32), cond)["params"]}
     if text_encoder.trainable:
       params["text"] = text_encoder.init_params(rng_text)["params"]

@@ -63,6 +63,7 @@ class DataIterator(Protocol):
 def make_writer(workdir: str) -> Any:
   """MetricWriter(workdir): TensorBoard + text log + metrics.jsonl, written by process 0 only."""
   from sora_jax.monitoring.writer import MetricWriter
+
   return MetricWriter(workdir, process_index=jax.process_index())
 
 
@@ -87,8 +88,15 @@ def _prefixed(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
   return {(k if "/" in k else f"{prefix}/{k}"): float(v) for k, v in metrics.items()}
 
 
-def _restore_or_init(ckpt: checkpointing.Checkpointer, init_fn: Callable, abstract: Any, mesh, rules,
-                     init_rng: jax.Array, iterator: DataIterator) -> tuple[Any, int]:
+def _restore_or_init(
+  ckpt: checkpointing.Checkpointer,
+  init_fn: Callable,
+  abstract: Any,
+  mesh,
+  rules,
+  init_rng: jax.Array,
+  iterator: DataIterator,
+) -> tuple[Any, int]:
   """(state, step): the latest checkpoint's if there is one (iterator repositioned), else fresh."""
   step = ckpt.latest_step()
   if step is None:
@@ -96,8 +104,10 @@ def _restore_or_init(ckpt: checkpointing.Checkpointer, init_fn: Callable, abstra
     return state, 0
   state, data_state = ckpt.restore(abstract, step)
   if data_state is None:
-    log.warning("checkpoint %d has no data-iterator state for this process count; the data order "
-                "restarts from the beginning.", step)
+    log.warning(
+      "checkpoint %d has no data-iterator state for this process count; the data order restarts from the beginning.",
+      step,
+    )
   else:
     iterator.set_state(data_state)
   log.info("resumed from %s at step %d", ckpt.step_dir(step), step)
@@ -107,6 +117,7 @@ def _restore_or_init(ckpt: checkpointing.Checkpointer, init_fn: Callable, abstra
 @dataclasses.dataclass
 class _Run:
   """What the step loop needs, once set up by `train`."""
+
   config: Any
   ckpt: checkpointing.Checkpointer
   iterator: DataIterator
@@ -120,15 +131,20 @@ class _Run:
   desc: str
 
 
-def train(*, config: Any, workdir: str, init_fn: Callable[[jax.Array], Any],
-          train_step: Callable[[Any, dict, jax.Array], tuple[Any, Mapping[str, jax.Array]]],
-          make_iterator: Callable[[], DataIterator],
-          eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
-          sample_fn: Callable[[Any, int, Any], None] | None = None,
-          mesh: jax.sharding.Mesh | None = None,
-          per_step_counts: Mapping[str, float] | None = None,
-          writer: Any = None,
-          desc: str = "train") -> Any:
+def train(
+  *,
+  config: Any,
+  workdir: str,
+  init_fn: Callable[[jax.Array], Any],
+  train_step: Callable[[Any, dict, jax.Array], tuple[Any, Mapping[str, jax.Array]]],
+  make_iterator: Callable[[], DataIterator],
+  eval_fn: Callable[[Any, int], Mapping[str, float]] | None = None,
+  sample_fn: Callable[[Any, int, Any], None] | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  per_step_counts: Mapping[str, float] | None = None,
+  writer: Any = None,
+  desc: str = "train",
+) -> Any:
   """Trains for `config.train.steps` steps (resuming from `workdir`), returns the final state.
 
   Args:
@@ -161,8 +177,12 @@ def train(*, config: Any, workdir: str, init_fn: Callable[[jax.Array], Any],
   abstract, shardings = partitioning.abstract_state(init_fn, mesh, rules, init_rng)
   replicated = partitioning.replicated(mesh)
   with partitioning.use_mesh(mesh, rules):
-    jitted_step = jax.jit(train_step, in_shardings=(shardings, partitioning.batch_sharding(mesh), replicated),
-                          out_shardings=(shardings, replicated), donate_argnums=0)
+    jitted_step = jax.jit(
+      train_step,
+      in_shardings=(shardings, partitioning.batch_sharding(mesh), replicated),
+      out_shardings=(shardings, replicated),
+      donate_argnums=0,
+    )
 
   # Closing the checkpointer waits for in-flight async saves, also when a step raises.
   with checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt:
@@ -173,13 +193,21 @@ def train(*, config: Any, workdir: str, init_fn: Callable[[jax.Array], Any],
       state, step = _restore_or_init(ckpt, init_fn, abstract, mesh, rules, init_rng, iterator)
       checkpointing.save_config(workdir, config)
       if step >= config.train.steps:
-        log.info("%s is already trained to step %d (train.steps=%d); nothing to do.", workdir, step,
-                 config.train.steps)
+        log.info("%s is already trained to step %d (train.steps=%d); nothing to do.", workdir, step, config.train.steps)
         return state
-      run = _Run(config=config, ckpt=ckpt, iterator=iterator, jitted_step=jitted_step, mesh=mesh,
-                 writer=writer, eval_fn=eval_fn, sample_fn=sample_fn,
-                 step_rng=jax.random.key(config.seed + _STEP_SEED_OFFSET),
-                 counts=dict(per_step_counts or {}), desc=desc)
+      run = _Run(
+        config=config,
+        ckpt=ckpt,
+        iterator=iterator,
+        jitted_step=jitted_step,
+        mesh=mesh,
+        writer=writer,
+        eval_fn=eval_fn,
+        sample_fn=sample_fn,
+        step_rng=jax.random.key(config.seed + _STEP_SEED_OFFSET),
+        counts=dict(per_step_counts or {}),
+        desc=desc,
+      )
       with partitioning.use_mesh(mesh, rules):
         return _run_steps(run, state, step)
     finally:  # stop prefetch threads, flush logs (a writer passed in stays open for the caller)

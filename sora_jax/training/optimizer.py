@@ -32,8 +32,10 @@ def _check(train_cfg: Any) -> None:
   if train_cfg.grad_accum_steps < 1:
     raise ValueError(f"train.grad_accum_steps={train_cfg.grad_accum_steps} must be >= 1 (1 = no accumulation).")
   if train_cfg.warmup_steps < 0 or train_cfg.learning_rate <= 0:
-    raise ValueError(f"train.warmup_steps ({train_cfg.warmup_steps}) must be >= 0 and train.learning_rate "
-                     f"({train_cfg.learning_rate}) > 0.")
+    raise ValueError(
+      f"train.warmup_steps ({train_cfg.warmup_steps}) must be >= 0 and train.learning_rate "
+      f"({train_cfg.learning_rate}) > 0."
+    )
 
 
 def num_updates(train_cfg: Any) -> int:
@@ -49,8 +51,8 @@ def make_lr_schedule(train_cfg: Any) -> optax.Schedule:
   warmup_fn = optax.linear_schedule(0.0, peak, max(warmup, 1))
   decay_steps = max(num_updates(train_cfg) - warmup, 1)
   after = {
-      "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps, alpha=train_cfg.min_lr_ratio),
-      "constant": lambda: optax.constant_schedule(peak),
+    "cosine": lambda: optax.cosine_decay_schedule(peak, decay_steps, alpha=train_cfg.min_lr_ratio),
+    "constant": lambda: optax.constant_schedule(peak),
   }[train_cfg.lr_schedule]()
   if warmup == 0:
     return after
@@ -65,8 +67,9 @@ def learning_rate_at(train_cfg: Any, step: int) -> float:
 def make_optimizer(train_cfg: Any) -> optax.GradientTransformation:
   """AdamW (+ global-norm clip if grad_clip > 0, + MultiSteps if grad_accum_steps > 1)."""
   _check(train_cfg)
-  adamw = optax.adamw(make_lr_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2,
-                      weight_decay=train_cfg.weight_decay)
+  adamw = optax.adamw(
+    make_lr_schedule(train_cfg), b1=train_cfg.b1, b2=train_cfg.b2, weight_decay=train_cfg.weight_decay
+  )
   tx = optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw) if train_cfg.grad_clip > 0 else adamw
   if train_cfg.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=train_cfg.grad_accum_steps)

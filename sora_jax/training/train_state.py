@@ -27,6 +27,7 @@ import optax
 @flax.struct.dataclass
 class TrainState:
   """Step, params, optimizer state and (optional) EMA params; a pytree."""
+
   step: jax.Array
   params: Any
   opt_state: Any
@@ -69,5 +70,4 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, ema: bool 
     ema: keep an EMA copy of the params (DiT); False for the VAE.
   """
   ema_params = jax.tree.map(jnp.copy, params) if ema else None
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                    ema_params=ema_params)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema_params)

@@ -38,18 +38,22 @@ def make_discriminator(config: Any) -> disc_lib.PatchDiscriminator3D | None:
   """The 3D patch discriminator when config.vae_loss.gan_weight > 0, else None."""
   if not uses_gan(config.vae_loss):
     return None
-  return disc_lib.PatchDiscriminator3D(channels=config.vae_loss.disc_channels,
-                                       dtype=vae_lib.DTYPES[config.vae.dtype])
+  return disc_lib.PatchDiscriminator3D(channels=config.vae_loss.disc_channels, dtype=vae_lib.DTYPES[config.vae.dtype])
 
 
-def make_init_fn(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation,
-                 video_shape: tuple[int, ...], discriminator=None,
-                 ema: bool = False) -> Callable[[jax.Array], TrainState]:
+def make_init_fn(
+  vae: vae_lib.CausalVAE,
+  tx: optax.GradientTransformation,
+  video_shape: tuple[int, ...],
+  discriminator=None,
+  ema: bool = False,
+) -> Callable[[jax.Array], TrainState]:
   """rng -> TrainState with params {"vae": ..., ["disc": ...]} (logically annotated).
 
   video_shape: [B, T, H, W, 3] of one (small) example batch used to trace the shapes.
   ema: also keep an EMA of the params (config.train.ema_decay > 0); load_vae prefers it.
   """
+
   def init_fn(rng: jax.Array) -> TrainState:
     video = jnp.zeros(video_shape, jnp.float32)
     vae_rng, sample_rng, disc_rng = jax.random.split(rng, 3)
@@ -57,6 +61,7 @@ def make_init_fn(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation,
     if discriminator is not None:
       params["disc"] = discriminator.init(disc_rng, video)["params"]
     return create_train_state(params, tx, ema=ema)
+
   return init_fn
 
 
@@ -64,12 +69,16 @@ def reconstruction_terms(recon: jnp.ndarray, video: jnp.ndarray) -> dict[str, jn
   """l1, l2 (float32 means) and psnr (mean per frame, in dB, [-1, 1] range clipped) of a batch."""
   recon = recon.astype(jnp.float32)
   video = video.astype(jnp.float32)
-  return {"l1": jnp.mean(jnp.abs(recon - video)), "l2": jnp.mean(jnp.square(recon - video)),
-          "psnr": jnp.mean(metrics_lib.psnr(jnp.clip(recon, -1.0, 1.0), video, max_value=2.0))}
+  return {
+    "l1": jnp.mean(jnp.abs(recon - video)),
+    "l2": jnp.mean(jnp.square(recon - video)),
+    "psnr": jnp.mean(metrics_lib.psnr(jnp.clip(recon, -1.0, 1.0), video, max_value=2.0)),
+  }
 
 
-def make_train_step(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation, loss_cfg: Any,
-                    discriminator=None, ema_decay: float = 0.0) -> Callable:
+def make_train_step(
+  vae: vae_lib.CausalVAE, tx: optax.GradientTransformation, loss_cfg: Any, discriminator=None, ema_decay: float = 0.0
+) -> Callable:
   """(state, batch, rng) -> (state, metrics): one AdamW update of the VAE (and discriminator).
 
   ema_decay: decay of the parameter EMA (used when the state keeps one).
@@ -87,8 +96,7 @@ def make_train_step(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation, lo
       recon, mean, logvar = vae.apply({"params": vae_params}, video, rngs={"sample": rng})
       terms = reconstruction_terms(recon, video)
       terms["kl"] = vae_lib.kl_divergence(mean, logvar)
-      loss = (loss_cfg.l1_weight * terms["l1"] + loss_cfg.l2_weight * terms["l2"]
-              + loss_cfg.kl_weight * terms["kl"])
+      loss = loss_cfg.l1_weight * terms["l1"] + loss_cfg.l2_weight * terms["l2"] + loss_cfg.kl_weight * terms["kl"]
       if gan:
         fake_logits = discriminator.apply({"params": jax.lax.stop_gradient(state.params["disc"])}, recon)
         terms["g_loss"] = disc_lib.generator_hinge_loss(fake_logits)
@@ -106,8 +114,7 @@ def make_train_step(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation, lo
         loss = disc_lib.discriminator_hinge_loss(real_logits, fake_logits)
         return loss, (jnp.mean(real_logits), jnp.mean(fake_logits))
 
-      (d_loss, (d_real, d_fake)), disc_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(
-          state.params["disc"])
+      (d_loss, (d_real, d_fake)), disc_grads = jax.value_and_grad(disc_loss_fn, has_aux=True)(state.params["disc"])
       grads["disc"] = jax.tree.map(lambda g: g * gan_on, disc_grads)
       terms.update(gan_on=gan_on, d_loss=d_loss, d_real=d_real, d_fake=d_fake)
     metrics = dict(terms, loss=loss, grad_norm=optax.tree.norm(grads))
@@ -118,9 +125,11 @@ def make_train_step(vae: vae_lib.CausalVAE, tx: optax.GradientTransformation, lo
 
 def make_reconstruct_fn(vae: vae_lib.CausalVAE) -> Callable:
   """(vae_params, video [B, T, H, W, 3]) -> reconstruction from the posterior mean (jit it)."""
+
   def reconstruct(vae_params, video):
     mean, _ = vae.apply({"params": vae_params}, video, method=vae_lib.CausalVAE.encode)
     return vae.apply({"params": vae_params}, mean, method=vae_lib.CausalVAE.decode)
+
   return reconstruct
 
 

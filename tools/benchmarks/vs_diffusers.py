@@ -45,14 +45,31 @@ if _REPO not in sys.path:
 from absl import app, flags  # noqa: E402
 
 # The Wan-like shape of the comparison (issue 6).
-SHAPE = {"batch": 2, "latent_frames": 4, "latent_size": 16, "channels": 16, "layers": 8, "heads": 6,
-         "head_dim": 64, "ffn": 1536, "text_dim": 384, "text_length": 32, "patch": (1, 2, 2)}
+SHAPE = {
+  "batch": 2,
+  "latent_frames": 4,
+  "latent_size": 16,
+  "channels": 16,
+  "layers": 8,
+  "heads": 6,
+  "head_dim": 64,
+  "ffn": 1536,
+  "text_dim": 384,
+  "text_length": 32,
+  "patch": (1, 2, 2),
+}
 # The matched small VAE setting: widths, compression and the clip.
-VAE_SHAPE = {"base": 32, "multipliers": (1, 2, 4, 4), "res_blocks": 2, "latent_channels": 16,
-             "batch": 1, "frames": 9, "size": 32}
+VAE_SHAPE = {
+  "base": 32,
+  "multipliers": (1, 2, 4, 4),
+  "res_blocks": 2,
+  "latent_channels": 16,
+  "batch": 1,
+  "frames": 9,
+  "size": 32,
+}
 PEERS = ("eager", "compiled")
 _PROTOCOL = "@@bench "  # prefix of the worker lines this process reads (everything else is logging)
-
 
 
 def define_flags() -> None:
@@ -61,12 +78,19 @@ def define_flags() -> None:
   flags.DEFINE_integer("round_steps", 2, "Timed steps per benchmark per round before switching.")
   flags.DEFINE_integer("warmup", 2, "Untimed steps per benchmark after compiling.")
   flags.DEFINE_integer("threads", 0, "torch intra-op threads (0 = the number of CPUs the workers may use).")
-  flags.DEFINE_list("cpus", [], "Pin both workers to these CPU ids (e.g. --cpus=0 for a single-core comparison, "
-                    "which a busy machine disturbs less); empty = all CPUs.")
+  flags.DEFINE_list(
+    "cpus",
+    [],
+    "Pin both workers to these CPU ids (e.g. --cpus=0 for a single-core comparison, "
+    "which a busy machine disturbs less); empty = all CPUs.",
+  )
   flags.DEFINE_multi_string(
-      "ours", None, "Settings of our DiT as ';'-separated config overrides; repeat the flag to compare several "
-      "(all alternated in one run). The first is the headline 'ours_train_s'. Default: "
-      "default_ours_settings() (float32 and bfloat16, the faster dtype for this CPU first).")
+    "ours",
+    None,
+    "Settings of our DiT as ';'-separated config overrides; repeat the flag to compare several "
+    "(all alternated in one run). The first is the headline 'ours_train_s'. Default: "
+    "default_ours_settings() (float32 and bfloat16, the faster dtype for this CPU first).",
+  )
   flags.DEFINE_list("peers", list(PEERS), f"diffusers variants to run: any of {', '.join(PEERS)} (empty = none).")
   flags.DEFINE_enum("vae_dtype", "float32", ["float32", "bfloat16"], "Compute dtype of our VAE.")
   flags.DEFINE_bool("skip_vae", False, "Only the DiT train step.")
@@ -105,25 +129,47 @@ def default_ours_settings() -> list[str]:
   stacked params and stacking of residuals); the scanned variant is kept for reference.
   """
   fast, slow = ("bfloat16", "float32") if cpu_has_amx_bf16() else ("float32", "bfloat16")
-  return [f"dit.dtype={fast};dit.scan_layers=False", f"dit.dtype={fast};dit.scan_layers=True",
-          f"dit.dtype={slow};dit.scan_layers=False"]
+  return [
+    f"dit.dtype={fast};dit.scan_layers=False",
+    f"dit.dtype={fast};dit.scan_layers=True",
+    f"dit.dtype={slow};dit.scan_layers=False",
+  ]
 
 
 def ours_config(settings: list[str]):
   """configs/dit/video.py:wan-small at the comparison's text length, without EMA and clipping, + settings."""
   from sora_jax.configuration import load_config
-  base = ["text.max_length=%d" % SHAPE["text_length"], "train.ema_decay=0.0", "train.grad_clip=0.0",
-          "train.warmup_steps=0", "mesh.shape=(1, 1, 1, 1)", f"data.batch_size={SHAPE['batch']}"]
+
+  base = [
+    "text.max_length=%d" % SHAPE["text_length"],
+    "train.ema_decay=0.0",
+    "train.grad_clip=0.0",
+    "train.warmup_steps=0",
+    "mesh.shape=(1, 1, 1, 1)",
+    f"data.batch_size={SHAPE['batch']}",
+  ]
   return load_config(os.path.join(_REPO, "configs/dit/video.py") + ":wan-small", base + settings)
 
 
 def _our_vae_config(dtype: str):
   from sora_jax.configuration import load_config
-  return load_config(os.path.join(_REPO, "configs/dit/video.py") + ":wan-small", [
-      "vae.temporal_factor=4", "vae.spatial_factor=8", "vae.patch_size=(1, 1, 1)",
-      f"vae.latent_channels={VAE_SHAPE['latent_channels']}", f"vae.base_channels={VAE_SHAPE['base']}",
-      f"vae.channel_multipliers={tuple(VAE_SHAPE['multipliers'])}", f"vae.num_res_blocks={VAE_SHAPE['res_blocks']}",
-      "vae.mid_attention=True", f"vae.dtype={dtype}", "vae.encode_chunk_frames=0", "vae.tile_size=0"])
+
+  return load_config(
+    os.path.join(_REPO, "configs/dit/video.py") + ":wan-small",
+    [
+      "vae.temporal_factor=4",
+      "vae.spatial_factor=8",
+      "vae.patch_size=(1, 1, 1)",
+      f"vae.latent_channels={VAE_SHAPE['latent_channels']}",
+      f"vae.base_channels={VAE_SHAPE['base']}",
+      f"vae.channel_multipliers={tuple(VAE_SHAPE['multipliers'])}",
+      f"vae.num_res_blocks={VAE_SHAPE['res_blocks']}",
+      "vae.mid_attention=True",
+      f"vae.dtype={dtype}",
+      "vae.encode_chunk_frames=0",
+      "vae.tile_size=0",
+    ],
+  )
 
 
 def ours_benchmarks(spec: dict) -> tuple[dict, dict]:
@@ -159,15 +205,25 @@ def ours_benchmarks(spec: dict) -> tuple[dict, dict]:
 
     name = f"ours_train[{index}]"
     benches[name] = step
-    info[name] = {"settings": text, "compile_s": compile_s, "tokens": setup.num_tokens,
-                  "latent_shape": list(setup.latent_shape), "params": counting.count_params(setup.dit)["total"]}
+    info[name] = {
+      "settings": text,
+      "compile_s": compile_s,
+      "tokens": setup.num_tokens,
+      "latent_shape": list(setup.latent_shape),
+      "params": counting.count_params(setup.dit)["total"],
+    }
   if not spec["skip_vae"]:
     config = _our_vae_config(spec["vae_dtype"])
     module = vae_lib.CausalVAE(config.vae)
-    video = jax.random.uniform(jax.random.key(0), (VAE_SHAPE["batch"], VAE_SHAPE["frames"], VAE_SHAPE["size"],
-                                                   VAE_SHAPE["size"], 3), minval=-1.0, maxval=1.0)
+    video = jax.random.uniform(
+      jax.random.key(0),
+      (VAE_SHAPE["batch"], VAE_SHAPE["frames"], VAE_SHAPE["size"], VAE_SHAPE["size"], 3),
+      minval=-1.0,
+      maxval=1.0,
+    )
     params = jax.jit(lambda r: nn.meta.unbox(module.init({"params": r}, video, sample=False)["params"]))(
-        jax.random.key(1))
+      jax.random.key(1)
+    )
 
     def roundtrip(p, v):
       return vae_lib.decode_latents(module, p, vae_lib.encode_video(module, p, v)[0])
@@ -175,8 +231,11 @@ def ours_benchmarks(spec: dict) -> tuple[dict, dict]:
     start = time.perf_counter()
     compiled_vae = jax.jit(roundtrip).lower(params, video).compile()
     benches["ours_vae"] = lambda: compiled_vae(params, video)
-    info["ours_vae"] = {"compile_s": time.perf_counter() - start, "dtype": spec["vae_dtype"],
-                        "params": int(sum(x.size for x in jax.tree.leaves(params)))}
+    info["ours_vae"] = {
+      "compile_s": time.perf_counter() - start,
+      "dtype": spec["vae_dtype"],
+      "params": int(sum(x.size for x in jax.tree.leaves(params))),
+    }
   return benches, info
 
 
@@ -195,13 +254,27 @@ def diffusers_benchmarks(spec: dict) -> tuple[dict, dict]:
   torch.manual_seed(0)
   s = SHAPE
   model = diffusers.WanTransformer3DModel(
-      patch_size=s["patch"], num_attention_heads=s["heads"], attention_head_dim=s["head_dim"],
-      in_channels=s["channels"], out_channels=s["channels"], text_dim=s["text_dim"], freq_dim=256,
-      ffn_dim=s["ffn"], num_layers=s["layers"], cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6)
+    patch_size=s["patch"],
+    num_attention_heads=s["heads"],
+    attention_head_dim=s["head_dim"],
+    in_channels=s["channels"],
+    out_channels=s["channels"],
+    text_dim=s["text_dim"],
+    freq_dim=256,
+    ffn_dim=s["ffn"],
+    num_layers=s["layers"],
+    cross_attn_norm=True,
+    qk_norm="rms_norm_across_heads",
+    eps=1e-6,
+  )
   x0 = torch.randn(s["batch"], s["channels"], s["latent_frames"], s["latent_size"], s["latent_size"])
   text = torch.randn(s["batch"], s["text_length"], s["text_dim"])
-  info = {"torch_version": torch.__version__, "diffusers_version": diffusers.__version__,
-          "threads": torch.get_num_threads(), "params": sum(p.numel() for p in model.parameters())}
+  info = {
+    "torch_version": torch.__version__,
+    "diffusers_version": diffusers.__version__,
+    "threads": torch.get_num_threads(),
+    "params": sum(p.numel() for p in model.parameters()),
+  }
 
   def make_step(net, autocast: bool):
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
@@ -228,9 +301,14 @@ def diffusers_benchmarks(spec: dict) -> tuple[dict, dict]:
     benches["diffusers_compiled_train"] = make_step(compiled_model, autocast=True)
   if not spec["skip_vae"]:
     v = VAE_SHAPE
-    vae = diffusers.AutoencoderKLWan(base_dim=v["base"], z_dim=v["latent_channels"],
-                                     dim_mult=list(v["multipliers"]), num_res_blocks=v["res_blocks"],
-                                     attn_scales=[], temperal_downsample=[False, True, True]).eval()
+    vae = diffusers.AutoencoderKLWan(
+      base_dim=v["base"],
+      z_dim=v["latent_channels"],
+      dim_mult=list(v["multipliers"]),
+      num_res_blocks=v["res_blocks"],
+      attn_scales=[],
+      temperal_downsample=[False, True, True],
+    ).eval()
     video = torch.rand(v["batch"], 3, v["frames"], v["size"], v["size"]) * 2 - 1
 
     def vae_step():
@@ -292,23 +370,32 @@ class Worker:
   def __init__(self, kind: str, spec: dict):
     env = dict(os.environ)
     # One real device per worker: virtual CPU devices (tests set 8) would split the cores.
-    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
-                                if "force_host_platform_device_count" not in f)
+    env["XLA_FLAGS"] = " ".join(
+      f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
+    )
     env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
     self.kind = kind
     self.log = tempfile.NamedTemporaryFile("w+", prefix=f"vs_diffusers_{kind}_", suffix=".log", delete=False)
-    self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), f"--worker={kind}",
-                                  f"--spec={json.dumps(spec)}"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 stderr=self.log, text=True, env=env, cwd=_REPO)
+    self.proc = subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), f"--worker={kind}", f"--spec={json.dumps(spec)}"],
+      stdin=subprocess.PIPE,
+      stdout=subprocess.PIPE,
+      stderr=self.log,
+      text=True,
+      env=env,
+      cwd=_REPO,
+    )
 
   def receive(self) -> dict:
     for line in self.proc.stdout:
       if line.startswith(_PROTOCOL):
-        return json.loads(line[len(_PROTOCOL):])
+        return json.loads(line[len(_PROTOCOL) :])
     self.log.flush()
     self.log.seek(0)
-    raise RuntimeError(f"the {self.kind} worker exited (code {self.proc.wait()}); its log "
-                       f"({self.log.name}) ends with:\n{self.log.read()[-4000:]}")
+    raise RuntimeError(
+      f"the {self.kind} worker exited (code {self.proc.wait()}); its log "
+      f"({self.log.name}) ends with:\n{self.log.read()[-4000:]}"
+    )
 
   def run(self, name: str, steps: int) -> list[float]:
     self.proc.stdin.write(json.dumps({"run": name, "steps": steps}) + "\n")
@@ -333,21 +420,26 @@ def schedule(names: list[str], rounds: int) -> list[list[str]]:
 
 def medians(times: dict[str, list[float]]) -> dict[str, float]:
   import numpy as np
+
   return {name: float(np.median(t)) for name, t in times.items() if t}
 
 
 def compare(times: dict[str, list[float]], num_ours: int) -> dict:
   """The JSON result from all timings: medians, p10/p90, and the ratios the issue asks for."""
   import numpy as np
+
   med = medians(times)
-  out = {"medians_s": med,
-         "p10_s": {k: float(np.percentile(v, 10)) for k, v in times.items() if v},
-         "p90_s": {k: float(np.percentile(v, 90)) for k, v in times.items() if v},
-         "ours_train_s": med.get("ours_train[0]"),
-         "ours_settings_train_s": [med.get(f"ours_train[{i}]") for i in range(num_ours)],
-         "diffusers_eager_train_s": med.get("diffusers_eager_train"),
-         "diffusers_compiled_train_s": med.get("diffusers_compiled_train"),
-         "ours_vae_s": med.get("ours_vae"), "diffusers_vae_s": med.get("diffusers_vae")}
+  out = {
+    "medians_s": med,
+    "p10_s": {k: float(np.percentile(v, 10)) for k, v in times.items() if v},
+    "p90_s": {k: float(np.percentile(v, 90)) for k, v in times.items() if v},
+    "ours_train_s": med.get("ours_train[0]"),
+    "ours_settings_train_s": [med.get(f"ours_train[{i}]") for i in range(num_ours)],
+    "diffusers_eager_train_s": med.get("diffusers_eager_train"),
+    "diffusers_compiled_train_s": med.get("diffusers_compiled_train"),
+    "ours_vae_s": med.get("ours_vae"),
+    "diffusers_vae_s": med.get("diffusers_vae"),
+  }
 
   def ratio(slow, fast):
     return out[slow] / out[fast] if out.get(slow) and out.get(fast) else None
@@ -377,15 +469,29 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
       w.close()
   result = compare(times, len(spec["ours"]))
   cpus = len(spec["cpus"]) or os.cpu_count()
-  result["machine"] = {"cpu_count": os.cpu_count(), "cpus_used": cpus, "amx_bf16": cpu_has_amx_bf16(),
-                       "loadavg_1min_start": load_start, "loadavg_1min_end": os.getloadavg()[0]}
+  result["machine"] = {
+    "cpu_count": os.cpu_count(),
+    "cpus_used": cpus,
+    "amx_bf16": cpu_has_amx_bf16(),
+    "loadavg_1min_start": load_start,
+    "loadavg_1min_end": os.getloadavg()[0],
+  }
   if max(load_start, os.getloadavg()[0]) > 1.5 * os.cpu_count():
-    print(f"warning: the machine was busy (1-min load {load_start:.1f} -> {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} CPUs); multi-threaded torch suffers most from that. Re-run on a quiet machine, "
-          f"or with --cpus=0 for a single-core comparison.", file=sys.stderr)
-  result.update(shape=SHAPE, vae_shape=VAE_SHAPE, rounds=rounds, round_steps=round_steps,
-                ours_settings=spec["ours"], info={kind: msg["info"] for kind, msg in ready.items()},
-                times_s=times)
+    print(
+      f"warning: the machine was busy (1-min load {load_start:.1f} -> {os.getloadavg()[0]:.1f} on "
+      f"{os.cpu_count()} CPUs); multi-threaded torch suffers most from that. Re-run on a quiet machine, "
+      f"or with --cpus=0 for a single-core comparison.",
+      file=sys.stderr,
+    )
+  result.update(
+    shape=SHAPE,
+    vae_shape=VAE_SHAPE,
+    rounds=rounds,
+    round_steps=round_steps,
+    ours_settings=spec["ours"],
+    info={kind: msg["info"] for kind, msg in ready.items()},
+    times_s=times,
+  )
   return result
 
 
@@ -416,8 +522,15 @@ def main(argv):
   if f.steps < 1 or f.round_steps < 1:
     raise app.UsageError("--steps and --round_steps must be >= 1")
   cpus = [int(c) for c in f.cpus]
-  spec = {"ours": ours, "peers": list(f.peers), "skip_vae": f.skip_vae, "vae_dtype": f.vae_dtype,
-          "warmup": f.warmup, "cpus": cpus, "threads": f.threads or len(cpus) or os.cpu_count()}
+  spec = {
+    "ours": ours,
+    "peers": list(f.peers),
+    "skip_vae": f.skip_vae,
+    "vae_dtype": f.vae_dtype,
+    "warmup": f.warmup,
+    "cpus": cpus,
+    "threads": f.threads or len(cpus) or os.cpu_count(),
+  }
   result = run_comparison(spec, f.steps, f.round_steps)
   if f.json:
     print(json.dumps(result))

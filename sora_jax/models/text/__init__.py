@@ -98,11 +98,17 @@ def _build_small(text_cfg) -> TextEncoder:
     raise ValueError(f"config.text.tokenizer={name!r} is not one of {sorted(SMALL_TOKENIZERS)}")
   tokenizer = SMALL_TOKENIZERS[name](text_cfg.max_length)
   module = small_encoder.SmallTextEncoder(
-      vocab_size=tokenizer.vocab_size, max_length=tokenizer.max_length, width=text_cfg.width,
-      depth=text_cfg.depth, num_heads=text_cfg.num_heads, dtype=_dtype(text_cfg))
+    vocab_size=tokenizer.vocab_size,
+    max_length=tokenizer.max_length,
+    width=text_cfg.width,
+    depth=text_cfg.depth,
+    num_heads=text_cfg.num_heads,
+    dtype=_dtype(text_cfg),
+  )
   if text_cfg.width % text_cfg.num_heads:
-    raise ValueError(f"config.text.width={text_cfg.width} must be divisible by "
-                     f"config.text.num_heads={text_cfg.num_heads}")
+    raise ValueError(
+      f"config.text.width={text_cfg.width} must be divisible by config.text.num_heads={text_cfg.num_heads}"
+    )
 
   def init(rng):
     ids = jnp.zeros((1, tokenizer.max_length), jnp.int32)
@@ -115,8 +121,9 @@ def _build_minilm(text_cfg) -> TextEncoder:
   model_dir = tokenizers.minilm_model_dir()
   config = minilm.read_model_config(model_dir)
   if text_cfg.max_length > config["max_position_embeddings"]:
-    raise ValueError(f"config.text.max_length={text_cfg.max_length} exceeds MiniLM's "
-                     f"{config['max_position_embeddings']} positions")
+    raise ValueError(
+      f"config.text.max_length={text_cfg.max_length} exceeds MiniLM's {config['max_position_embeddings']} positions"
+    )
   tokenizer = tokenizers.WordPieceTokenizer(text_cfg.max_length, model_dir)
   module = minilm.minilm_from_config(config, dtype=_dtype(text_cfg))
   init = lambda rng: minilm.load_minilm_params(module, model_dir)

