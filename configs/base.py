@@ -214,5 +214,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.distributed.coordinator_address = ""  # "host:port"; "" = auto-detect (TPU pod, SLURM) or single process.
   c.distributed.num_processes = 0
   c.distributed.process_id = -1
-  c.distributed.mode = "auto"  # "auto" (start if SLURM/MPI/TPU-pod env vars say >1 process), "on" (always: JAX's cluster detection), "off".
+  # "auto" (start if SLURM/MPI/TPU-pod env vars say >1 process), "on" (always: JAX's cluster detection), "off".
+  c.distributed.mode = "auto"
   return c

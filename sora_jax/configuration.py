@@ -21,8 +21,9 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import ml_collections
 
@@ -99,7 +100,7 @@ def check_key(config: ml_collections.ConfigDict, dotted_key: str) -> None:
   """Raises ConfigError naming `dotted_key` and its closest matches if it does not exist."""
   node = config
   parts = dotted_key.split(".")
-  for i, part in enumerate(parts):
+  for part in parts:
     is_dict = isinstance(node, ml_collections.ConfigDict)
     if not is_dict or part not in node:
       known = all_keys(config)

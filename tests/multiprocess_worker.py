@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+import toy_training  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402
 
-import toy_training  # noqa: E402
 from sora_jax.sharding import distributed  # noqa: E402
 from sora_jax.training import loop  # noqa: E402
 

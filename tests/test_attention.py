@@ -124,7 +124,7 @@ def test_attention_module_same_params_and_results_for_every_impl(cross):
       lambda p: p + 0.1 * jnp.asarray(np.random.default_rng(1).standard_normal(p.shape), jnp.float32), params
     )
     out = module.apply(params, x, **kwargs)
-    grads = jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x, **kwargs))), argnums=(0, 1))(params, x)
+    grads = jax.grad(lambda p, x, m=module: jnp.sum(jnp.sin(m.apply(p, x, **kwargs))), argnums=(0, 1))(params, x)
     results[impl] = (params, out, grads)
   ref_params, ref_out, ref_grads = results["jax_nn"]
   for impl in ("einsum", "chunked"):

@@ -203,7 +203,7 @@ def test_normal_kl_matches_numerical_integration():
   for m1, lv1, m2, lv2 in cases:
     p, q = stats.norm(m1, np.exp(0.5 * lv1)), stats.norm(m2, np.exp(0.5 * lv2))
     lo, hi = m1 - 12 * np.exp(0.5 * lv1), m1 + 12 * np.exp(0.5 * lv1)
-    ref, _ = integrate.quad(lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), lo, hi, epsabs=1e-12, limit=200)
+    ref, _ = integrate.quad(lambda x, p=p, q=q: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), lo, hi, epsabs=1e-12, limit=200)
     got = float(ddpm.normal_kl(jnp.float32(m1), jnp.float32(lv1), jnp.float32(m2), jnp.float32(lv2)))
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6, err_msg=str((m1, lv1, m2, lv2)))
   # Broadcasting over arrays, against the closed form in float64.

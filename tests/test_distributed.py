@@ -10,11 +10,10 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
-
 import toy_training
-from sora_jax.sharding import distributed
+
+from sora_jax.sharding import distributed, partitioning
 from sora_jax.sharding import mesh as mesh_lib
-from sora_jax.sharding import partitioning
 from sora_jax.training import checkpointing
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")

@@ -308,7 +308,7 @@ def test_image_mode_is_the_dit_paper_network(image_model):
     _apply(model, params, jnp.zeros((2, 2, 8, 8, 4)), jnp.zeros(2), {"label": jnp.array([3, 10])})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _image_loss(model):
   """Jitted (loss, grads) of a fixed image batch; cached per model so tests share the compilation."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 1, 8, 8, 4)), jnp.float32)
@@ -345,7 +345,7 @@ def test_bfloat16_compute_is_close_to_float32_and_keeps_float32_params(text_mode
   loss, grads = _image_loss(image)(image_params)
   bf16_loss, bf16_grads = _image_loss(image.clone(dtype="bfloat16"))(image_params)
   assert abs(float(bf16_loss - loss)) < 3e-2 * abs(float(loss)) + 1e-3
-  for g, g32 in zip(jax.tree.leaves(bf16_grads), jax.tree.leaves(grads)):
+  for g in jax.tree.leaves(bf16_grads):
     assert g.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(g)))
   cosine = sum(float(jnp.vdot(a, b)) for a, b in zip(jax.tree.leaves(bf16_grads), jax.tree.leaves(grads))) / (
     np.sqrt(sum(float(jnp.vdot(a, a)) for a in jax.tree.leaves(bf16_grads)))

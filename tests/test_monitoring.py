@@ -9,7 +9,6 @@ from PIL import Image
 
 from sora_jax.monitoring import plots, progress, writer
 
-
 # ----------------------------------------------------------------------------- progress
 
 
@@ -100,7 +99,7 @@ def test_metric_writer_writes_jsonl_tensorboard_and_lines(tmp_path, capsys):
     w.write_text(0, "config", "{}")
   out = capsys.readouterr().out
   assert "step 1 | loss 0.5 | psnr 20.25" in out and "step 2 | loss 0.25" in out
-  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [1, 2]
   assert records[0]["loss"] == 0.5 and records[0]["psnr"] == 20.25
   assert records[1]["minutes"] >= records[0]["minutes"] >= 0

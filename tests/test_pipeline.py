@@ -103,6 +103,7 @@ def test_guidance_and_other_sizes(pipe):
 
 def test_restores_onto_a_callers_mesh_with_the_same_result(workdir, pipe):
   import jax
+
   from sora_jax import Pipeline
   from sora_jax.sharding import mesh as mesh_lib
 
@@ -156,6 +157,7 @@ def test_ddpm_sampler_on_a_flow_model_is_a_clear_error(pipe):
 
 def test_every_sampler_is_counted_and_selectable():
   from absl import flags
+
   from sora_jax.diffusion import samplers
   from sora_jax.sampling import flags as sampling_flags
   from sora_jax.sampling import generate

@@ -20,12 +20,12 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from sharding_equivalence import EQUIVALENCE_MESHES, assert_equivalent, param_specs_table
 
 from configs import base
-from sharding_equivalence import EQUIVALENCE_MESHES, assert_equivalent, param_specs_table
 from sora_jax.models import dit as dit_lib
-from sora_jax.models import variants
 from sora_jax.models import vae as vae_lib
+from sora_jax.models import variants
 from sora_jax.sharding import partitioning
 from sora_jax.training import train_state
 

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from sharding_equivalence import EQUIVALENCE_MESHES, assert_equivalent
 
 from configs import base
-from sharding_equivalence import EQUIVALENCE_MESHES, assert_equivalent
 from sora_jax.models import vae as vae_lib
 from sora_jax.sharding import partitioning
 from sora_jax.training import train_state

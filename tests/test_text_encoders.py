@@ -15,8 +15,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # pylint: disable=g-import-not-at-top
-from sora_jax.models.text import build_text_encoder
-from sora_jax.models.text import tokenizers
+from sora_jax.models.text import build_text_encoder, tokenizers
 from sora_jax.models.text.small_encoder import SmallTextEncoder
 
 PARAM_AXES = {"vocab", "embed", "heads", "kv", "mlp", "norm", None}
@@ -261,6 +260,7 @@ def test_hashed_word_tokenizer_ids_are_stable_and_collision_free_on_the_shapes_v
 
 def test_small_encoder_takes_the_word_tokenizer_from_config():
   import ml_collections
+
   from sora_jax.models.text import build_text_encoder
 
   cfg = ml_collections.ConfigDict(

@@ -3,8 +3,8 @@
 import jax
 import numpy as np
 import pytest
-
 import toy_training
+
 from sora_jax.training import checkpointing, loop, optimizer
 
 _config = toy_training.toy_config

@@ -505,6 +505,7 @@ def test_params_unbox_under_a_mesh_with_the_config_rules():
   """Flax applies sharding constraints when unboxing under a mesh; repeated axis names would fail."""
   import flax.linen as nn
   import jax
+
   from configs import base
   from sora_jax.models.vae import CausalVAE
   from sora_jax.sharding import mesh as mesh_lib

@@ -16,7 +16,6 @@ from configs import base
 from sora_jax.data import shapes
 from sora_jax.evaluation import vae_eval
 from sora_jax.models import vae as vae_lib
-from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import partitioning
 from sora_jax.training import checkpointing, vae_step
 from sora_jax.training.optimizer import make_optimizer

@@ -184,7 +184,7 @@ def measure_cpu_matmul_tflops(size: int = 2048, repeats: int = 5) -> dict[str, f
     a = jax.random.normal(jax.random.key(0), (size, size), dtype)
     b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
-    rates[name] = achieved_tflops(2.0 * size**3, min(time_calls(lambda: matmul(a, b), repeats, warmup=1)))
+    rates[name] = achieved_tflops(2.0 * size**3, min(time_calls(lambda f=matmul, a=a, b=b: f(a, b), repeats, warmup=1)))
   return rates
 
 
@@ -274,9 +274,8 @@ def benchmark_train(
   """Times the sharded DiT train step; returns the JSON-ready result (see the module docstring)."""
   import jax
 
-  from sora_jax.sharding import memory
+  from sora_jax.sharding import memory, partitioning
   from sora_jax.sharding import mesh as mesh_lib
-  from sora_jax.sharding import partitioning
 
   setup = memory.build_dit_train_setup(config, frames=frames, height=height, width=width, batch_size=batch)
   mesh = mesh_lib.make_mesh(config.mesh)

@@ -170,9 +170,8 @@ def main(argv):
     metrics = os.path.join(workdir, "metrics.jsonl")
     keys = [k for k in ("loss", "eval/loss") if any(k in r for r in plots.read_metrics(metrics))]
     if keys:
-      print(
-        f"loss curve: {plots.plot_curves(metrics, keys, os.path.join(workdir, 'loss_curve.png'), x='minutes', smoothing=0.6)}"
-      )
+      curve = plots.plot_curves(metrics, keys, os.path.join(workdir, "loss_curve.png"), x="minutes", smoothing=0.6)
+      print(f"loss curve: {curve}")
 
 
 def _sampling_params(state):

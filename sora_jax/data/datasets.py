@@ -16,12 +16,12 @@ consumer sees captions as str.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from sora_jax.data import shapes_builder
-from sora_jax.data import video_folder_builder
+from sora_jax.data import shapes_builder, video_folder_builder
 
 
 class DecodedSource:

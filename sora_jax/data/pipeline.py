@@ -27,7 +27,8 @@ from __future__ import annotations
 import queue
 import re
 import threading
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -182,7 +183,7 @@ class DataIterator:
     self._stop = threading.Event()
     self._exhausted = False
 
-  def __iter__(self) -> "DataIterator":
+  def __iter__(self) -> DataIterator:
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:

@@ -38,7 +38,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -214,7 +215,7 @@ class DDPM:
       raise ValueError(f"diffusion.num_timesteps={self.num_timesteps} must be >= 2")
 
   @classmethod
-  def from_config(cls, diffusion_cfg) -> "DDPM":
+  def from_config(cls, diffusion_cfg) -> DDPM:
     return cls(
       num_timesteps=diffusion_cfg.num_timesteps,
       schedule=diffusion_cfg.ddpm_schedule,

@@ -33,7 +33,8 @@ sampler's timesteps use the same shift, so training and sampling agree.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -123,7 +124,7 @@ class FlowMatching:
       raise ValueError(f"diffusion.flow_x0_min_t={self.x0_min_t} must be in (0, 1]")
 
   @classmethod
-  def from_config(cls, diffusion_cfg) -> "FlowMatching":
+  def from_config(cls, diffusion_cfg) -> FlowMatching:
     """From `config.diffusion` (fields absent from an older saved config keep their defaults)."""
     renamed = {"flow_prediction": "prediction", "flow_x0_min_t": "x0_min_t"}
     fields = {f.name for f in dataclasses.fields(cls)}

@@ -17,7 +17,8 @@ half only; the variance half is the conditional branch's, as in DiT (`forward_wi
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -41,7 +41,8 @@ arguments (closures over large arrays are recompiled per new closure):
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,8 @@ The analyzer itself is validated on ground-truth dataset clips in the tests
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -33,7 +33,8 @@ at 17x32x32, 9x32x32 and 17x64x64, also with blur and noise added.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage

@@ -19,7 +19,8 @@ bias ('conv_out',). Compute runs in `dtype` with float32 accumulation; params st
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp

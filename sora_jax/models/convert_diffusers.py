@@ -21,7 +21,8 @@ torch is only needed to produce the state dict; this module imports no torch.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -14,7 +14,7 @@ tests/test_counting.py; `count_flops` against XLA's cost analysis.
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import ml_collections
 
@@ -22,7 +22,7 @@ from sora_jax.models.dit import DiT
 from sora_jax.models.embeddings import TIMESTEP_FEATURES
 from sora_jax.models.patchify import patch_grid
 
-ModelSpec = Union[DiT, ml_collections.ConfigDict]
+ModelSpec = DiT | ml_collections.ConfigDict
 
 
 def _as_model(spec: ModelSpec, in_channels: int | None, text_dim: int) -> DiT:

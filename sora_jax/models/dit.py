@@ -23,17 +23,17 @@ Activations in the residual stream stay float32; matmul inputs are cast to
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from sora_jax.models import embeddings
+from sora_jax.models import embeddings, variants
 from sora_jax.models import patchify as patchify_lib
 from sora_jax.models import rope as rope_lib
-from sora_jax.models import variants
 from sora_jax.models.attention import ATTENTION_IMPLS, Attention, linear, xavier
 
 REMAT_POLICIES = {
@@ -259,7 +259,7 @@ class DiT(nn.Module):
   timestep_frequency_shift: float = 0.0
 
   @classmethod
-  def from_config(cls, dit_cfg: ml_collections.ConfigDict, in_channels: int, text_dim: int = 0, **overrides) -> "DiT":
+  def from_config(cls, dit_cfg: ml_collections.ConfigDict, in_channels: int, text_dim: int = 0, **overrides) -> DiT:
     """The DiT described by `config.dit` (sizes as given; see variants.apply_variant)."""
     variants.warn_if_variant_mismatch(dit_cfg)
     fields = dict(

@@ -10,7 +10,7 @@ change from call to call as long as the patch divides them.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

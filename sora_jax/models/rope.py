@@ -13,7 +13,7 @@ Rotation pairs dimension i with dimension i + head_dim/2 ("half" layout).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

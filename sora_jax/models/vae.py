@@ -31,7 +31,8 @@ import functools
 import json
 import math
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import einops
 import flax.linen as nn

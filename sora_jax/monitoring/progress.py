@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Iterable, TypeVar
+from collections.abc import Iterable
+from typing import IO, TypeVar
 
 from tqdm import std as tqdm_std
 from tqdm.auto import tqdm

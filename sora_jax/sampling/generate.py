@@ -119,7 +119,7 @@ def _with_tick(fn, ticker: StepTicker):
 MODEL_EVALS_PER_STEP = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 1, "ddpm": 1}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bucket_size(batch: int) -> int:
   """Batch sizes are padded up to a power of two, so a new batch size rarely recompiles."""
   size = 1

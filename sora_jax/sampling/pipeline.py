@@ -17,13 +17,12 @@ power of two, so calling with a new batch size rarely recompiles.
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sora_jax import configuration
 from sora_jax.diffusion import build_diffusion
 from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
@@ -92,7 +91,7 @@ class Pipeline:
     use_ema: bool = True,
     prompt_expander: str | Callable[[str], str] = "auto",
     step: int | None = None,
-  ) -> "Pipeline":
+  ) -> Pipeline:
     """Restores a trained system from `workdir` (see module docstring).
 
     Args:

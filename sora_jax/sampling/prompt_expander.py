@@ -14,7 +14,8 @@ word order and missing parts:
 from __future__ import annotations
 
 import re
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 
 class PromptExpander(Protocol):

@@ -35,7 +35,8 @@ import math
 import os
 import subprocess
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -111,7 +112,7 @@ class DiTTrainSetup:
     """A random batch of the right shapes (numpy): unit-normal latents, 3/4 of the text unmasked."""
     rng = np.random.default_rng(seed)
     out = {}
-    for name, (shape, dtype) in self.batch_shapes().items():
+    for name, (shape, _) in self.batch_shapes().items():
       if name == "text_mask":
         out[name] = np.arange(shape[1])[None, :].repeat(shape[0], 0) < max(1, (3 * shape[1]) // 4)
       elif name == "text_ids":

@@ -22,7 +22,8 @@ default of Explicit axes breaks `nn.with_logical_constraint`).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np

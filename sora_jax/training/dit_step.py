@@ -16,7 +16,8 @@ posterior and (mean_c, std_c) the VAE's per-channel latent statistics.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -33,7 +33,8 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import jax
 import numpy as np

@@ -33,7 +33,7 @@ class TrainState:
   opt_state: Any
   ema_params: Any = None
 
-  def apply_gradients(self, grads: Any, tx: optax.GradientTransformation, ema_decay: float = 0.0) -> "TrainState":
+  def apply_gradients(self, grads: Any, tx: optax.GradientTransformation, ema_decay: float = 0.0) -> TrainState:
     """One optimizer update: returns the new state (step + 1, params, opt_state, EMA).
 
     Args:

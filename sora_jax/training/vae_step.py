@@ -18,7 +18,8 @@ The reconstruction is decoded from a posterior sample (rng "sample").
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -141,7 +141,7 @@ def ours_config(settings: list[str]):
   from sora_jax.configuration import load_config
 
   base = [
-    "text.max_length=%d" % SHAPE["text_length"],
+    f"text.max_length={SHAPE['text_length']}",
     "train.ema_decay=0.0",
     "train.grad_clip=0.0",
     "train.warmup_steps=0",
@@ -179,9 +179,8 @@ def ours_benchmarks(spec: dict) -> tuple[dict, dict]:
 
   from sora_jax.models import counting
   from sora_jax.models import vae as vae_lib
-  from sora_jax.sharding import memory
+  from sora_jax.sharding import memory, partitioning
   from sora_jax.sharding import mesh as mesh_lib
-  from sora_jax.sharding import partitioning
 
   frames = 1 + 4 * (SHAPE["latent_frames"] - 1)
   size = 8 * SHAPE["latent_size"]

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sora_jax.models.text import minilm
-from sora_jax.models.text import small_encoder
-from sora_jax.models.text import tokenizers
+from sora_jax.models.text import minilm, small_encoder, tokenizers
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sora_jax.models.text import small_encoder
-from sora_jax.models.text import tokenizers
+from sora_jax.models.text import small_encoder, tokenizers
 
 Dtype = Any
 MINILM_DIM = 384

@@ -14,7 +14,8 @@ The layers `Linear` and `SelfAttention` here are shared with the MiniLM encoder
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -23,8 +23,8 @@ import importlib.resources
 import re
 import warnings
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
