@@ -22,7 +22,6 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -32,20 +31,10 @@ class ConfigError(ValueError):
   """A config file, key or value is wrong; the message says how to fix it."""
 
 
-def _make_configs_package_importable(path: str) -> None:
-  """Variant configs do `from configs import base`: put the folder holding configs/ on sys.path."""
-  for parent in Path(path).resolve().parents:
-    if (parent / "configs" / "base.py").exists():
-      if str(parent) not in sys.path:
-        sys.path.insert(0, str(parent))
-      return
-
-
 def _import_config_module(path: str):
   path = os.fspath(path)
   if not os.path.exists(path):
     raise ConfigError(f"config file {path!r} does not exist (configs live under configs/, e.g. configs/vae/demo.py)")
-  _make_configs_package_importable(path)
   name = "sora_jax_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)

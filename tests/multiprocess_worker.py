@@ -15,7 +15,6 @@ import sys
 NUM_PROCESSES, PROCESS_ID = int(sys.argv[2]), int(sys.argv[3])
 os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={4 // NUM_PROCESSES}"
 os.environ["JAX_PLATFORMS"] = "cpu"
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # repo root: configs
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -11,11 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base
 from sora_jax.models import counting, dit, variants
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import base  # noqa: E402
 
 # Peebles & Xie 2023, Table 4: forward Gflops (multiply-adds) at 256x256 (latent 32x32x4).
 PAPER_GFLOPS = {

@@ -1,18 +1,12 @@
 """grain pipeline: batch format, exact resume, epochs, flips that fix captions, temporal crop, global arrays."""
 
-import os
-import sys
-
 import grain
 import jax
 import numpy as np
 import pytest
 
+from configs import base
 from sora_jax.data import pipeline, shapes, shapes_builder
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import base  # noqa: E402
 
 
 class ArraySource:

@@ -1,14 +1,9 @@
 """Diffusion processes (rectified flow, DDPM) and classifier-free guidance."""
 
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # pylint: disable=g-import-not-at-top
 from sora_jax.diffusion import DDPM, FlowMatching, build_diffusion, ddpm, flow, guidance, samplers

@@ -1,8 +1,6 @@
 """The DiT network: patchify, RoPE, attention, adaLN-Zero, scan/remat, bf16, partitioning, errors."""
 
 import functools
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -10,10 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import base
 from sora_jax.models import attention, dit, embeddings, patchify, rope, variants
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import base  # noqa: E402
 
 TEXT_DIM = 8
 TINY = dict(in_channels=4, text_dim=TEXT_DIM, hidden_size=32, depth=2, num_heads=2, mlp_dim=64, learn_sigma=True)

@@ -8,12 +8,11 @@ import textwrap
 import numpy as np
 import pytest
 
+from configs import base
 from sora_jax.data import datasets, importer, pipeline, video_folder_builder
 from sora_jax.media import video_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from configs import base  # noqa: E402
 
 SETTINGS = importer.ClipSettings(num_frames=9, height=32, width=32, fps=8, stride=4)
 

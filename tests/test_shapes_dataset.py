@@ -217,7 +217,6 @@ def test_every_example_metadata_matches_its_pixels(tiny_build):
 
 
 def _data_cfg(data_dir):
-  sys.path.insert(0, REPO)
   from configs import base
 
   cfg = base.get_config().data

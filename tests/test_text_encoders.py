@@ -2,8 +2,6 @@
 
 import importlib.resources
 import math
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -11,8 +9,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import base  # pylint: disable=g-import-not-at-top
 from sora_jax.models.text import build_text_encoder, tokenizers

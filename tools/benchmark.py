@@ -32,19 +32,13 @@ FLOP/s / peak, with the peak from PEAK_TFLOPS (dense bf16 per chip x devices) by
 
 import json
 import math
-import os
 import platform
-import sys
 import time
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO not in sys.path:
-  sys.path.insert(0, _REPO)
+from absl import app, flags
+from ml_collections import config_flags
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from sora_jax.configuration import run_tool  # noqa: E402
+from sora_jax.configuration import run_tool
 
 # Dense bf16 peak TFLOP/s per chip (vendor datasheets, without sparsity). Matched as the longest
 # key contained in `device_kind` (so "TPU v5 lite" wins over "TPU v5", "H100 PCIe" over "H100").

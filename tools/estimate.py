@@ -19,18 +19,14 @@ and length from config.text, clip size from config.data unless given):
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _REPO)
-
-from sora_jax.configuration import run_tool  # noqa: E402
-from sora_jax.models import counting, variants  # noqa: E402
-from sora_jax.models.dit import DiT  # noqa: E402
+from sora_jax.configuration import run_tool
+from sora_jax.models import counting, variants
+from sora_jax.models.dit import DiT
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",

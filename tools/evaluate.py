@@ -15,15 +15,12 @@ Writes <out>/eval.json, <out>/summary.png (bars + confusion matrices) and
 
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from sora_jax.configuration import run_tool  # noqa: E402
-from sora_jax.sampling import flags as sampling_flags  # noqa: E402
+from sora_jax.configuration import run_tool
+from sora_jax.sampling import flags as sampling_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir (make demo's runs/demo, or a DiT workdir).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default <workdir>/eval).")

@@ -31,10 +31,8 @@ import sys
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sora_jax.configuration import run_tool  # noqa: E402
-from sora_jax.data import importer, video_folder_builder  # noqa: E402
+from sora_jax.configuration import run_tool
+from sora_jax.data import importer, video_folder_builder
 
 _VIDEOS_DIR = flags.DEFINE_string("videos_dir", None, "Folder holding the video files.", required=True)
 _NAME = flags.DEFINE_string(

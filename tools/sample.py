@@ -14,15 +14,12 @@ expander (shapes: synonyms / word order / missing parts -> canonical caption) un
 import json
 import os
 import re
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
 
-from absl import flags  # noqa: E402
-
-from sora_jax.configuration import run_tool  # noqa: E402
-from sora_jax.sampling import flags as sampling_flags  # noqa: E402
+from sora_jax.configuration import run_tool
+from sora_jax.sampling import flags as sampling_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir (make demo's runs/demo, or a DiT workdir).")
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "A text prompt; repeat the flag for several.")

@@ -18,12 +18,11 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, _REPO)
+from sora_jax.configuration import run_tool
+from sora_jax.data import datasets
+from sora_jax.media.contact_sheet import save_contact_sheet
 
-from sora_jax.configuration import run_tool  # noqa: E402
-from sora_jax.data import datasets  # noqa: E402
-from sora_jax.media.contact_sheet import save_contact_sheet  # noqa: E402
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _DEFAULT_CONFIG = os.path.join(_REPO, "configs", "base.py")
 _CONFIG = config_flags.DEFINE_config_file(

@@ -19,12 +19,10 @@ Any config field can be overridden: --config.train.steps=200 --config.dit.depth=
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags
+from ml_collections import config_flags
 
-from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from sora_jax.configuration import run_tool  # noqa: E402
+from sora_jax.configuration import run_tool
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "DiT config file, e.g. configs/dit/demo.py.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, config.json, TensorBoard, samples.")

@@ -19,14 +19,11 @@ Any config field can be overridden: --config.train.steps=200 --config.vae.base_c
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import flags, logging
+from ml_collections import config_flags
 
-from absl import flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from sora_jax.configuration import run_tool  # noqa: E402
+from sora_jax.configuration import run_tool
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "VAE config file, e.g. configs/vae/demo.py (CPU demo) or configs/vae/wan.py (4x8x8, 16 ch)."

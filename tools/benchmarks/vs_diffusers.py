@@ -38,11 +38,9 @@ import sys
 import tempfile
 import time
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if _REPO not in sys.path:
-  sys.path.insert(0, _REPO)
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The Wan-like shape of the comparison (issue 6).
 SHAPE = {
