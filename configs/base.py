@@ -79,15 +79,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.vae.base_channels = 64
   c.vae.channel_multipliers = (1, 2, 4, 4)  # one per resolution level (log2(spatial_factor)+1 levels).
   c.vae.num_res_blocks = 2  # residual blocks per level.
-  c.vae.decoder_time_patch = 0  # frames the decoder's output un-patchify makes per step (0 = patch_size[0]); smaller
-  # moves time upsampling into the decoder's convs: sharper motion, more compute.
   c.vae.decoder_channel_multipliers = ()  # the decoder's widths per level (() = channel_multipliers).
   c.vae.encoder_time_kernels = ()  # time extent of the encoder's convs per level: 3 (causal 3D) or 1 (per-frame 2D;
   # a time patchify already puts each latent frame's pixel frames in its channels,
   # but 3D convs make each latent carry earlier frames' features); () = 3 everywhere.
   c.vae.decoder_time_kernels = ()  # time extent of the decoder's convs per level: 3 (causal 3D) or 1 (per-frame 2D,
   # 3x cheaper; time is then mixed at the coarser levels); () = 3 everywhere.
-  c.vae.output_activation = "none"  # decoder output: "none" (linear) or "tanh" (saturates at the ends of [-1, 1]).
   c.vae.mid_attention = True  # spatial self-attention in the middle block.
   c.vae.norm = "rms"  # "rms" (per-position RMS norm, as Wan 2.1) or "none" (small CPU configs learn faster).
   c.vae.dtype = "float32"  # compute dtype ("float32" or "bfloat16"); params stay float32.

@@ -4,6 +4,9 @@ Configs are Python files under `configs/` with a `get_config()` returning an
 `ml_collections.ConfigDict`. This module gives them two entry points:
 
 * `load_config(path, overrides)` for code and tests;
+* `merge_saved_config(saved)` for the config a training run saved: merged onto today's
+  `configs/base.py`, so code reads every key without defaults of its own (the one place
+  where configs of older runs are made current);
 * `run_tool(main)` for the absl tools: it checks every `--config.key=value`
   on the command line *before* absl parses flags, so a misspelt key fails with
   a message that names the key and the closest valid ones (ml_collections on
@@ -66,6 +69,76 @@ def load_config(path: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
   return config
 
 
+# Keys of older saved configs that no longer exist, each with the value that behaves like today's code
+# (docs/experiments.md has the experiments that retired them).
+REMOVED_KEYS = {
+  "vae.output_activation": "none",  # the decoder's output is linear
+  "vae.decoder_time_patch": 0,  # the decoder un-patchifies vae.patch_size[0] frames, like the encoder
+}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": 1}} -> {"a.b": 1}."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def merge_saved_config(saved: dict, source: str = "the saved config") -> ml_collections.ConfigDict:
+  """The config a run saved (JSON dict), merged onto today's base config (`configs/base.py`).
+
+  Keys the run did not save (added since) take today's defaults, which behave as the code did
+  before they existed. A saved key that no longer exists is dropped when it holds the value
+  that behaves like today's code (`REMOVED_KEYS`); otherwise this raises ConfigError, as for a
+  key that never existed: the run cannot be reproduced by this version.
+
+  Args:
+    saved: the dict of a `config.json` (lists where the config holds tuples are fine).
+    source: where it came from, for error messages.
+  Raises:
+    ConfigError: naming each key that cannot be merged and why.
+  """
+  from configs import base  # the installed configs package (not a model floor: pure defaults)
+
+  config = base.get_config()
+  known = set(all_keys(config))
+  problems = []
+  for key, value in _flatten(_lists_to_tuples(saved)).items():
+    if key in known:
+      try:
+        set_value(config, key, value)
+      except ConfigError as e:
+        problems.append(str(e))
+    elif key in REMOVED_KEYS and value == REMOVED_KEYS[key]:
+      continue
+    elif key in REMOVED_KEYS:
+      problems.append(
+        f"{key}={value!r}: this setting no longer exists (today's code behaves as {REMOVED_KEYS[key]!r}; "
+        "docs/experiments.md says why it was removed)"
+      )
+    else:
+      problems.append(f"{key}={value!r}: no such config key in configs/base.py")
+  if problems:
+    raise ConfigError(
+      f"{source} cannot be used by this version of sora_jax:\n  "
+      + "\n  ".join(problems)
+      + "\nRestore the run with the sora_jax version that trained it, or retrain."
+    )
+  return config
+
+
+def _lists_to_tuples(x: Any) -> Any:
+  if isinstance(x, dict):
+    return {k: _lists_to_tuples(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_lists_to_tuples(v) for v in x)
+  return x
+
+
 def _parse_value(text: str) -> Any:
   try:
     return ast.literal_eval(text)
@@ -125,16 +198,11 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:
-  """Inverse of `to_json` (JSON lists come back as tuples where a config holds tuples)."""
+  """Inverse of `to_json` (JSON lists come back as tuples where a config holds tuples).
 
-  def fix(x):
-    if isinstance(x, dict):
-      return {k: fix(v) for k, v in x.items()}
-    if isinstance(x, list):
-      return tuple(fix(v) for v in x)
-    return x
-
-  return ml_collections.ConfigDict(fix(d))
+  The dict is taken as it is; for a config saved by a training run use `merge_saved_config`.
+  """
+  return ml_collections.ConfigDict(_lists_to_tuples(d))
 
 
 def _config_path_from_argv(argv: Sequence[str]) -> str | None:

@@ -1,4 +1,4 @@
-"""tools/benchmark.py, tools/benchmarks/vs_diffusers.py and sora_jax/sharding/memory.py on tiny configs.
+"""tools/benchmark.py, tools/benchmarks/vs_diffusers.py and sora_jax/training/memory.py on tiny configs.
 
 No timing assertions: what is checked is the arithmetic (MFU, peak table, ratios), the
 command line and the JSON schema, and that the memory estimate accounts for sharding
@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from sora_jax.configuration import load_config
-from sora_jax.sharding import memory
+from sora_jax.training import memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "dit", "demo.py")

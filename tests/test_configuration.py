@@ -99,7 +99,7 @@ def test_a_tool_rejects_an_unknown_key_before_doing_any_work():
 def test_dit_demo_config_describes_the_demo_vae_latents():
   # tools/benchmark.py and tools/estimate.py size the DiT from config.vae; train_dit reads the
   # VAE workdir. Both must agree for the demo (17x32x32 clips -> 5x8x8x8 latents).
-  from sora_jax.sharding import memory
+  from sora_jax.training import memory
 
   dit_config = configuration.load_config(os.path.join(REPO, "configs/dit/demo.py"))
   vae_config = configuration.load_config(os.path.join(REPO, "configs/vae/demo.py"))

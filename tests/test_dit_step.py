@@ -7,8 +7,8 @@ import pytest
 
 from configs import base
 from sora_jax.diffusion import build_diffusion
-from sora_jax.models.dit import DiT
-from sora_jax.models.text import build_text_encoder
+from sora_jax.models import factory
+from sora_jax.models.text import fields
 from sora_jax.sharding import partitioning
 from sora_jax.training import dit_step
 from sora_jax.training.optimizer import make_optimizer
@@ -24,15 +24,14 @@ def _setup(cfg_dropout=0.1, lr=3e-3, diffusion=None, learn_sigma=False):
   config.diffusion.update(diffusion or {})
   config.text.update(dict(encoder="small", max_length=32, width=32, depth=1, num_heads=2))
   config.train.update(dict(learning_rate=lr, warmup_steps=0, lr_schedule="constant", ema_decay=0.9))
-  text = build_text_encoder(config.text)
-  dit = DiT.from_config(config.dit, in_channels=LATENT[-1], text_dim=text.output_dim)
+  denoiser = factory.build_denoiser(config, LATENT)
+  text = denoiser.text_encoder
   process = build_diffusion(config.diffusion)
   tx = make_optimizer(config.train)
   stats = {"mean": jnp.zeros(LATENT[-1]), "std": jnp.ones(LATENT[-1])}
-  null = dit_step.null_text_fields(text, None)
+  null = fields.null_text_fields(text, None)
   step, loss_fn = dit_step.make_train_step(
-    dit=dit,
-    text_encoder=text,
+    denoiser=denoiser,
     diffusion=process,
     latent_stats=stats,
     null_fields=null,
@@ -40,9 +39,9 @@ def _setup(cfg_dropout=0.1, lr=3e-3, diffusion=None, learn_sigma=False):
     tx=tx,
     ema_decay=0.9,
   )
-  init = dit_step.make_init_fn(dit=dit, text_encoder=text, latent_shape=LATENT, tx=tx, ema=True)
+  init = dit_step.make_init_fn(denoiser, tx, ema=True)
   state = partitioning.unbox(init(jax.random.PRNGKey(0)))
-  return config, text, dit, process, stats, step, loss_fn, state
+  return config, text, denoiser, process, stats, step, loss_fn, state
 
 
 def _batch(text, n=4, seed=0):
@@ -113,15 +112,15 @@ def test_full_cfg_dropout_makes_the_loss_ignore_the_caption():
 
 def test_null_fields_are_the_empty_prompt():
   _, text, *_ = _setup()
-  null = dit_step.null_text_fields(text, None)
+  null = fields.null_text_fields(text, None)
   ids, mask = text.tokenize([""])
   np.testing.assert_array_equal(null["text_ids"], ids[0])
   np.testing.assert_array_equal(null["text_mask"], mask[0])
 
 
 def test_eval_loss_reports_fixed_timesteps_and_zero_baseline():
-  _, text, dit, process, stats, *_, state = _setup()
-  eval_loss = jax.jit(dit_step.make_eval_loss(dit=dit, text_encoder=text, diffusion=process, latent_stats=stats))
+  _, text, denoiser, process, stats, *_, state = _setup()
+  eval_loss = jax.jit(dit_step.make_eval_loss(denoiser=denoiser, diffusion=process, latent_stats=stats))
   out = jax.device_get(eval_loss(state.params, _batch(text), jax.random.PRNGKey(0)))
   assert set(out) == {f"loss_t{t}" for t in dit_step.EVAL_TIMESTEPS} | {"loss", "loss_zero_prediction"}
   # At init the final layer is zero (adaLN-Zero), so the model predicts zero: equal to the baseline at t=0.5.
@@ -130,3 +129,12 @@ def test_eval_loss_reports_fixed_timesteps_and_zero_baseline():
 
 def test_num_tokens():
   assert dit_step.num_tokens((2, 5, 8, 8, 4), (1, 2, 2)) == 80
+
+
+def test_inference_params_are_the_ema_when_kept():
+  from sora_jax.training.train_state import inference_params
+
+  *_, state = _setup()
+  assert inference_params(state) is state.ema_params
+  assert inference_params(state, use_ema=False) is state.params
+  assert inference_params(state.replace(ema_params=None)) is state.params

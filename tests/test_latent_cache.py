@@ -4,10 +4,10 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import base
 from sora_jax.data import latent_cache
 from sora_jax.models.text import build_text_encoder
 
@@ -33,7 +33,8 @@ def _encode(video):
 
 @pytest.fixture
 def small_encoder():
-  cfg = ml_collections.ConfigDict(dict(encoder="small", max_length=32, width=32, depth=1, num_heads=2))
+  cfg = base.get_config().text
+  cfg.update(dict(encoder="small", max_length=32, width=32, depth=1, num_heads=2))
   return build_text_encoder(cfg)
 
 

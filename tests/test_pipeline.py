@@ -159,11 +159,15 @@ def test_every_sampler_is_counted_and_selectable():
   from absl import flags
 
   from sora_jax.diffusion import samplers
+  from sora_jax.diffusion.sampler_names import SAMPLERS
   from sora_jax.sampling import flags as sampling_flags
   from sora_jax.sampling import generate
 
-  assert set(generate.MODEL_EVALS_PER_STEP) == set(samplers.STEPS)
-  assert set(sampling_flags.SAMPLERS) == set(samplers.STEPS)
+  assert set(samplers.STEPS) == set(SAMPLERS)  # one step function per named sampler
+  assert sampling_flags.SAMPLERS is SAMPLERS
+  assert generate.model_evals("heun", 10) == 20 and generate.model_evals("euler", 10) == 10
+  with pytest.raises(ValueError, match="sampler='rk4' is not one of"):
+    generate.model_evals("rk4", 10)
   fv = flags.FlagValues()
   holders = sampling_flags.define_sampling_flags(fv)
   fv(["tool", "--sampler=ddpm", "--num_steps=7"])

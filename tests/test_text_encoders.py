@@ -86,7 +86,7 @@ def test_missing_minilm_package_names_the_install_command(monkeypatch):
 def test_small_encoder_shapes_axes_and_padding_invariance():
   encoder = build_text_encoder(text_config(max_length=40, width=32, depth=2, num_heads=4))
   assert encoder.trainable and encoder.output_dim == 32
-  params = encoder.init_params(jax.random.key(0))
+  params = encoder.init(jax.random.key(0))
   boxes = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
   assert boxes and all(isinstance(b, nn.LogicallyPartitioned) for b in boxes)
   assert all(set(b.names) <= PARAM_AXES and len(b.names) == b.value.ndim for b in boxes)
@@ -108,7 +108,7 @@ def test_small_encoder_shapes_axes_and_padding_invariance():
 
 def test_small_encoder_is_trainable_and_bfloat16_runs():
   encoder = build_text_encoder(text_config(max_length=16, width=32, depth=1, num_heads=2))
-  params = nn.meta.unbox(encoder.init_params(jax.random.key(1)))
+  params = nn.meta.unbox(encoder.init(jax.random.key(1)))
   ids, mask = encoder.tokenize(["a red circle", "a blue square"])
   grads = jax.jit(jax.grad(lambda p: jnp.sum(encoder.module.apply(p, ids, mask)[1] ** 2)))(params)
   assert float(jnp.abs(grads["params"]["token_embedding"]["embedding"]).sum()) > 0
@@ -171,7 +171,7 @@ def numpy_minilm(weights: dict, ids: np.ndarray, mask: np.ndarray, num_heads: in
 @pytest.fixture(scope="module")
 def minilm():
   encoder = build_text_encoder(text_config(encoder="minilm", max_length=16))
-  return encoder, encoder.init_params(jax.random.key(0))
+  return encoder, encoder.load_pretrained()
 
 
 def test_minilm_matches_an_independent_numpy_forward(minilm):
@@ -211,7 +211,7 @@ def test_small_encoder_runs_sharded_on_a_mesh_with_the_config_rules():
   config = base.get_config()
   encoder = build_text_encoder(text_config(max_length=24, width=32, depth=1, num_heads=4))
   ids, mask = encoder.tokenize(["a red circle", "a blue square", "", "a green triangle"])
-  params = encoder.init_params(jax.random.key(0))
+  params = encoder.init(jax.random.key(0))
   expected = jax.jit(encoder.module.apply)(params, ids, mask)
 
   mesh = jax.make_mesh((2, 2, 1, 2), ("data", "fsdp", "context", "tensor"), axis_types=(AxisType.Auto,) * 4)
@@ -255,16 +255,16 @@ def test_hashed_word_tokenizer_ids_are_stable_and_collision_free_on_the_shapes_v
 
 
 def test_small_encoder_takes_the_word_tokenizer_from_config():
-  import ml_collections
-
-  from sora_jax.models.text import build_text_encoder
-
-  cfg = ml_collections.ConfigDict(
-    dict(encoder="small", tokenizer="word", max_length=16, width=32, depth=1, num_heads=2)
-  )
+  cfg = text_config(encoder="small", tokenizer="word", max_length=16, width=32, depth=1, num_heads=2)
   enc = build_text_encoder(cfg)
   ids, mask = enc.tokenize(["a blue box going up"])
   assert mask[0].sum() == 7
   cfg.tokenizer = "bpe"
   with pytest.raises(ValueError, match="config.text.tokenizer='bpe'"):
     build_text_encoder(cfg)
+
+
+def test_a_trainable_encoder_has_no_pretrained_weights():
+  encoder = build_text_encoder(text_config(max_length=8, width=16, depth=1, num_heads=2))
+  with pytest.raises(ValueError, match="'small' has no pretrained weights: it is trained with the DiT"):
+    encoder.load_pretrained()

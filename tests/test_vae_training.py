@@ -1,5 +1,5 @@
 """Tests of VAE training: the loss goes down, the GAN switches on on time, checkpoints round-trip
-through load_vae, latent statistics and PSNR/SSIM are right, and tools/train_vae.py runs end to end."""
+through restore_vae, latent statistics and PSNR/SSIM are right, and tools/train_vae.py runs end to end."""
 
 import json
 import os
@@ -16,6 +16,7 @@ from configs import base
 from sora_jax.data import shapes
 from sora_jax.evaluation import vae_eval
 from sora_jax.models import vae as vae_lib
+from sora_jax.restore import restore_vae
 from sora_jax.sharding import partitioning
 from sora_jax.training import checkpointing, vae_step
 from sora_jax.training.optimizer import make_optimizer
@@ -82,7 +83,7 @@ def test_a_few_steps_reduce_the_loss_and_the_gan_switches_on_at_its_step():
 
 
 @pytest.mark.parametrize("ema_decay", [0.0, 0.9])
-def test_checkpoint_round_trip_through_load_vae(tmp_path, ema_decay):
+def test_checkpoint_round_trip_through_restore_vae(tmp_path, ema_decay):
   config = tiny_config()
   config.train.ema_decay = ema_decay
   vae = vae_lib.CausalVAE(config.vae)
@@ -100,11 +101,13 @@ def test_checkpoint_round_trip_through_load_vae(tmp_path, ema_decay):
     ckpt.save(1, state, config=config)
   vae_lib.save_latent_stats(str(tmp_path), stats)
 
-  module, params, loaded_stats, loaded_config = vae_lib.load_vae(str(tmp_path))
+  restored = restore_vae(str(tmp_path))
+  module, params, loaded_stats, loaded_config = restored.module, restored.params, restored.latent_stats, restored.config
+  assert restored.step == 1
   for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert jax.tree.structure(params) == jax.tree.structure(want)
-  if ema_decay:  # load_vae returns the EMA, not the raw params
+  if ema_decay:  # restore_vae returns the EMA, not the raw params
     assert not np.array_equal(
       params["decoder"]["conv_out"]["kernel"], state.params["vae"]["decoder"]["conv_out"]["kernel"]
     )
@@ -117,9 +120,34 @@ def test_checkpoint_round_trip_through_load_vae(tmp_path, ema_decay):
   )
 
 
-def test_load_vae_without_a_run_fails_clearly(tmp_path):
+def test_restore_vae_without_a_run_fails_clearly(tmp_path):
   with pytest.raises(checkpointing.CheckpointNotFoundError, match="train_vae.py"):
-    vae_lib.load_vae(str(tmp_path))
+    restore_vae(str(tmp_path))
+
+
+def test_restore_reads_only_the_inference_params(tmp_path):
+  """The optimizer state (here a tree no optimizer makes) and the raw params are never read."""
+  config = tiny_config()
+  config.train.ema_decay = 0.9
+  vae = vae_lib.CausalVAE(config.vae)
+  init_fn = vae_step.make_init_fn(vae, make_optimizer(config.train), (1,) + VIDEO_SHAPE[1:], ema=True)
+  state = partitioning.unbox(init_fn(jax.random.key(0)))
+  state = state.replace(opt_state={"not_an_optimizer": jnp.zeros((7,))}, params={"unrelated": jnp.ones((3,))})
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, config=config)
+  restored = restore_vae(str(tmp_path))
+  for a, b in zip(jax.tree.leaves(state.ema_params["vae"]), jax.tree.leaves(restored.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_restore_vae_of_a_workdir_without_a_vae_names_what_to_pass(tmp_path):
+  config = tiny_config()
+  state = {"params": {"dit": {"w": jnp.ones((2,))}}, "step": jnp.zeros((), jnp.int32)}
+  with checkpointing.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state, config=config)
+  expected = r"holds no vae parameters \(its checkpoint's params has \['dit'\]\).*train_vae.py"
+  with pytest.raises(ValueError, match=expected):
+    restore_vae(str(tmp_path))
 
 
 def test_latent_channel_stats_match_numpy():

@@ -268,8 +268,9 @@ def benchmark_train(
   """Times the sharded DiT train step; returns the JSON-ready result (see the module docstring)."""
   import jax
 
-  from sora_jax.sharding import memory, partitioning
   from sora_jax.sharding import mesh as mesh_lib
+  from sora_jax.sharding import partitioning
+  from sora_jax.training import memory
 
   setup = memory.build_dit_train_setup(config, frames=frames, height=height, width=width, batch_size=batch)
   mesh = mesh_lib.make_mesh(config.mesh)
@@ -320,8 +321,8 @@ def benchmark_sample(
   import jax.numpy as jnp
 
   from sora_jax.diffusion import build_diffusion, guidance, samplers
-  from sora_jax.sampling.generate import MODEL_EVALS_PER_STEP
-  from sora_jax.sharding import memory
+  from sora_jax.diffusion.sampler_names import SAMPLERS
+  from sora_jax.training import memory
 
   setup = memory.build_dit_train_setup(config, frames=frames, height=height, width=width, batch_size=batch)
   dit, b, n = setup.dit, setup.batch_size, setup.num_tokens
@@ -364,7 +365,7 @@ def benchmark_sample(
   for _ in range(warmup):
     jax.block_until_ready(run_sampler_c(params, noise))
     jax.block_until_ready(one_call_c(params, noise, t_model))
-  evals = MODEL_EVALS_PER_STEP[sampler]
+  evals = SAMPLERS[sampler].model_evals_per_step
   for _ in range(steps):
     sample_times += time_calls(lambda: run_sampler_c(params, noise), 1, 0)
     call_times += time_calls(lambda: one_call_c(params, noise, t_model), evals * num_steps, 0)

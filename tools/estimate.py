@@ -153,9 +153,9 @@ def estimate(setting: dict, frames: int = 0, height: int = 0, width: int = 0, ba
 
 # ---------------------------------------------------------------------------------------------------------
 # Per-device memory (--mesh): the sharded train step compiled on abstract inputs, read with
-# `compiled.memory_analysis()`; all of it lives in sora_jax/sharding/memory.py (infra engineer).
+# `compiled.memory_analysis()`; all of it lives in sora_jax/training/memory.py (infra engineer).
 def memory_estimate(config, mesh: str, frames: int, height: int, width: int, batch_size: int) -> dict:
-  from sora_jax.sharding import memory
+  from sora_jax.training import memory
 
   try:
     mesh_shape = tuple(int(s) for s in mesh.split(","))

@@ -52,7 +52,7 @@ def main(argv):
   from sora_jax import Pipeline
   from sora_jax.evaluation import adherence, vae_eval
   from sora_jax.media import contact_sheet
-  from sora_jax.sampling.pipeline import resolve_workdirs
+  from sora_jax.restore import resolve_workdirs
 
   out = _OUT.value or os.path.join(_WORKDIR.value, "eval")
   os.makedirs(out, exist_ok=True)

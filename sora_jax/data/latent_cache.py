@@ -6,8 +6,7 @@ and writes one ArrayRecord file per split:
 
   <cache_dir>/<split>.array_record   one msgpack record per clip:
       latent_mean, latent_logvar  float16 [T', H', W', C]  (raw VAE posterior)
-      text_ids int32 [L], text_mask bool [L]               (trainable "small" encoder)
-      or text_tokens float16 [L, D], text_mask, text_pooled float16 [D] (frozen encoders)
+      the text fields of `sora_jax.models.text.fields` (float16 where they are float32)
       caption, canonical_caption (str), metadata (color/shape/motion when known)
   <cache_dir>/meta.json                what built it (VAE step, encoder, data config)
 
@@ -28,11 +27,10 @@ import numpy as np
 from array_record.python import array_record_module
 from flax import serialization
 
+from sora_jax.models.text import fields
 from sora_jax.monitoring.progress import progress_bar
-from sora_jax.training import dit_step
 
 _META = "meta.json"
-_TEXT_KEYS = ("text_ids", "text_mask", "text_tokens", "text_pooled")
 
 
 def cache_path(cache_dir: str, split: str) -> str:
@@ -64,6 +62,22 @@ class LatentCacheSource(grain.RandomAccessDataSource):
     return {
       k: (v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float16 else v) for k, v in record.items()
     }
+
+
+def cache_meta(config, vae_workdir: str, vae_step: int | None) -> dict:
+  """What identifies a DiT run's cache: the VAE (workdir, step), the text encoder, the data config.
+
+  The data config's batch_size and latent_cache_dir are left out: the cache does not depend on them.
+  """
+  meta = {
+    "vae_workdir": os.path.abspath(vae_workdir),
+    "vae_step": vae_step,
+    "text_encoder": config.text.to_dict(),
+    "data": config.data.to_dict(),
+  }
+  meta["data"].pop("batch_size", None)
+  meta["data"].pop("latent_cache_dir", None)
+  return meta
 
 
 def read_meta(cache_dir: str) -> dict | None:
@@ -114,7 +128,7 @@ def build_latent_cache(
       captions = [_as_str(e["caption"]) for e in examples]
       text = {
         k: (v.astype(np.float16) if v.dtype == np.float32 else v)  # halve the cache; read back as f32
-        for k, v in dit_step.text_fields(text_encoder, text_params, captions).items()
+        for k, v in fields.text_fields(text_encoder, text_params, captions).items()
       }
       for i, example in enumerate(examples):
         record = {

@@ -8,25 +8,30 @@ The network is always called as `model_fn(x_t, t_model [B], cond) -> prediction`
   hybrid loss (MSE + variational bound) for learn_sigma models (DiT-paper configurations).
 * `guidance`: condition dropout for training, classifier-free guidance for sampling.
 * `samplers.sample`: Euler, Heun, DDIM, DPM-Solver++(2M) and DDPM's ancestral sampler (with the
-  learned variance), each one jit-compiled lax.scan.
+  learned variance), each one jit-compiled lax.scan; `sampler_names.SAMPLERS` lists them.
 
     process = build_diffusion(config.diffusion)
     loss, aux = process.loss(model_fn, x0, cond, rng, num_tokens=n)
+
+The package attributes load lazily, so `sora_jax.diffusion.sampler_names` imports without JAX.
 """
 
 from __future__ import annotations
 
-from sora_jax.diffusion.ddpm import DDPM
-from sora_jax.diffusion.flow import FlowMatching
+import importlib
 
-PROCESSES = {"flow": FlowMatching, "ddpm": DDPM}
+_LAZY = {
+  "DDPM": "sora_jax.diffusion.ddpm",
+  "FlowMatching": "sora_jax.diffusion.flow",
+  "PROCESSES": "sora_jax.diffusion.processes",
+  "build_diffusion": "sora_jax.diffusion.processes",
+}
 
 
-def build_diffusion(diffusion_cfg) -> FlowMatching | DDPM:
-  """The process named by `diffusion_cfg.kind` ("flow" or "ddpm"), configured from `config.diffusion`."""
-  if diffusion_cfg.kind not in PROCESSES:
-    raise ValueError(f"config.diffusion.kind={diffusion_cfg.kind!r} is not one of {sorted(PROCESSES)}")
-  return PROCESSES[diffusion_cfg.kind].from_config(diffusion_cfg)
+def __getattr__(name):
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module 'sora_jax.diffusion' has no attribute {name!r}")
 
 
 __all__ = ["DDPM", "FlowMatching", "PROCESSES", "build_diffusion"]

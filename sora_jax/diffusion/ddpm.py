@@ -221,8 +221,8 @@ class DDPM:
       schedule=diffusion_cfg.ddpm_schedule,
       prediction=diffusion_cfg.ddpm_prediction,
       loss_weighting=diffusion_cfg.loss_weighting,
-      min_snr_gamma=diffusion_cfg.get("min_snr_gamma", 5.0),
-      learn_sigma_loss=diffusion_cfg.get("learn_sigma_loss", "hybrid"),
+      min_snr_gamma=diffusion_cfg.min_snr_gamma,
+      learn_sigma_loss=diffusion_cfg.learn_sigma_loss,
     )
 
   # ------------------------------------------------------------------ schedule

@@ -125,7 +125,7 @@ class FlowMatching:
 
   @classmethod
   def from_config(cls, diffusion_cfg) -> FlowMatching:
-    """From `config.diffusion` (fields absent from an older saved config keep their defaults)."""
+    """From `config.diffusion` (its flow fields; the DDPM-only ones are ignored)."""
     renamed = {"flow_prediction": "prediction", "flow_x0_min_t": "x0_min_t"}
     fields = {f.name for f in dataclasses.fields(cls)}
     values = {renamed.get(k, k): v for k, v in diffusion_cfg.items()}

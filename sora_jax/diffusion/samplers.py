@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax.diffusion import ddpm
+from sora_jax.diffusion.sampler_names import SAMPLERS
 
 GuidedFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -111,6 +112,7 @@ def _ancestral_step(model_fn: GuidedFn, process, state: SamplerState, inp: dict)
   return state._replace(x=x_next, prev_x0=x0)
 
 
+# The step function of every sampler of `sampler_names.SAMPLERS` (the list of names and what each needs).
 STEPS = {
   "euler": _euler_step,
   "heun": _heun_step,
@@ -118,9 +120,10 @@ STEPS = {
   "dpmpp_2m": _multistep_step,
   "ddpm": _ancestral_step,
 }
-FLOW_ONLY = ("euler", "heun")
-DDPM_ONLY = ("ddpm",)
-STOCHASTIC = ("ddpm",)
+
+FLOW_ONLY = tuple(name for name, info in SAMPLERS.items() if info.processes == ("flow",))
+DDPM_ONLY = tuple(name for name, info in SAMPLERS.items() if info.processes == ("ddpm",))
+STOCHASTIC = tuple(name for name, info in SAMPLERS.items() if info.stochastic)
 ORDERS = {"ddim": 1, "dpmpp_2m": 2}
 
 

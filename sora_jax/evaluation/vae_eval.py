@@ -20,8 +20,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.data import pipeline
 from sora_jax.evaluation import metrics
 from sora_jax.media.convert import to_uint8
+from sora_jax.models import vae as vae_lib
+from sora_jax.restore import restore_vae
 
 
 @jax.jit
@@ -81,28 +84,21 @@ def evaluate_vae(workdir: str, split: str = "test", num_clips: int = 64, batch_s
 
   Returns {"psnr", "psnr_min", "ssim", "num_clips", "split", "step"}.
   """
-  from sora_jax.data import pipeline
-  from sora_jax.models import vae as vae_lib
-  from sora_jax.training import checkpointing
-
-  module, params, _, config = vae_lib.load_vae(workdir)
-  with checkpointing.Checkpointer(workdir) as ckpt:
-    step = ckpt.latest_step()
+  vae = restore_vae(workdir)
 
   def reconstruct(video):
-    mean, _ = vae_lib.encode_video(module, params, video)
-    return vae_lib.decode_latents(module, params, mean)
+    mean, _ = vae_lib.encode_video(vae.module, vae.params, video)
+    return vae_lib.decode_latents(vae.module, vae.params, mean)
 
-  iterator = pipeline.make_eval_iterator(
-    config.data, split, batch_size=batch_size or config.data.batch_size, drop_remainder=False
-  )
+  data = vae.config.data
+  iterator = pipeline.make_eval_iterator(data, split, batch_size=batch_size or data.batch_size, drop_remainder=False)
   try:
     result = evaluate_reconstructions(reconstruct, iterator, max_clips=num_clips)
   finally:
     close = getattr(iterator, "close", None)
     if close is not None:
       close()
-  return dict(result, split=split, step=step)
+  return dict(result, split=split, step=vae.step)
 
 
 def write_json(path: str, result: dict) -> str:

@@ -35,6 +35,7 @@ from sora_jax.models import embeddings, variants
 from sora_jax.models import patchify as patchify_lib
 from sora_jax.models import rope as rope_lib
 from sora_jax.models.attention import ATTENTION_IMPLS, Attention, linear, xavier
+from sora_jax.models.dtypes import DTYPES
 
 REMAT_POLICIES = {
   "none": None,
@@ -42,7 +43,6 @@ REMAT_POLICIES = {
   "dots_saveable": jax.checkpoint_policies.dots_saveable,
   "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CONDITIONINGS = ("text", "class")
 POS_EMBEDDINGS = ("rope3d", "sincos2d")
 ABS_POS_EMBEDDINGS = ("none", "sincos3d")
@@ -271,10 +271,10 @@ class DiT(nn.Module):
       conditioning=dit_cfg.conditioning,
       num_classes=dit_cfg.num_classes,
       pos_embedding=dit_cfg.pos_embedding,
-      abs_pos_embedding=dit_cfg.get("abs_pos_embedding", "none"),
+      abs_pos_embedding=dit_cfg.abs_pos_embedding,
       qk_norm=dit_cfg.qk_norm,
       learn_sigma=dit_cfg.learn_sigma,
-      modulation=dit_cfg.get("modulation", "per_block"),
+      modulation=dit_cfg.modulation,
       attention_impl=dit_cfg.attention_impl,
       query_chunk_size=dit_cfg.query_chunk_size,
       scan_layers=dit_cfg.scan_layers,
@@ -391,7 +391,7 @@ class DiT(nn.Module):
     del deterministic  # no dropout; CFG dropout is done by the caller (null label / null text)
     self.check_settings()
     self._check_inputs(x, t, cond)
-    dtype = DTYPES[self.dtype]
+    dtype = DTYPES[self.dtype]  # checked by check_settings
     width = self.hidden_size
 
     tokens, grid = patchify_lib.patchify(x, self.patch_size)

@@ -25,6 +25,13 @@ def _working_sizes(size: int, patch: int, limit: int = 4) -> str:
   return ", ".join(str(s) for s in candidates[:limit])
 
 
+def num_tokens(latent_shape: Sequence[int], patch_size: Sequence[int]) -> int:
+  """Spacetime tokens of a latent [B, T', H', W', C] cut into (pt, ph, pw) patches."""
+  _, t, h, w, _ = latent_shape
+  pt, ph, pw = patch_size
+  return (t // pt) * (h // ph) * (w // pw)
+
+
 def patch_grid(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> Grid:
   """The token grid (T/pt, H/ph, W/pw) of a latent of shape (T, H, W).
 

@@ -19,7 +19,8 @@ Entry points for other parts of the library:
   video = module.apply({"params": p}, z, method=CausalVAE.decode)
   mean, logvar = encode_video(module, p, video, chunk_frames=2, tile=64)   # long/large videos
   video = decode_latents(module, p, z, chunk_frames=2, tile=64)
-  module, params, latent_stats, config = load_vae(workdir)
+
+Restoring a trained VAE from its workdir is `sora_jax.restore.restore_vae`.
 
 Chunked processing streams time through the causal-conv caches (see causal_conv.py) and
 equals whole-clip processing; spatial tiling blends overlapping tiles with linear ramps.
@@ -43,44 +44,34 @@ import numpy as np
 from jax import lax
 
 from sora_jax.models.causal_conv import CACHE, VIDEO_AXES, CausalConv3d, is_first_chunk, prepend_past
+from sora_jax.models.dtypes import compute_dtype
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 NORMS = ("rms", "none")
-# The decoder's last activation: "none" (linear output) or "tanh", which saturates at the
-# ends of [-1, 1] where most pixels of a synthetic clip sit (black background, 255 channels).
-# Measured on the demo config, tanh learns much slower (13.1 vs 19.5 dB at step 340), so
-# "none" is the default everywhere.
-OUTPUT_ACTIVATIONS = {"none": lambda x: x, "tanh": jnp.tanh}
+TEMPORAL_FACTORS = (1, 2, 4, 8)
+SPATIAL_FACTORS = (1, 2, 4, 8, 16, 32)
 LATENT_STATS_FILE = "latent_stats.json"
 
 
 # ---------------------------------------------------------------------------- geometry
 
 
-def norm_kind(config) -> str:
-  """config.norm; workdirs saved before the field existed used "rms"."""
-  return config.get("norm", "rms")
-
-
 def compression_plan(config) -> dict:
   """Checks a VAE config and derives its layout.
 
   Returns a dict with: patch (pt, ph, pw), num_levels, temporal_downsamples (how many of the
-  first downsampling stages also halve time), channels (per level), and the decoder's own
-  decoder_patch (pt_dec, ph, pw), temporal_upsamples and decoder_channels: the decoder may
-  un-patchify fewer frames per latent frame than the encoder patchifies (vae.decoder_time_patch),
-  doing the rest of the time upsampling in its convs, may be wider
-  (vae.decoder_channel_multipliers). encoder_time_kernels and decoder_time_kernels give the
+  first downsampling stages also halve time; the decoder's upsampling stages mirror them),
+  channels (per level) and decoder_channels (the decoder may be wider:
+  vae.decoder_channel_multipliers). encoder_time_kernels and decoder_time_kernels give the
   time extent of each level's convs (vae.encoder_time_kernels / vae.decoder_time_kernels:
   3 = causal 3D, 1 = per-frame 2D).
   Raises ValueError naming the field to change when the factors do not fit together.
   """
   tf, sf = config.temporal_factor, config.spatial_factor
   pt, ph, pw = tuple(config.patch_size)
-  if tf not in (1, 2, 4, 8):
-    raise ValueError(f"vae.temporal_factor must be 1, 2 or 4 (8 allowed), got {tf}")
-  if sf not in (1, 2, 4, 8, 16, 32):
-    raise ValueError(f"vae.spatial_factor must be 4, 8 or 16, got {sf}")
+  if tf not in TEMPORAL_FACTORS:
+    raise ValueError(f"vae.temporal_factor must be one of {TEMPORAL_FACTORS}, got {tf}")
+  if sf not in SPATIAL_FACTORS:
+    raise ValueError(f"vae.spatial_factor must be one of {SPATIAL_FACTORS}, got {sf}")
   if ph != pw or sf % ph or tf % pt:
     raise ValueError(
       f"vae.patch_size={tuple(config.patch_size)} must be (pt, p, p) with p dividing "
@@ -93,10 +84,8 @@ def compression_plan(config) -> dict:
       f"{sf} with patch {ph} needs log2({sf}/{ph})+1 = {num_levels} levels; e.g. "
       f"--config.vae.channel_multipliers={tuple([1] + [2] * (num_levels - 1))}"
     )
-  if norm_kind(config) not in NORMS:
-    raise ValueError(f"vae.norm={norm_kind(config)!r} is not one of {NORMS}")
-  if config.get("output_activation", "none") not in OUTPUT_ACTIVATIONS:
-    raise ValueError(f"vae.output_activation={config.output_activation!r} is not one of {tuple(OUTPUT_ACTIVATIONS)}")
+  if config.norm not in NORMS:
+    raise ValueError(f"vae.norm={config.norm!r} is not one of {NORMS}")
   temporal_downsamples = int(round(math.log2(tf // pt)))
   if temporal_downsamples > num_levels - 1:
     raise ValueError(
@@ -105,15 +94,7 @@ def compression_plan(config) -> dict:
       f"vae.patch_size[0] or the spatial factor"
     )
   channels = tuple(config.base_channels * m for m in config.channel_multipliers)
-  pt_dec = config.get("decoder_time_patch", 0) or pt
-  temporal_upsamples = int(round(math.log2(tf // pt_dec))) if tf % pt_dec == 0 else -1
-  if pt_dec > pt or temporal_upsamples < 0 or temporal_upsamples > num_levels - 1:
-    raise ValueError(
-      f"vae.decoder_time_patch={pt_dec} must divide temporal_factor={tf}, be at most patch_size[0]={pt} "
-      f"and leave at most {num_levels - 1} temporal upsamplings (one per level); e.g. "
-      f"--config.vae.decoder_time_patch={max(pt, tf >> (num_levels - 1))} (0 = patch_size[0])"
-    )
-  decoder_multipliers = tuple(config.get("decoder_channel_multipliers", ()) or config.channel_multipliers)
+  decoder_multipliers = tuple(config.decoder_channel_multipliers or config.channel_multipliers)
   if len(decoder_multipliers) != num_levels:
     raise ValueError(
       f"vae.decoder_channel_multipliers={decoder_multipliers} needs {num_levels} entries, one per "
@@ -125,8 +106,6 @@ def compression_plan(config) -> dict:
     temporal_downsamples=temporal_downsamples,
     channels=channels,
     encoder_time_kernels=_time_kernels(config, "encoder_time_kernels", num_levels),
-    decoder_patch=(pt_dec, ph, pw),
-    temporal_upsamples=temporal_upsamples,
     decoder_channels=tuple(config.base_channels * m for m in decoder_multipliers),
     decoder_time_kernels=_time_kernels(config, "decoder_time_kernels", num_levels),
   )
@@ -134,7 +113,7 @@ def compression_plan(config) -> dict:
 
 def _time_kernels(config, field: str, num_levels: int) -> tuple[int, ...]:
   """config.<field>: the time extent (1 or 3) of the convs at each level; () means 3 everywhere."""
-  kernels = tuple(config.get(field, ()) or (3,) * num_levels)
+  kernels = tuple(config[field] or (3,) * num_levels)
   if len(kernels) != num_levels or any(k not in (1, 3) for k in kernels):
     raise ValueError(
       f"vae.{field}={kernels} needs {num_levels} entries of 1 (per-frame 2D "
@@ -346,21 +325,21 @@ class Encoder(nn.Module):
   def __call__(self, video: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     cfg = self.config
     plan = compression_plan(cfg)
-    dtype = DTYPES[cfg.dtype]
+    dtype = compute_dtype(cfg.dtype, "vae.dtype")
     block = _res_block_class(cfg.remat)
     kernels = plan["encoder_time_kernels"]
     x = Patchify(plan["patch"])(video.astype(dtype))
     x = CausalConv3d(plan["channels"][0], (kernels[0], 3, 3), dtype=dtype, name="conv_in")(x)
     for level, channels in enumerate(plan["channels"]):
       for i in range(cfg.num_res_blocks):
-        x = block(channels, dtype, norm_kind(cfg), kernels[level], name=f"level{level}_block{i}")(x)
+        x = block(channels, dtype, cfg.norm, kernels[level], name=f"level{level}_block{i}")(x)
       if level < plan["num_levels"] - 1:
         x = Downsample(level < plan["temporal_downsamples"], dtype, name=f"down{level}")(x)
-    x = block(plan["channels"][-1], dtype, norm_kind(cfg), kernels[-1], name="mid_block0")(x)
+    x = block(plan["channels"][-1], dtype, cfg.norm, kernels[-1], name="mid_block0")(x)
     if cfg.mid_attention:
-      x = FrameAttention(dtype, norm_kind(cfg), name="mid_attention")(x)
-    x = block(plan["channels"][-1], dtype, norm_kind(cfg), kernels[-1], name="mid_block1")(x)
-    x = nn.silu(make_norm(norm_kind(cfg), dtype, name="norm_out")(x))
+      x = FrameAttention(dtype, cfg.norm, name="mid_attention")(x)
+    x = block(plan["channels"][-1], dtype, cfg.norm, kernels[-1], name="mid_block1")(x)
+    x = nn.silu(make_norm(cfg.norm, dtype, name="norm_out")(x))
     moments = CausalConv3d(2 * cfg.latent_channels, (kernels[-1], 3, 3), dtype=jnp.float32, name="conv_out")(x)
     mean, logvar = jnp.split(moments, 2, axis=-1)
     return _constrain(mean), _constrain(jnp.clip(logvar, -30.0, 20.0))
@@ -375,24 +354,23 @@ class Decoder(nn.Module):
   def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
     cfg = self.config
     plan = compression_plan(cfg)
-    dtype = DTYPES[cfg.dtype]
+    dtype = compute_dtype(cfg.dtype, "vae.dtype")
     block = _res_block_class(cfg.remat)
-    pt, ph, pw = plan["decoder_patch"]
+    pt, ph, pw = plan["patch"]
     widths, kernels = plan["decoder_channels"], plan["decoder_time_kernels"]
     x = CausalConv3d(widths[-1], dtype=dtype, name="conv_in")(z.astype(dtype))
-    x = block(widths[-1], dtype, norm_kind(cfg), kernels[-1], name="mid_block0")(x)
+    x = block(widths[-1], dtype, cfg.norm, kernels[-1], name="mid_block0")(x)
     if cfg.mid_attention:
-      x = FrameAttention(dtype, norm_kind(cfg), name="mid_attention")(x)
-    x = block(widths[-1], dtype, norm_kind(cfg), kernels[-1], name="mid_block1")(x)
+      x = FrameAttention(dtype, cfg.norm, name="mid_attention")(x)
+    x = block(widths[-1], dtype, cfg.norm, kernels[-1], name="mid_block1")(x)
     for level in reversed(range(plan["num_levels"])):
       for i in range(cfg.num_res_blocks + 1):
-        x = block(widths[level], dtype, norm_kind(cfg), kernels[level], name=f"level{level}_block{i}")(x)
+        x = block(widths[level], dtype, cfg.norm, kernels[level], name=f"level{level}_block{i}")(x)
       if level > 0:
-        x = Upsample(level - 1 < plan["temporal_upsamples"], dtype, name=f"up{level}")(x)
-    x = nn.silu(make_norm(norm_kind(cfg), dtype, name="norm_out")(x))
+        x = Upsample(level - 1 < plan["temporal_downsamples"], dtype, name=f"up{level}")(x)
+    x = nn.silu(make_norm(cfg.norm, dtype, name="norm_out")(x))
     x = CausalConv3d(3 * pt * ph * pw, (kernels[0], 3, 3), dtype=jnp.float32, name="conv_out")(x)
-    x = OUTPUT_ACTIVATIONS[cfg.get("output_activation", "none")](x)
-    return _constrain(Unpatchify(plan["decoder_patch"])(x))
+    return _constrain(Unpatchify(plan["patch"])(x))
 
 
 # ---------------------------------------------------------------------------- the VAE
@@ -686,34 +664,3 @@ def load_latent_stats(workdir: str, latent_channels: int) -> dict[str, np.ndarra
       f"{latent_channels}; delete it and re-run tools/train_vae.py to recompute"
     )
   return stats
-
-
-def load_vae(workdir: str, step: int | None = None):
-  """Restores a trained VAE: (module, params, latent_stats {"mean", "std"} [C], full config).
-
-  Reads <workdir>/config.json and the latest (or `step`'s) Orbax checkpoint, onto one device;
-  params are the EMA ones when the run kept an EMA (config.train.ema_decay > 0).
-  Raises checkpointing.CheckpointNotFoundError when the workdir holds no VAE run.
-  """
-  from sora_jax.sharding import mesh as mesh_lib
-  from sora_jax.sharding import partitioning
-  from sora_jax.training import checkpointing, vae_step
-  from sora_jax.training.optimizer import make_optimizer
-
-  config = checkpointing.load_config_from_workdir(workdir)
-  if "vae" not in config or "vae_loss" not in config:
-    raise ValueError(
-      f"{workdir} is not a VAE run (its config has no vae/vae_loss section); pass the --workdir of tools/train_vae.py"
-    )
-  module = CausalVAE(config.vae)
-  tx = make_optimizer(config.train)
-  shape = (1, 1 + config.vae.temporal_factor, config.vae.spatial_factor, config.vae.spatial_factor, 3)
-  init_fn = vae_step.make_init_fn(
-    module, tx, shape, vae_step.make_discriminator(config), ema=config.train.ema_decay > 0
-  )
-  mesh = mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
-  abstract, _ = partitioning.abstract_state(init_fn, mesh, partitioning.logical_rules(config), jax.random.key(0))
-  with checkpointing.Checkpointer(workdir) as ckpt:
-    state, _ = ckpt.restore(abstract, step=step, restore_data=False)
-  stats = load_latent_stats(workdir, config.vae.latent_channels)
-  return module, vae_step.inference_params(state), stats, config

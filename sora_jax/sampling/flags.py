@@ -16,9 +16,8 @@ from typing import Any
 
 from absl import flags
 
-# The names of `sora_jax.diffusion.samplers.STEPS` (tests/test_pipeline.py checks they agree). Which
-# ones fit the trained process is checked when sampling: "euler" / "heun" need flow, "ddpm" DDPM.
-SAMPLERS = ("euler", "heun", "ddim", "dpmpp_2m", "ddpm")
+# Which sampler fits the trained process is checked when sampling: "euler" / "heun" need flow, "ddpm" DDPM.
+from sora_jax.diffusion.sampler_names import SAMPLERS
 
 
 @dataclasses.dataclass(frozen=True)

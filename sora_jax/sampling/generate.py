@@ -3,13 +3,13 @@
 Shared by `Pipeline.__call__` and the periodic samples of `tools/train_dit.py`, so
 what training shows is exactly what users get.
 
-    generate = make_generate_fn(models, sampler="euler", num_steps=30, latent_shape=(5, 8, 8, 8))
+    generate = make_generate_fn(components, sampler="euler", num_steps=30, latent_shape=(5, 8, 8, 8))
     frames = generate(params, fields, null_fields, seeds, guidance_scale)   # uint8 [B, T, H, W, 3]
 
 `params` is {"dit": ..., "vae": ..., "text": ... (trainable encoder only)}; `fields` and
 `null_fields` are the text fields of the prompts and of the negative / empty prompt
-in the latent-cache layout (`sora_jax.training.dit_step`); `seeds` int32 [B] gives
-each example its own noise, so a result does not depend on the batch it was in.
+(`sora_jax.models.text.fields`); `seeds` int32 [B] gives each example its own noise, so a
+result does not depend on the batch it was in.
 """
 
 from __future__ import annotations
@@ -20,28 +20,24 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sora_jax.diffusion import guidance, samplers
+from sora_jax.diffusion.sampler_names import SAMPLERS
 from sora_jax.media.convert import to_uint8
 from sora_jax.models import vae as vae_lib
+from sora_jax.models.factory import Denoiser
+from sora_jax.models.patchify import num_tokens
 from sora_jax.training import dit_step
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Models:
-  """The modules and constants of a trained text-to-video system (no parameters)."""
+class Components:
+  """The parameter-free parts of a text-to-video system: networks, diffusion process, latent statistics."""
 
-  dit: Any  # sora_jax.models.dit.DiT
-  text_encoder: Any  # sora_jax.models.text.TextEncoder
+  denoiser: Denoiser  # the DiT and its text encoder
   vae: Any  # sora_jax.models.vae.CausalVAE
   process: Any  # FlowMatching or DDPM
   latent_stats: dict  # {"mean": f32 [C], "std": f32 [C]}
-
-
-def text_fields(models: Models, text_params, prompts: list[str]) -> dict[str, np.ndarray]:
-  """Batch text fields [B, ...] of `prompts` (token ids, or frozen-encoder embeddings)."""
-  return dit_step.text_fields(models.text_encoder, text_params, prompts)
 
 
 def initial_noise(seeds: jax.Array, latent_shape: tuple[int, ...]) -> jax.Array:
@@ -65,7 +61,7 @@ class StepTicker:
 
 
 def make_generate_fn(
-  models: Models,
+  components: Components,
   *,
   sampler: str,
   num_steps: int,
@@ -76,7 +72,7 @@ def make_generate_fn(
   """A jitted `generate(params, fields, null_fields, seeds, guidance_scale)`.
 
   Args:
-    models: the modules.
+    components: the networks, the process and the latent statistics.
     sampler, num_steps: static: a new value compiles a new function.
     latent_shape: (T', H', W', C) of one latent; static.
     return_latents: also return the normalised latents x0 [B, T', H', W', C].
@@ -85,22 +81,23 @@ def make_generate_fn(
     A function returning uint8 frames [B, T, H, W, 3] (and latents). Compiled once per
     (batch size, text shape); guidance_scale is traced, so changing it does not recompile.
   """
-  num_tokens = dit_step.num_tokens((1,) + tuple(latent_shape), models.dit.patch_size)
-  mean = jnp.asarray(models.latent_stats["mean"], jnp.float32)
-  std = jnp.asarray(models.latent_stats["std"], jnp.float32)
+  denoiser = components.denoiser
+  tokens = num_tokens((1, *latent_shape), denoiser.dit.patch_size)
+  mean = jnp.asarray(components.latent_stats["mean"], jnp.float32)
+  std = jnp.asarray(components.latent_stats["std"], jnp.float32)
 
   @jax.jit
   def generate(params, fields, null_fields, seeds, guidance_scale):
-    model_fn, cond = dit_step.make_model_fn(models.dit, models.text_encoder, params, fields)
-    _, uncond = dit_step.make_model_fn(models.dit, models.text_encoder, params, null_fields)
+    model_fn, cond = dit_step.make_model_fn(denoiser, params, fields)
+    _, uncond = dit_step.make_model_fn(denoiser, params, null_fields)
     guided = guidance.cfg_model_fn(model_fn, cond, uncond, guidance_scale)
     if ticker is not None:
       guided = _with_tick(guided, ticker)
     noise = initial_noise(seeds, tuple(latent_shape))
     x0 = samplers.sample(
-      guided, noise, process=models.process, sampler=sampler, num_steps=num_steps, num_tokens=num_tokens
+      guided, noise, process=components.process, sampler=sampler, num_steps=num_steps, num_tokens=tokens
     )
-    video = vae_lib.decode_latents(models.vae, params["vae"], x0 * std + mean)
+    video = vae_lib.decode_latents(components.vae, params["vae"], x0 * std + mean)
     frames = to_uint8(video)
     return (frames, x0) if return_latents else frames
 
@@ -115,8 +112,11 @@ def _with_tick(fn, ticker: StepTicker):
   return ticking
 
 
-# Model calls (guided: one forward over 2B) per sampler step; every sampler of `samplers.STEPS`.
-MODEL_EVALS_PER_STEP = {"euler": 1, "heun": 2, "ddim": 1, "dpmpp_2m": 1, "ddpm": 1}
+def model_evals(sampler: str, num_steps: int) -> int:
+  """Network calls (guided: one forward over 2B each) of `num_steps` steps of `sampler`."""
+  if sampler not in SAMPLERS:
+    raise ValueError(f"sampler={sampler!r} is not one of {sorted(SAMPLERS)}")
+  return num_steps * SAMPLERS[sampler].model_evals_per_step
 
 
 @functools.cache

@@ -7,54 +7,28 @@
     frames = pipe.decode(latents)    # -> uint8 [B,T,H,W,3]
 
 `from_pretrained` accepts a demo-style workdir (holding `dit/` and `vae/`) or a DiT
-workdir (its config names the VAE workdir). It restores the text encoder, the DiT
-(EMA params by default) and the VAE from their Orbax checkpoints and saved configs,
-onto one device or onto a mesh given by the caller. The whole text -> frames path
+workdir (its config names the VAE workdir): `sora_jax.restore.restore_text_to_video`
+reads the text encoder, the DiT (EMA params by default, no optimizer state) and the VAE
+from their Orbax checkpoints and saved configs, onto one device or onto a mesh given by
+the caller. The whole text -> frames path
 is one jitted function per (shape, sampler, steps), with prompt batches padded to a
 power of two, so calling with a new batch size rarely recompiles.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sora_jax.diffusion import build_diffusion
-from sora_jax.models import text as text_lib
+from sora_jax import restore
 from sora_jax.models import vae as vae_lib
-from sora_jax.models.dit import DiT
+from sora_jax.models.text import fields
 from sora_jax.monitoring.progress import progress_bar
 from sora_jax.sampling import generate as gen
 from sora_jax.sampling import prompt_expander as expanders
-from sora_jax.sharding import mesh as mesh_lib
-from sora_jax.sharding import partitioning
-from sora_jax.training import checkpointing, dit_step
-from sora_jax.training.optimizer import make_optimizer
-
-
-def resolve_workdirs(workdir: str) -> tuple[str, str]:
-  """(dit_workdir, vae_workdir) for a demo workdir (dit/ + vae/) or a DiT workdir."""
-  workdir = os.fspath(workdir)
-  if not os.path.isdir(workdir):
-    raise FileNotFoundError(
-      f"workdir {workdir!r} does not exist. Train one with `make demo` "
-      f"(-> runs/demo) or tools/train_dit.py --workdir=..."
-    )
-  dit_dir = os.path.join(workdir, "dit") if os.path.isdir(os.path.join(workdir, "dit")) else workdir
-  if not os.path.exists(os.path.join(dit_dir, "config.json")):
-    raise FileNotFoundError(
-      f"{workdir!r} holds no DiT run (no config.json in {dit_dir!r}). Pass the workdir "
-      f"of `make demo` (runs/demo) or of tools/train_dit.py."
-    )
-  config = checkpointing.load_config_from_workdir(dit_dir)
-  vae_dir = config.vae_workdir or os.path.join(workdir, "vae")
-  if not os.path.isabs(vae_dir) and not os.path.isdir(vae_dir):
-    vae_dir = os.path.join(os.path.dirname(dit_dir), vae_dir)
-  return dit_dir, vae_dir
 
 
 class Pipeline:
@@ -63,7 +37,7 @@ class Pipeline:
   def __init__(
     self,
     *,
-    models: gen.Models,
+    components: gen.Components,
     params: dict,
     text_params,
     config,
@@ -71,7 +45,9 @@ class Pipeline:
     mesh: jax.sharding.Mesh | None = None,
     prompt_expander: Callable[[str], str] | None = None,
   ):
-    self.models = models
+    """Prefer `from_pretrained`. params: {"dit", "vae", "text" (trainable encoder)}; text_params: a
+    frozen encoder's params (or None); config / vae_config: the DiT and VAE runs' full configs."""
+    self.components = components
     self.params = params
     self.text_params = text_params
     self.config = config
@@ -102,52 +78,25 @@ class Pipeline:
         "shapes", "none", or any callable str -> str (e.g. an LLM rewrite).
       step: the DiT checkpoint step to restore (default: the latest).
     """
-    dit_dir, vae_dir = resolve_workdirs(workdir)
-    config = checkpointing.load_config_from_workdir(dit_dir)
-    mesh = mesh or mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
-    rules = partitioning.logical_rules(config)
-
-    vae_module, vae_params, latent_stats, vae_config = vae_lib.load_vae(vae_dir)
-    text_encoder = text_lib.build_text_encoder(config.text)
-    latent_shape = vae_lib.latent_shape(vae_config.vae, config.data.num_frames, config.data.height, config.data.width)
-    dit = DiT.from_config(config.dit, in_channels=latent_shape[-1], text_dim=text_encoder.output_dim)
-    init_fn = dit_step.make_init_fn(
-      dit=dit,
-      text_encoder=text_encoder,
-      latent_shape=latent_shape,
-      tx=make_optimizer(config.train),
-      ema=config.train.ema_decay > 0,
-    )
-    abstract, _ = partitioning.abstract_state(init_fn, mesh, rules, jax.random.PRNGKey(0))
-    with checkpointing.Checkpointer(dit_dir) as ckpt:
-      state, _ = ckpt.restore(abstract, step=step, restore_data=False)
-    params = state.ema_params if (use_ema and state.ema_params is not None) else state.params
-    # The VAE and a frozen text encoder are small: a full copy on every device of the mesh.
-    replicated = partitioning.replicated(mesh)
-    params = dict(params, vae=jax.device_put(vae_params, replicated))
-    text_params = (
-      None
-      if text_encoder.trainable
-      else jax.device_put(partitioning.unbox(text_encoder.init_params(jax.random.PRNGKey(0))), replicated)
-    )
-    models = gen.Models(
-      dit=dit,
-      text_encoder=text_encoder,
-      vae=vae_module,
-      process=build_diffusion(config.diffusion),
-      latent_stats=latent_stats,
+    restored = restore.restore_text_to_video(workdir, mesh=mesh, step=step, use_ema=use_ema)
+    config = restored.config
+    components = gen.Components(
+      denoiser=restored.denoiser,
+      vae=restored.vae.module,
+      process=restored.process,
+      latent_stats=restored.vae.latent_stats,
     )
     if prompt_expander == "auto":
       prompt_expander = "shapes" if config.data.dataset == "shapes" else "none"
     if isinstance(prompt_expander, str):
       prompt_expander = expanders.get_expander(prompt_expander)
     return cls(
-      models=models,
-      params=params,
-      text_params=text_params,
+      components=components,
+      params=dict(restored.params, vae=restored.vae.params),
+      text_params=restored.text_params,
       config=config,
-      vae_config=vae_config,
-      mesh=mesh,
+      vae_config=restored.vae.config,
+      mesh=restored.mesh,
       prompt_expander=prompt_expander,
     )
 
@@ -159,10 +108,10 @@ class Pipeline:
   @property
   def pixel_multiple(self) -> int:
     """Heights/widths must be multiples of this (VAE spatial factor x DiT patch)."""
-    return self.vae_config.vae.spatial_factor * self.models.dit.patch_size[1]
+    return self.vae_config.vae.spatial_factor * self.components.denoiser.dit.patch_size[1]
 
   def _latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-    tf, pt = self.temporal_factor, self.models.dit.patch_size[0]
+    tf, pt = self.temporal_factor, self.components.denoiser.dit.patch_size[0]
     if num_frames < 1 or (num_frames - 1) % tf or ((num_frames - 1) // tf + 1) % pt:
       valid = [n for n in range(1, 8 * tf + 2) if (n - 1) % tf == 0 and ((n - 1) // tf + 1) % pt == 0][:6]
       raise ValueError(
@@ -174,7 +123,7 @@ class Pipeline:
       raise ValueError(
         f"height={height}, width={width} cannot be produced: both must be positive multiples "
         f"of {m} (VAE spatial factor {self.vae_config.vae.spatial_factor} x DiT patch "
-        f"{self.models.dit.patch_size[1]}), e.g. {m * max(1, height // m)}"
+        f"{self.components.denoiser.dit.patch_size[1]}), e.g. {m * max(1, height // m)}"
       )
     return vae_lib.latent_shape(self.vae_config.vae, num_frames, height, width)
 
@@ -221,19 +170,22 @@ class Pipeline:
 
     batch = len(prompts)
     padded = gen.bucket_size(batch)
-    fields = gen.text_fields(self.models, self.text_params, list(prompts) + [""] * (padded - batch))
-    null = gen.text_fields(self.models, self.text_params, [negative])
+    text_encoder = self.components.denoiser.text_encoder
+    prompt_fields = fields.text_fields(text_encoder, self.text_params, list(prompts) + [""] * (padded - batch))
+    null = fields.text_fields(text_encoder, self.text_params, [negative])
     seeds = jnp.arange(padded, dtype=jnp.int32) + jnp.int32(seed)
     key = (sampler, num_steps, latent_shape)
     if key not in self._compiled:
       self._compiled[key] = gen.make_generate_fn(
-        self.models, sampler=sampler, num_steps=num_steps, latent_shape=latent_shape, ticker=self._ticker
+        self.components, sampler=sampler, num_steps=num_steps, latent_shape=latent_shape, ticker=self._ticker
       )
-    evals = num_steps * gen.MODEL_EVALS_PER_STEP.get(sampler, 1)
+    evals = gen.model_evals(sampler, num_steps)
     self._ticker.bar = progress_bar(total=evals, desc=f"sampling {batch} x {sampler}") if progress else None
     try:
       with jax.set_mesh(self.mesh):
-        frames = jax.device_get(self._compiled[key](self.params, fields, null, seeds, jnp.float32(guidance_scale)))
+        frames = jax.device_get(
+          self._compiled[key](self.params, prompt_fields, null, seeds, jnp.float32(guidance_scale))
+        )
     finally:
       if self._ticker.bar is not None:
         self._ticker.bar.close()
@@ -247,12 +199,12 @@ class Pipeline:
     if videos.ndim != 5 or videos.shape[-1] != 3:
       raise ValueError(f"videos must be uint8 [B, T, H, W, 3]; got shape {videos.shape}")
     x = jnp.asarray(videos, jnp.float32) / 127.5 - 1.0
-    mean, _ = vae_lib.encode_video(self.models.vae, self.params["vae"], x)
-    stats = self.models.latent_stats
+    mean, _ = vae_lib.encode_video(self.components.vae, self.params["vae"], x)
+    stats = self.components.latent_stats
     return np.asarray((mean - stats["mean"]) / stats["std"])
 
   def decode(self, latents: np.ndarray) -> np.ndarray:
     """Normalised latents [B, T', H', W', C] -> uint8 [B, T, H, W, 3]."""
-    stats = self.models.latent_stats
+    stats = self.components.latent_stats
     z = jnp.asarray(latents, jnp.float32) * stats["std"] + stats["mean"]
-    return np.asarray(gen.to_uint8(vae_lib.decode_latents(self.models.vae, self.params["vae"], z)))
+    return np.asarray(gen.to_uint8(vae_lib.decode_latents(self.components.vae, self.params["vae"], z)))

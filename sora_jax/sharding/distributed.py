@@ -85,7 +85,7 @@ def initialize(distributed_cfg: Any, env: Mapping[str, str] | None = None) -> tu
   Raises:
     ValueError: inconsistent explicit settings or an unknown mode.
   """
-  mode = distributed_cfg.get("mode", "auto")
+  mode = distributed_cfg.mode
   if mode not in _MODES:
     raise ValueError(f"distributed.mode={mode!r} is not one of {_MODES}.")
   if jax.distributed.is_initialized() or mode == "off":

@@ -38,7 +38,7 @@ def _shape_of(mesh_cfg: Any, field: str, default: Sequence[int]) -> tuple[int, .
   """Reads `mesh_cfg.<field>`; `mesh_cfg` may also be a bare shape tuple (for tests / notebooks)."""
   if isinstance(mesh_cfg, (tuple, list)):
     return tuple(int(s) for s in mesh_cfg) if field == "shape" else tuple(default)
-  return tuple(int(s) for s in mesh_cfg.get(field, default))
+  return tuple(int(s) for s in mesh_cfg[field])
 
 
 def resolve_mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:

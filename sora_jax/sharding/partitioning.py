@@ -180,6 +180,21 @@ def init_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *a
   return state, shardings
 
 
+def jit_sharded_step(step_fn: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
+  """`jax.jit` of a step `(state, batch, rng) -> (state, metrics)` with its shardings.
+
+  The state keeps `state_shardings` and is donated (updated in place), the batch is split over
+  ('data', 'fsdp'), the rng and the metrics are replicated. Trace (call or lower) it under
+  `use_mesh(mesh, rules)` so the modules' logical constraints resolve.
+  """
+  return jax.jit(
+    step_fn,
+    in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+    out_shardings=(state_shardings, replicated(mesh)),
+    donate_argnums=0,
+  )
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   """A sharding that keeps a full copy on every device (metrics, rng keys)."""
   return NamedSharding(mesh, PartitionSpec())

@@ -170,13 +170,7 @@ class Checkpointer:
       CheckpointNotFoundError: no checkpoint (or not that step).
       CorruptCheckpointError: the checkpoint cannot be read.
     """
-    steps = self.all_steps()
-    if step is None:
-      step = self.latest_step()
-    if step is None:
-      raise CheckpointNotFoundError(self._missing_message())
-    if step not in steps:
-      raise CheckpointNotFoundError(f"no checkpoint for step {step} in {self.directory}; available steps: {steps}.")
+    step = self._existing_step(step)
     step_dir = self.step_dir(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     data_file = step_dir / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
@@ -186,18 +180,64 @@ class Checkpointer:
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # orbax / tensorstore raise many types; all mean "cannot read this step"
-      earlier = [s for s in steps if s < step]
-      cause = f"{type(e).__name__}: {e}"
-      cause = cause if len(cause) <= 500 else cause[:500] + " ..."
-      raise CorruptCheckpointError(
-        f"could not restore the checkpoint at {step_dir}. It is corrupt or incomplete (e.g. the run was "
-        f"killed or the disk filled while writing), or it was written by a different model config (the "
-        f"state's shapes differ). To go on, delete {step_dir} so training resumes from the previous "
-        f"checkpoint{f' (available: {earlier})' if earlier else ' (there is none: training starts over)'}, "
-        f"or restore an earlier step explicitly (restore(..., step=N)).\nCause: {cause}"
-      ) from e
+      raise self._corrupt(step, e) from e
     data_state = holder.state if "data" in items else None
     return restored["state"], data_state
+
+  def saved_tree(self, step: int | None = None) -> dict:
+    """The structure of the state saved at `step` (default: latest): nested dicts, e.g.
+    {"params": {"vae": {...}}, "opt_state": ..., "ema_params": ..., "step": ...}, array metadata at the leaves."""
+    step = self._existing_step(step)
+    return dict(ocp.PyTreeCheckpointHandler().metadata(self.step_dir(step) / "state").tree)
+
+  def restore_partial(self, target: Any, step: int | None = None) -> tuple[Any, int]:
+    """Reads only the arrays of `target` from checkpoint `step` (default: latest), onto their shardings.
+
+    Args:
+      target: a nested dict mirroring part of the saved state, with `jax.ShapeDtypeStruct(shape,
+        dtype, sharding=...)` leaves, e.g. {"ema_params": {"vae": abstract_vae_params}}. Nothing
+        else of the state (optimizer moments, other models) is read.
+      step: which checkpoint; None = latest.
+    Returns:
+      (the restored tree, like `target` with jax.Arrays, the step restored).
+    Raises:
+      CheckpointNotFoundError: no checkpoint (or not that step).
+      CorruptCheckpointError: the checkpoint cannot be read, or does not hold `target`'s arrays.
+    """
+    step = self._existing_step(step)
+    args = ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+    )
+    try:
+      with ocp.Checkpointer(ocp.PyTreeCheckpointHandler()) as reader:
+        restored = reader.restore(self.step_dir(step) / "state", args=args)
+    except Exception as e:  # orbax / tensorstore raise many types; all mean "cannot read this step"
+      raise self._corrupt(step, e) from e
+    return restored, step
+
+  def _existing_step(self, step: int | None) -> int:
+    """`step`, or the latest when None; CheckpointNotFoundError naming the available ones if absent."""
+    steps = self.all_steps()
+    if step is None:
+      step = self.latest_step()
+    if step is None:
+      raise CheckpointNotFoundError(self._missing_message())
+    if step not in steps:
+      raise CheckpointNotFoundError(f"no checkpoint for step {step} in {self.directory}; available steps: {steps}.")
+    return step
+
+  def _corrupt(self, step: int, error: Exception) -> CorruptCheckpointError:
+    earlier = [s for s in self.all_steps() if s < step]
+    step_dir = self.step_dir(step)
+    cause = f"{type(error).__name__}: {error}"
+    cause = cause if len(cause) <= 500 else cause[:500] + " ..."
+    return CorruptCheckpointError(
+      f"could not restore the checkpoint at {step_dir}. It is corrupt or incomplete (e.g. the run was "
+      f"killed or the disk filled while writing), or it was written by a different model config (the "
+      f"state's shapes differ). To go on, delete {step_dir} so training resumes from the previous "
+      f"checkpoint{f' (available: {earlier})' if earlier else ' (there is none: training starts over)'}, "
+      f"or restore an earlier step explicitly (restore(..., step=N)).\nCause: {cause}"
+    )
 
   def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
     """The config saved with checkpoint `step` (default: latest)."""
@@ -205,7 +245,7 @@ class Checkpointer:
     if step is None:
       raise CheckpointNotFoundError(self._missing_message())
     restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return configuration.from_dict(restored["config"])
+    return configuration.merge_saved_config(restored["config"], source=f"the config of {self.step_dir(step)}")
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
@@ -226,12 +266,16 @@ class Checkpointer:
 def load_config_from_workdir(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
   """The config a run was trained with: `<workdir>/config.json`, else the latest checkpoint's copy.
 
+  Merged onto today's `configs/base.py` (`configuration.merge_saved_config`), so runs saved by
+  older versions load with every current key.
+
   Raises:
     CheckpointNotFoundError: neither exists (the message names both places looked at).
+    configuration.ConfigError: the saved config uses a setting this version no longer has.
   """
   path = _as_path(workdir) / CONFIG_FILENAME
   if path.exists():
-    return configuration.from_dict(json.loads(path.read_text()))
+    return configuration.merge_saved_config(json.loads(path.read_text()), source=str(path))
   checkpoints = _as_path(workdir) / CHECKPOINT_SUBDIR
   if checkpoints.is_dir():
     with Checkpointer(workdir) as ckpt:

@@ -2,13 +2,12 @@
 
 Everything here is a pure function of (params, batch, rng). The trainable parameters
 are one pytree `{"dit": ..., "text": ...}` ("text" only when the text encoder is
-trained jointly, i.e. the small byte-level one); a frozen encoder's embeddings come
-precomputed from the latent cache.
+trained jointly, i.e. the small byte-level one), built by `sora_jax.models.factory`;
+a frozen encoder's embeddings come precomputed from the latent cache.
 
 Batches (from `sora_jax.data.latent_cache.LatentCacheSource`):
   latent_mean, latent_logvar  f32 [B, T', H', W', C]   raw VAE posterior
-  text_ids int32 [B, L], text_mask bool [B, L]           (trainable encoder), or
-  text_tokens f32 [B, L, D], text_mask, text_pooled f32 [B, D]   (frozen encoder)
+  + the text fields of `sora_jax.models.text.fields` (token ids, or frozen-encoder states)
 
 The DiT sees normalised latents x0 = (z - mean_c) / std_c with z sampled from the
 posterior and (mean_c, std_c) the VAE's per-channel latent statistics.
@@ -17,55 +16,18 @@ posterior and (mean_c, std_c) the VAE's per-channel latent statistics.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from sora_jax.diffusion import guidance
+from sora_jax.models.factory import Denoiser
+from sora_jax.models.patchify import num_tokens
+from sora_jax.models.text.fields import text_condition, text_fields_of
+from sora_jax.training.train_state import create_train_state
 
 # Fixed timesteps for the eval loss (as SD3 / MLPerf): comparable across runs.
 EVAL_TIMESTEPS = (0.1, 0.25, 0.5, 0.75, 0.9)
-
-
-def text_fields(text_encoder, text_params, prompts: list[str]) -> dict[str, np.ndarray]:
-  """Batch text fields [B, ...] of `prompts` in the latent-cache layout (see module docstring).
-
-  Token ids for a trainable encoder (it runs inside the train step); embeddings for a
-  frozen one (computed here, once).
-  """
-  if text_encoder.trainable:
-    ids, mask = text_encoder.tokenize(prompts)
-    return {"text_ids": np.asarray(ids, np.int32), "text_mask": np.asarray(mask, bool)}
-  tokens, mask, pooled = text_encoder.encode(text_params, prompts)
-  return {
-    "text_tokens": np.asarray(tokens, np.float32),
-    "text_mask": np.asarray(mask, bool),
-    "text_pooled": np.asarray(pooled, np.float32),
-  }
-
-
-def null_text_fields(text_encoder, text_params) -> dict[str, np.ndarray]:
-  """The unconditional ("") text fields of one example.
-
-  CFG dropout during training replaces a clip's text by these; sampling uses the
-  same as the negative prompt when none is given, so train and sample agree.
-  """
-  return {k: v[0] for k, v in text_fields(text_encoder, text_params, [""]).items()}
-
-
-def text_condition(text_encoder, params: dict, fields: dict[str, jax.Array]) -> dict[str, jax.Array]:
-  """Turns the batch's text fields into the DiT's `cond` dict {text, text_mask, pooled}."""
-  if "text_ids" in fields:
-    tokens, pooled = text_encoder.module.apply({"params": params["text"]}, fields["text_ids"], fields["text_mask"])
-  else:
-    tokens, pooled = fields["text_tokens"], fields["text_pooled"]
-  return {"text": tokens, "text_mask": fields["text_mask"].astype(bool), "pooled": pooled}
-
-
-def text_fields_of(batch: dict[str, Any]) -> dict[str, Any]:
-  return {k: batch[k] for k in ("text_ids", "text_mask", "text_tokens", "text_pooled") if k in batch}
 
 
 def normalized_latents(batch, latent_stats, rng=None) -> jax.Array:
@@ -76,21 +38,14 @@ def normalized_latents(batch, latent_stats, rng=None) -> jax.Array:
   return (z - latent_stats["mean"]) / latent_stats["std"]
 
 
-def make_model_fn(dit, text_encoder, params, text_fields) -> tuple[Callable, dict]:
+def make_model_fn(denoiser: Denoiser, params, text_fields) -> tuple[Callable, dict]:
   """(model_fn(x_t, t_model, cond) -> prediction, cond) for the diffusion losses and samplers."""
-  cond = text_condition(text_encoder, params, text_fields)
+  cond = text_condition(denoiser.text_encoder, params, text_fields)
 
   def model_fn(x_t, t_model, c):
-    return dit.apply({"params": params["dit"]}, x_t, t_model, c)
+    return denoiser.dit.apply({"params": params["dit"]}, x_t, t_model, c)
 
   return model_fn, cond
-
-
-def num_tokens(latent_shape, patch_size) -> int:
-  """Spacetime tokens of a latent [B, T', H', W', C] cut into (pt, ph, pw) patches."""
-  _, t, h, w, _ = latent_shape
-  pt, ph, pw = patch_size
-  return (t // pt) * (h // ph) * (w // pw)
 
 
 # Per-example terms of a diffusion loss's aux dict logged (as batch means) next to the loss.
@@ -104,7 +59,7 @@ def loss_terms(aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def make_train_step(
-  *, dit, text_encoder, diffusion, latent_stats, null_fields, cfg_dropout: float, tx, ema_decay: float
+  *, denoiser: Denoiser, diffusion, latent_stats, null_fields, cfg_dropout: float, tx, ema_decay: float
 ):
   """Returns `(train_step(state, batch, rng) -> (state, metrics), loss_fn)` (pure; jit with shardings).
 
@@ -117,8 +72,9 @@ def make_train_step(
     rng_z, rng_drop, rng_noise = jax.random.split(rng, 3)
     x0 = normalized_latents(batch, latent_stats, rng_z)
     fields = guidance.drop_condition(rng_drop, text_fields_of(batch), null_fields, cfg_dropout)
-    model_fn, cond = make_model_fn(dit, text_encoder, params, fields)
-    loss, aux = diffusion.loss(model_fn, x0, cond, rng_noise, num_tokens=num_tokens(x0.shape, dit.patch_size))
+    model_fn, cond = make_model_fn(denoiser, params, fields)
+    tokens = num_tokens(x0.shape, denoiser.dit.patch_size)
+    loss, aux = diffusion.loss(model_fn, x0, cond, rng_noise, num_tokens=tokens)
     return loss, aux
 
   def train_step(state, batch, rng):
@@ -130,13 +86,13 @@ def make_train_step(
   return train_step, loss_fn
 
 
-def make_eval_loss(*, dit, text_encoder, diffusion, latent_stats):
+def make_eval_loss(*, denoiser: Denoiser, diffusion, latent_stats):
   """`eval_loss(params, batch, rng) -> dict`: loss at each of EVAL_TIMESTEPS, their mean, and the
   loss of a model that always predicts zero (the untrained baseline), without CFG dropout."""
 
   def eval_loss(params, batch, rng):
     x0 = normalized_latents(batch, latent_stats)
-    model_fn, cond = make_model_fn(dit, text_encoder, params, text_fields_of(batch))
+    model_fn, cond = make_model_fn(denoiser, params, text_fields_of(batch))
     out = {}
     for t in EVAL_TIMESTEPS:
       out[f"loss_t{t}"] = diffusion.loss_at(model_fn, x0, cond, rng, t)
@@ -152,29 +108,12 @@ def _global_norm(tree) -> jax.Array:
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
-def make_init_fn(*, dit, text_encoder, latent_shape, tx, ema: bool):
+def make_init_fn(denoiser: Denoiser, tx, ema: bool):
   """`init_fn(rng) -> TrainState` with params {"dit", "text" (trainable encoder)}, logically boxed.
 
   Args:
-    latent_shape: (T', H', W', C) of one normalised latent.
+    denoiser: from `sora_jax.models.factory.build_denoiser`.
     tx: the optimizer (`make_optimizer(config.train)`).
     ema: keep EMA params (the DiT samples from them by default).
   """
-  from sora_jax.training.train_state import create_train_state  # keeps this module import-light
-
-  length, width = text_encoder.max_length, text_encoder.output_dim
-
-  def init_fn(rng):
-    rng_dit, rng_text = jax.random.split(rng)
-    x = jnp.zeros((1,) + tuple(latent_shape), jnp.float32)
-    cond = {
-      "text": jnp.zeros((1, length, width), jnp.float32),
-      "text_mask": jnp.ones((1, length), bool),
-      "pooled": jnp.zeros((1, width), jnp.float32),
-    }
-    params = {"dit": dit.init(rng_dit, x, jnp.zeros((1,), jnp.float32), cond)["params"]}
-    if text_encoder.trainable:
-      params["text"] = text_encoder.init_params(rng_text)["params"]
-    return create_train_state(params, tx, ema=ema)
-
-  return init_fn
+  return lambda rng: create_train_state(denoiser.init(rng), tx, ema=ema)

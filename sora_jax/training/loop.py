@@ -176,14 +176,7 @@ def train(
   log.info("mesh: %s", mesh_lib.describe(mesh))
   init_rng = jax.random.key(config.seed + _INIT_SEED_OFFSET)
   abstract, shardings = partitioning.abstract_state(init_fn, mesh, rules, init_rng)
-  replicated = partitioning.replicated(mesh)
-  with partitioning.use_mesh(mesh, rules):
-    jitted_step = jax.jit(
-      train_step,
-      in_shardings=(shardings, partitioning.batch_sharding(mesh), replicated),
-      out_shardings=(shardings, replicated),
-      donate_argnums=0,
-    )
+  jitted_step = partitioning.jit_sharded_step(train_step, shardings, mesh)
 
   # Closing the checkpointer waits for in-flight async saves, also when a step raises.
   with checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt:
@@ -218,6 +211,59 @@ def train(
           close()
 
 
+@dataclasses.dataclass
+class _Progress:
+  """Where the step loop stands: the step, the metrics not yet logged, the steps of the last
+  checkpoint / eval / samples, and the (time, step) the next steps/s is measured from."""
+
+  step: int
+  last_saved: int
+  last_eval: int
+  last_sample: int
+  rate_start: tuple[float, int]
+  pending: list[Mapping[str, jax.Array]] = dataclasses.field(default_factory=list)
+
+  @classmethod
+  def at(cls, step: int) -> _Progress:
+    return cls(step=step, last_saved=step, last_eval=step, last_sample=step, rate_start=(time.monotonic(), step))
+
+
+def _log_train_scalars(run: _Run, progress: _Progress, bar) -> None:
+  """Writes the mean of the pending metrics, the learning rate and the step rates since the last log."""
+  step = progress.step
+  scalars = _mean_metrics(progress.pending)
+  progress.pending = []
+  now = time.monotonic()
+  then, step_then = progress.rate_start
+  rate = (step - step_then) / max(now - then, 1e-9) if step > step_then else float("nan")
+  progress.rate_start = (now, step)
+  scalars["lr"] = learning_rate_at(run.config.train, step - 1)
+  scalars["steps_per_sec"] = rate
+  scalars.update({f"{name}_per_sec": rate * n for name, n in run.counts.items()})
+  run.writer.write_scalars(step, scalars)
+  if "loss" in scalars:
+    bar.set_postfix(loss=f"{scalars['loss']:.4g}")
+
+
+def _save(run: _Run, progress: _Progress, state: Any, force: bool = False) -> None:
+  run.ckpt.save(progress.step, state, data_state=run.iterator.get_state(), config=run.config, force=force)
+  progress.last_saved = progress.step
+
+
+def _evaluate(run: _Run, progress: _Progress, state: Any) -> None:
+  if run.eval_fn is not None:
+    results = _prefixed(run.eval_fn(state, progress.step), "eval")
+    run.writer.write_scalars(progress.step, results)
+    log.info("step %d: %s", progress.step, " ".join(f"{k}={v:.5g}" for k, v in results.items()))
+  progress.last_eval = progress.step
+
+
+def _sample(run: _Run, progress: _Progress, state: Any) -> None:
+  if run.sample_fn is not None:
+    run.sample_fn(state, progress.step, run.writer)
+  progress.last_sample = progress.step
+
+
 def _run_steps(run: _Run, state: Any, step: int) -> Any:
   """Steps from `step` to train.steps (or the time limit), with logs, evals, samples, checkpoints."""
   tcfg = run.config.train
@@ -225,77 +271,43 @@ def _run_steps(run: _Run, state: Any, step: int) -> Any:
   deadline = time.monotonic() + 60.0 * tcfg.max_minutes if tcfg.max_minutes > 0 else math.inf
   check_time_every = 1 if jax.process_count() == 1 else max(tcfg.log_every, 1)
   bar = progress_bar(total=total, initial=step, desc=run.desc, unit="step", disable=jax.process_index() != 0)
-  pending: list[Mapping[str, jax.Array]] = []
-  last_saved = last_eval = last_sample = step
-  t_last, step_last = time.monotonic(), step
-
-  def write_train_scalars() -> None:
-    nonlocal pending, t_last, step_last
-    scalars = _mean_metrics(pending)
-    pending = []
-    now = time.monotonic()
-    rate = (step - step_last) / max(now - t_last, 1e-9) if step > step_last else float("nan")
-    t_last, step_last = now, step
-    scalars["lr"] = learning_rate_at(tcfg, step - 1)
-    scalars["steps_per_sec"] = rate
-    scalars.update({f"{name}_per_sec": rate * n for name, n in run.counts.items()})
-    run.writer.write_scalars(step, scalars)
-    if "loss" in scalars:
-      bar.set_postfix(loss=f"{scalars['loss']:.4g}")
-
-  def save(force: bool = False) -> None:
-    nonlocal last_saved
-    run.ckpt.save(step, state, data_state=run.iterator.get_state(), config=run.config, force=force)
-    last_saved = step
-
-  def evaluate() -> None:
-    nonlocal last_eval
-    if run.eval_fn is not None:
-      results = _prefixed(run.eval_fn(state, step), "eval")
-      run.writer.write_scalars(step, results)
-      log.info("step %d: %s", step, " ".join(f"{k}={v:.5g}" for k, v in results.items()))
-    last_eval = step
-
-  def sample() -> None:
-    nonlocal last_sample
-    if run.sample_fn is not None:
-      run.sample_fn(state, step, run.writer)
-    last_sample = step
-
+  progress = _Progress.at(step)
   first_step = True
-  while step < total:
+  while progress.step < total:
     try:
       numpy_batch = next(run.iterator)
     except StopIteration:
-      log.warning("the data iterator ended at step %d (before train.steps=%d); stopping.", step, total)
+      log.warning("the data iterator ended at step %d (before train.steps=%d); stopping.", progress.step, total)
       break
     batch = partitioning.shard_batch(numpy_batch, run.mesh)
-    state, metrics = run.jitted_step(state, batch, jax.random.fold_in(run.step_rng, step))
-    step += 1
-    pending.append(metrics)
+    state, metrics = run.jitted_step(state, batch, jax.random.fold_in(run.step_rng, progress.step))
+    progress.step += 1
+    progress.pending.append(metrics)
     bar.update(1)
     if first_step:  # keep compilation out of steps/s
       jax.block_until_ready(metrics)
-      t_last, step_last, first_step = time.monotonic(), step, False
-    if _every(step, tcfg.log_every) or step == total:
-      write_train_scalars()
-    if _every(step, tcfg.eval_every):
-      evaluate()
-    if _every(step, tcfg.sample_every):
-      sample()
-    if _every(step, tcfg.checkpoint_every):
-      save()
-    if step % check_time_every == 0 and _all_processes_agree(time.monotonic() > deadline):
-      log.warning("train.max_minutes=%s reached at step %d; checkpointing and stopping.", tcfg.max_minutes, step)
+      progress.rate_start, first_step = (time.monotonic(), progress.step), False
+    if _every(progress.step, tcfg.log_every) or progress.step == total:
+      _log_train_scalars(run, progress, bar)
+    if _every(progress.step, tcfg.eval_every):
+      _evaluate(run, progress, state)
+    if _every(progress.step, tcfg.sample_every):
+      _sample(run, progress, state)
+    if _every(progress.step, tcfg.checkpoint_every):
+      _save(run, progress, state)
+    if progress.step % check_time_every == 0 and _all_processes_agree(time.monotonic() > deadline):
+      log.warning(
+        "train.max_minutes=%s reached at step %d; checkpointing and stopping.", tcfg.max_minutes, progress.step
+      )
       break
 
   bar.close()
-  if pending:
-    write_train_scalars()
-  if last_saved != step:
-    save(force=True)
-  if last_eval != step:
-    evaluate()
-  if last_sample != step:
-    sample()
+  if progress.pending:
+    _log_train_scalars(run, progress, bar)
+  if progress.last_saved != progress.step:
+    _save(run, progress, state, force=True)
+  if progress.last_eval != progress.step:
+    _evaluate(run, progress, state)
+  if progress.last_sample != progress.step:
+    _sample(run, progress, state)
   return state

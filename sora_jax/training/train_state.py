@@ -71,3 +71,14 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, ema: bool 
   """
   ema_params = jax.tree.map(jnp.copy, params) if ema else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema_params)
+
+
+def inference_params_key(ema_kept: bool, use_ema: bool = True) -> str:
+  """Which params a trained run is evaluated and sampled with: "ema_params" when the run kept an
+  EMA (they sample better) and `use_ema`, else "params". The one rule restores and training share."""
+  return "ema_params" if (ema_kept and use_ema) else "params"
+
+
+def inference_params(state: TrainState, use_ema: bool = True) -> Any:
+  """The params to evaluate / sample `state` with (`inference_params_key`)."""
+  return getattr(state, inference_params_key(state.ema_params is not None, use_ema))

@@ -28,6 +28,7 @@ import optax
 from sora_jax.evaluation import metrics as metrics_lib
 from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.models.dtypes import compute_dtype
 from sora_jax.training.train_state import TrainState, create_train_state
 
 
@@ -39,7 +40,9 @@ def make_discriminator(config: Any) -> disc_lib.PatchDiscriminator3D | None:
   """The 3D patch discriminator when config.vae_loss.gan_weight > 0, else None."""
   if not uses_gan(config.vae_loss):
     return None
-  return disc_lib.PatchDiscriminator3D(channels=config.vae_loss.disc_channels, dtype=vae_lib.DTYPES[config.vae.dtype])
+  return disc_lib.PatchDiscriminator3D(
+    channels=config.vae_loss.disc_channels, dtype=compute_dtype(config.vae.dtype, "vae.dtype")
+  )
 
 
 def make_init_fn(
@@ -52,7 +55,7 @@ def make_init_fn(
   """rng -> TrainState with params {"vae": ..., ["disc": ...]} (logically annotated).
 
   video_shape: [B, T, H, W, 3] of one (small) example batch used to trace the shapes.
-  ema: also keep an EMA of the params (config.train.ema_decay > 0); load_vae prefers it.
+  ema: also keep an EMA of the params (config.train.ema_decay > 0); restores and evals prefer it.
   """
 
   def init_fn(rng: jax.Array) -> TrainState:
@@ -132,9 +135,3 @@ def make_reconstruct_fn(vae: vae_lib.CausalVAE) -> Callable:
     return vae.apply({"params": vae_params}, mean, method=vae_lib.CausalVAE.decode)
 
   return reconstruct
-
-
-def inference_params(state: TrainState) -> Any:
-  """The VAE params to evaluate and encode with: the EMA when kept, else the raw ones."""
-  params = state.ema_params if state.ema_params is not None else state.params
-  return params["vae"]

@@ -177,8 +177,9 @@ def ours_benchmarks(spec: dict) -> tuple[dict, dict]:
 
   from sora_jax.models import counting
   from sora_jax.models import vae as vae_lib
-  from sora_jax.sharding import memory, partitioning
   from sora_jax.sharding import mesh as mesh_lib
+  from sora_jax.sharding import partitioning
+  from sora_jax.training import memory
 
   frames = 1 + 4 * (SHAPE["latent_frames"] - 1)
   size = 8 * SHAPE["latent_size"]

@@ -7,8 +7,9 @@ Selected by `config.text.encoder`:
 * "minilm": frozen pretrained all-MiniLM-L6-v2 (`minilm.py`, D = 384); its embeddings
   are computed once and cached (`trainable=False`).
 
-    encoder = build_text_encoder(config.text)
-    params = encoder.init_params(jax.random.key(0))      # {'params': ...}, boxed like module.init
+    encoder = build_text_encoder(config.text)           # cheap: no weights are read
+    params = encoder.load_pretrained()                    # frozen "minilm": {'params': ...}, boxed like module.init
+    params = encoder.init(jax.random.key(0))              # trainable "small": random, boxed like module.init
     tokens, mask, pooled = encoder.encode(params, ["a red circle moving left"])
     # or, inside a jitted train step:
     ids, mask = encoder.tokenize(captions)                # numpy int32 / bool [B, L]
@@ -20,21 +21,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.models.dtypes import compute_dtype
 from sora_jax.models.text import minilm, small_encoder, tokenizers
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
 class TextEncoder:
-  """A tokenizer, a linen module and how to get its parameters.
+  """A tokenizer, a linen module and where its parameters come from.
 
   Attributes:
     name: "small" or "minilm".
@@ -43,6 +42,8 @@ class TextEncoder:
     output_dim: D.
     trainable: True if trained with the DiT; False for a frozen pretrained encoder.
     max_length: L.
+    pretrained: () -> variables {'params': ...} read from disk (frozen encoders), or None
+      for an encoder trained from scratch.
   """
 
   name: str
@@ -51,19 +52,29 @@ class TextEncoder:
   output_dim: int
   trainable: bool
   max_length: int
-  _init_fn: Callable[[jax.Array], dict] = dataclasses.field(repr=False)
+  pretrained: Callable[[], dict] | None = dataclasses.field(default=None, repr=False)
 
   def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """list[str] -> (ids int32 [B, L], mask bool [B, L]); long prompts truncated with a warning."""
     return self.tokenizer(prompts)
 
-  def init_params(self, rng: jax.Array) -> dict:
-    """Variables {'params': ...}: random for "small", pretrained for "minilm".
+  def init(self, rng: jax.Array) -> dict:
+    """Randomly initialised variables {'params': ...} (what a trainable encoder starts from).
 
     Leaves are `nn.LogicallyPartitioned` boxes, as `module.init` returns them (derive
     shardings from them, or strip them with `nn.meta.unbox`); `module.apply` takes either.
     """
-    return self._init_fn(rng)
+    ids = jnp.zeros((1, self.max_length), jnp.int32)
+    return self.module.init(rng, ids, jnp.ones(ids.shape, bool))
+
+  def load_pretrained(self) -> dict:
+    """The pretrained variables {'params': ...} of a frozen encoder, read from disk, boxed like `init`."""
+    if self.pretrained is None:
+      raise ValueError(
+        f"text encoder {self.name!r} has no pretrained weights: it is trained with the DiT "
+        f"(its params are the 'text' subtree of the DiT run's checkpoint)"
+      )
+    return self.pretrained()
 
   @functools.cached_property
   def _apply(self):
@@ -72,7 +83,7 @@ class TextEncoder:
   def encode(self, params: dict, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array, jax.Array]:
     """prompts -> (tokens f32 [B, L, D], mask bool [B, L], pooled f32 [B, D]), jitted.
 
-    `params` is the variables dict {'params': tree} of `init_params`, or the bare tree.
+    `params` is a variables dict {'params': tree} (`init`, `load_pretrained`), or the bare tree.
     """
     ids, mask = self.tokenize(prompts)
     variables = params if set(params) == {"params"} else {"params": params}
@@ -80,19 +91,12 @@ class TextEncoder:
     return tokens, jnp.asarray(mask), pooled
 
 
-def _dtype(text_cfg) -> Any:
-  name = text_cfg.get("dtype", "float32")
-  if name not in DTYPES:
-    raise ValueError(f"config.text.dtype={name!r} is not one of {sorted(DTYPES)}")
-  return DTYPES[name]
-
-
 # Tokenizers of the trainable "small" encoder (config.text.tokenizer).
 SMALL_TOKENIZERS = {"byte": tokenizers.ByteTokenizer, "word": tokenizers.HashedWordTokenizer}
 
 
 def _build_small(text_cfg) -> TextEncoder:
-  name = text_cfg.get("tokenizer", "byte")  # configs saved before the field existed
+  name = text_cfg.tokenizer
   if name not in SMALL_TOKENIZERS:
     raise ValueError(f"config.text.tokenizer={name!r} is not one of {sorted(SMALL_TOKENIZERS)}")
   tokenizer = SMALL_TOKENIZERS[name](text_cfg.max_length)
@@ -102,18 +106,13 @@ def _build_small(text_cfg) -> TextEncoder:
     width=text_cfg.width,
     depth=text_cfg.depth,
     num_heads=text_cfg.num_heads,
-    dtype=_dtype(text_cfg),
+    dtype=compute_dtype(text_cfg.dtype, "text.dtype"),
   )
   if text_cfg.width % text_cfg.num_heads:
     raise ValueError(
       f"config.text.width={text_cfg.width} must be divisible by config.text.num_heads={text_cfg.num_heads}"
     )
-
-  def init(rng):
-    ids = jnp.zeros((1, tokenizer.max_length), jnp.int32)
-    return module.init(rng, ids, jnp.ones(ids.shape, bool))
-
-  return TextEncoder("small", tokenizer, module, text_cfg.width, True, tokenizer.max_length, init)
+  return TextEncoder("small", tokenizer, module, text_cfg.width, True, tokenizer.max_length)
 
 
 def _build_minilm(text_cfg) -> TextEncoder:
@@ -124,16 +123,19 @@ def _build_minilm(text_cfg) -> TextEncoder:
       f"config.text.max_length={text_cfg.max_length} exceeds MiniLM's {config['max_position_embeddings']} positions"
     )
   tokenizer = tokenizers.WordPieceTokenizer(text_cfg.max_length, model_dir)
-  module = minilm.minilm_from_config(config, dtype=_dtype(text_cfg))
-  init = lambda rng: minilm.load_minilm_params(module, model_dir)
-  return TextEncoder("minilm", tokenizer, module, config["hidden_size"], False, tokenizer.max_length, init)
+  module = minilm.minilm_from_config(config, dtype=compute_dtype(text_cfg.dtype, "text.dtype"))
+  pretrained = lambda: minilm.load_minilm_params(module, model_dir)
+  return TextEncoder("minilm", tokenizer, module, config["hidden_size"], False, tokenizer.max_length, pretrained)
 
 
 ENCODERS = {"small": _build_small, "minilm": _build_minilm}
 
 
 def build_text_encoder(text_cfg) -> TextEncoder:
-  """The encoder named by `text_cfg.encoder` ("small" or "minilm"), sized by `text_cfg`."""
+  """The encoder named by `text_cfg.encoder` ("small" or "minilm"), sized by `text_cfg`.
+
+  Cheap: reads at most the tokenizer and the model's config.json, never the weights.
+  """
   if text_cfg.encoder not in ENCODERS:
     raise ValueError(f"config.text.encoder={text_cfg.encoder!r} is not one of {sorted(ENCODERS)}")
   return ENCODERS[text_cfg.encoder](text_cfg)

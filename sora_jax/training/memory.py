@@ -25,6 +25,8 @@ platform itself (`method="compiled"`) the figure is that compiler's own.
 
 The same step builder (`build_dit_train_setup`) drives `tools/benchmark.py`: a training
 step on synthetic inputs of the right shapes, no dataset, VAE or pretrained weights needed.
+The DiT and its text encoder come from `sora_jax.models.factory` (what training builds);
+the batch layout from `sora_jax.models.text.fields`.
 """
 
 from __future__ import annotations
@@ -41,8 +43,16 @@ from typing import Any
 import jax
 import numpy as np
 
-# Frozen (precomputed) text encoders: their output width. Trainable ones are built for real.
-FROZEN_TEXT_WIDTHS = {"minilm": 384}
+from sora_jax.configuration import from_dict, to_json
+from sora_jax.diffusion import build_diffusion
+from sora_jax.models import factory
+from sora_jax.models import vae as vae_lib
+from sora_jax.models.text import fields
+from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import partitioning
+from sora_jax.training import dit_step
+from sora_jax.training.optimizer import make_optimizer
+
 # Per-device peak memory (GiB) of common accelerators, for the "fits" verdict of `fits_on`.
 DEVICE_MEMORY_GIB = {
   "TPU v4": 32,
@@ -57,55 +67,46 @@ DEVICE_MEMORY_GIB = {
 
 
 @dataclasses.dataclass(frozen=True)
-class FrozenTextSpec:
-  """Stand-in for a frozen text encoder: the train step only needs its output shape."""
-
-  name: str
-  output_dim: int
-  max_length: int
-  trainable: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
 class DiTTrainSetup:
   """Everything to build, shard and run a DiT train step on synthetic inputs.
 
   Attributes:
-    dit: the DiT module (`DiT.from_config`).
-    text_encoder: a trainable `TextEncoder` ("small") or a `FrozenTextSpec`.
+    denoiser: the DiT and its text encoder (`sora_jax.models.factory.build_denoiser`).
     init_fn: rng -> TrainState with logically boxed params (`dit_step.make_init_fn`).
     train_step: (state, batch, rng) -> (state, metrics) (`dit_step.make_train_step`).
-    latent_shape: (T', H', W', C) of one latent.
     batch_size: global batch B.
   """
 
-  dit: Any
-  text_encoder: Any
+  denoiser: factory.Denoiser
   init_fn: Callable
   train_step: Callable
-  latent_shape: tuple[int, int, int, int]
   batch_size: int
+
+  @property
+  def dit(self) -> Any:
+    return self.denoiser.dit
+
+  @property
+  def text_encoder(self) -> Any:
+    return self.denoiser.text_encoder
+
+  @property
+  def latent_shape(self) -> tuple[int, int, int, int]:
+    return self.denoiser.latent_shape
 
   @property
   def num_tokens(self) -> int:
     """Spacetime tokens N of one example."""
-    t, h, w, _ = self.latent_shape
-    pt, ph, pw = self.dit.patch_size
-    return (t // pt) * (h // ph) * (w // pw)
+    return self.denoiser.num_tokens
 
   def batch_shapes(self) -> dict[str, tuple[tuple[int, ...], Any]]:
-    """{field: (global shape, dtype)} of a latent-cache batch (see dit_step's module docstring)."""
-    b, length = self.batch_size, self.text_encoder.max_length
+    """{field: (global shape, dtype)} of a latent-cache batch: latents + the encoder's text fields."""
+    b = self.batch_size
     shapes = {
       "latent_mean": ((b, *self.latent_shape), np.float32),
       "latent_logvar": ((b, *self.latent_shape), np.float32),
-      "text_mask": ((b, length), np.bool_),
     }
-    if self.text_encoder.trainable:
-      shapes["text_ids"] = ((b, length), np.int32)
-    else:
-      shapes["text_tokens"] = ((b, length, self.text_encoder.output_dim), np.float32)
-      shapes["text_pooled"] = ((b, self.text_encoder.output_dim), np.float32)
+    shapes.update({k: ((b, *shape), dtype) for k, (shape, dtype) in fields.field_specs(self.text_encoder).items()})
     return shapes
 
   def synthetic_batch(self, seed: int = 0) -> dict[str, np.ndarray]:
@@ -124,25 +125,8 @@ class DiTTrainSetup:
     return out
 
 
-def _text_encoder(config) -> Any:
-  """The real encoder when it is trained with the DiT; a shape-only stand-in when frozen."""
-  if config.dit.conditioning != "text":
-    raise ValueError(
-      f"dit.conditioning={config.dit.conditioning!r}: the train-step benchmark and memory estimate "
-      "cover text-conditional DiTs (configs/dit/*.py); class-conditional image configs are not "
-      "supported yet (use tools/estimate.py for their params and FLOPs)"
-    )
-  if config.text.encoder in FROZEN_TEXT_WIDTHS:
-    return FrozenTextSpec(config.text.encoder, FROZEN_TEXT_WIDTHS[config.text.encoder], config.text.max_length)
-  from sora_jax.models import text as text_lib
-
-  return text_lib.build_text_encoder(config.text)
-
-
 def latent_shape_of(config, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
   """(T', H', W', C) of a clip of frames x height x width pixels under config.vae's compression."""
-  from sora_jax.models import vae as vae_lib
-
   return tuple(vae_lib.latent_shape(config.vae, frames, height, width))
 
 
@@ -158,37 +142,27 @@ def build_dit_train_setup(
 
   Latent statistics are (0, 1) and the null text is zeros: values do not change the cost.
   """
-  from sora_jax.diffusion import build_diffusion
-  from sora_jax.models.dit import DiT
-  from sora_jax.training import dit_step
-  from sora_jax.training.optimizer import make_optimizer
-
+  if config.dit.conditioning != "text":
+    raise ValueError(
+      f"dit.conditioning={config.dit.conditioning!r}: the train-step benchmark and memory estimate "
+      "cover text-conditional DiTs (configs/dit/*.py); class-conditional image configs are not "
+      "supported yet (use tools/estimate.py for their params and FLOPs)"
+    )
   frames = frames or config.data.num_frames
   height = height or config.data.height
   width = width or config.data.width
   batch_size = batch_size or config.data.batch_size
-  latent_shape = latent_shape_of(config, frames, height, width)
-  text_encoder = _text_encoder(config)
-  dit = DiT.from_config(config.dit, in_channels=latent_shape[-1], text_dim=text_encoder.output_dim)
+  denoiser = factory.build_denoiser(config, latent_shape_of(config, frames, height, width))
   tx = make_optimizer(config.train)
-  init_fn = dit_step.make_init_fn(
-    dit=dit, text_encoder=text_encoder, latent_shape=latent_shape, tx=tx, ema=config.train.ema_decay > 0
-  )
-  channels = latent_shape[-1]
+  init_fn = dit_step.make_init_fn(denoiser, tx, ema=config.train.ema_decay > 0)
+  channels = denoiser.latent_shape[-1]
   latent_stats = {"mean": np.zeros((channels,), np.float32), "std": np.ones((channels,), np.float32)}
-  length = text_encoder.max_length
-  if text_encoder.trainable:
-    null_fields = {"text_ids": np.zeros((length,), np.int32), "text_mask": np.ones((length,), bool)}
-  else:
-    width_text = text_encoder.output_dim
-    null_fields = {
-      "text_tokens": np.zeros((length, width_text), np.float32),
-      "text_mask": np.ones((length,), bool),
-      "text_pooled": np.zeros((width_text,), np.float32),
-    }
+  null_fields = {
+    k: np.ones(shape, dtype) if k == "text_mask" else np.zeros(shape, dtype)
+    for k, (shape, dtype) in fields.field_specs(denoiser.text_encoder).items()
+  }
   train_step, _ = dit_step.make_train_step(
-    dit=dit,
-    text_encoder=text_encoder,
+    denoiser=denoiser,
     diffusion=build_diffusion(config.diffusion),
     latent_stats=latent_stats,
     null_fields=null_fields,
@@ -196,14 +170,7 @@ def build_dit_train_setup(
     tx=tx,
     ema_decay=config.train.ema_decay,
   )
-  return DiTTrainSetup(
-    dit=dit,
-    text_encoder=text_encoder,
-    init_fn=init_fn,
-    train_step=train_step,
-    latent_shape=latent_shape,
-    batch_size=batch_size,
-  )
+  return DiTTrainSetup(denoiser=denoiser, init_fn=init_fn, train_step=train_step, batch_size=batch_size)
 
 
 def _shard_bytes(tree: Any) -> int:
@@ -216,12 +183,10 @@ def _shard_bytes(tree: Any) -> int:
 
 
 def _check_mesh_shape(mesh_shape: Sequence[int]) -> tuple[int, ...]:
-  from sora_jax.sharding.mesh import MESH_AXES
-
   shape = tuple(int(s) for s in mesh_shape)
-  if len(shape) != len(MESH_AXES) or any(s < 1 for s in shape):
+  if len(shape) != len(mesh_lib.MESH_AXES) or any(s < 1 for s in shape):
     raise ValueError(
-      f"mesh_shape {tuple(mesh_shape)} must give a positive size for each axis {MESH_AXES}, "
+      f"mesh_shape {tuple(mesh_shape)} must give a positive size for each axis {mesh_lib.MESH_AXES}, "
       f"e.g. (1, 64, 1, 1) for 64-way FSDP; -1 is not allowed here (no device count to fill)"
     )
   return shape
@@ -237,13 +202,10 @@ def compile_train_step(
 ) -> tuple[Any, dict[str, Any]]:
   """(compiled step, abstract inputs {'state', 'batch'}) for `mesh`; allocates nothing.
 
-  The step is jitted exactly as `sora_jax.training.loop.train` does: state sharded by the
-  logical rules and donated, batch split over ('data', 'fsdp'), metrics replicated.
-  `compiler_options` are XLA debug options for this compile only.
+  The step is jitted as `sora_jax.training.loop.train` does (`partitioning.jit_sharded_step`):
+  state sharded by the logical rules and donated, batch split over ('data', 'fsdp'), metrics
+  replicated. `compiler_options` are XLA debug options for this compile only.
   """
-  from sora_jax.sharding import mesh as mesh_lib
-  from sora_jax.sharding import partitioning
-
   mesh_lib.check_divisibility(
     mesh, batch_size=setup.batch_size, num_heads=setup.dit.num_heads, num_tokens=setup.num_tokens
   )
@@ -254,21 +216,13 @@ def compile_train_step(
   abstract_batch = {
     k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in setup.batch_shapes().items()
   }
-  replicated = partitioning.replicated(mesh)
   with partitioning.use_mesh(mesh, rules):
-    jitted = jax.jit(
-      setup.train_step,
-      in_shardings=(shardings, batch_sharding, replicated),
-      out_shardings=(shardings, replicated),
-      donate_argnums=0,
-    )
+    jitted = partitioning.jit_sharded_step(setup.train_step, shardings, mesh)
     compiled = jitted.lower(abstract_state, abstract_batch, rng).compile(compiler_options=compiler_options)
   return compiled, {"state": abstract_state, "batch": abstract_batch}
 
 
 def _estimate_in_process(config, frames, height, width, mesh_shape, batch_size) -> dict:
-  from sora_jax.sharding import mesh as mesh_lib
-
   setup = build_dit_train_setup(config, frames=frames, height=height, width=width, batch_size=batch_size)
   devices = jax.devices()[: math.prod(mesh_shape)]
   mesh = mesh_lib.make_mesh(mesh_shape, devices=devices)
@@ -310,8 +264,6 @@ def _estimate_in_process(config, frames, height, width, mesh_shape, batch_size) 
 
 def _estimate_in_child(config, frames, height, width, mesh_shape, batch_size) -> dict:
   """Runs the estimate in a child Python whose JAX has prod(mesh_shape) virtual CPU devices."""
-  from sora_jax.configuration import to_json
-
   n = math.prod(mesh_shape)
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
   request = json.dumps(
@@ -325,7 +277,7 @@ def _estimate_in_child(config, frames, height, width, mesh_shape, batch_size) ->
     }
   )
   proc = subprocess.run(
-    [sys.executable, "-m", "sora_jax.sharding.memory"],
+    [sys.executable, "-m", "sora_jax.training.memory"],
     input=request,
     env=env,
     capture_output=True,
@@ -402,9 +354,7 @@ def summary_lines(result: dict) -> list[str]:
 
 
 def _child_main() -> None:
-  """`python -m sora_jax.sharding.memory` < request JSON: the child side of `_estimate_in_child`."""
-  from sora_jax.configuration import from_dict
-
+  """`python -m sora_jax.training.memory` < request JSON: the child side of `_estimate_in_child`."""
   request = json.loads(sys.stdin.read())
   config = from_dict(request.pop("config"))
   result = _estimate_in_process(

@@ -1,0 +1,237 @@
+"""Trained runs for inference: a path -> modules, inference parameters, latent statistics, configs.
+
+    vae = restore_vae("runs/demo/vae", mesh=mesh)           # RestoredVAE: module, params, latent_stats, config
+    t2v = restore_text_to_video("runs/demo", mesh=mesh)      # RestoredTextToVideo: DiT + text encoder + VAE
+
+Only the parameters inference needs are read from the Orbax checkpoint: the EMA params when
+the run kept them (else the raw ones), never the optimizer state or the other copy. The
+restore target is `jax.eval_shape` of the module's own init (`models.factory` for the DiT),
+with shardings from the run's logical axis rules on the caller's mesh (one device by
+default), so arrays are read straight onto the devices that hold them.
+
+What a path may hold is looked up in `TEXT_TO_VIDEO_FORMATS` (format name -> how to recognise
+it, how to restore it); a sora_jax training workdir (make demo's `runs/demo` with `dit/` and
+`vae/`, or a DiT workdir whose config names its VAE workdir) is the one format today.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sora_jax.diffusion import build_diffusion
+from sora_jax.models import factory
+from sora_jax.models import vae as vae_lib
+from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import partitioning
+from sora_jax.training import checkpointing
+from sora_jax.training.train_state import inference_params_key
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RestoredVAE:
+  """A trained VAE, ready to encode and decode.
+
+  Attributes:
+    module: the `CausalVAE` (`vae_lib.encode_video(module, params, video)`, `decode_latents`).
+    params: its inference params (EMA when kept), jax.Arrays on the mesh.
+    latent_stats: {"mean", "std"} float32 [C], the per-channel latent statistics.
+    config: the VAE run's full config.
+    workdir: the VAE workdir.
+    step: the checkpoint step restored.
+  """
+
+  module: vae_lib.CausalVAE
+  params: Any
+  latent_stats: dict[str, np.ndarray]
+  config: ml_collections.ConfigDict
+  workdir: str
+  step: int
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RestoredTextToVideo:
+  """A trained text-to-video system: denoiser (DiT + text encoder), diffusion process, VAE.
+
+  Attributes:
+    denoiser: `factory.Denoiser` (the DiT module, its text encoder, the trained latent shape).
+    process: the diffusion process of config.diffusion (FlowMatching or DDPM).
+    params: {"dit": ..., "text": ... (trainable encoder only)}, the inference params (EMA by
+      default), sharded onto the mesh by the run's logical axis rules.
+    text_params: a frozen encoder's pretrained params (unboxed, replicated), or None.
+    vae: the `RestoredVAE` the DiT was trained on (params replicated on the mesh).
+    config: the DiT run's full config.
+    workdir: the DiT workdir.
+    step: the DiT checkpoint step restored.
+    mesh: the mesh everything is placed on.
+  """
+
+  denoiser: factory.Denoiser
+  process: Any
+  params: dict[str, Any]
+  text_params: Any
+  vae: RestoredVAE
+  config: ml_collections.ConfigDict
+  workdir: str
+  step: int
+  mesh: jax.sharding.Mesh
+
+
+def single_device_mesh() -> jax.sharding.Mesh:
+  """The default mesh of a restore: the first device alone."""
+  return mesh_lib.make_mesh((1, 1, 1, 1), devices=jax.devices()[:1])
+
+
+def _restore_params(
+  workdir: str, config, init_fn: Callable[[jax.Array], Any], *, mesh, step, use_ema: bool, replicate: bool
+) -> tuple[dict[str, Any], int]:
+  """Reads `state.<ema_params|params>.<subtree>` for each subtree of `init_fn`'s from the workdir's checkpoint.
+
+  `init_fn(rng)` returns {subtree: logically boxed params}: its eval_shape is the target, sharded
+  by the run's logical rules on `mesh` (or replicated on it with `replicate`).
+  """
+  rules = partitioning.logical_rules(config)
+  abstract, _ = partitioning.abstract_state(init_fn, mesh, rules, jax.random.key(0))
+  if replicate:
+    everywhere = partitioning.replicated(mesh)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere), abstract)
+  key = inference_params_key(ema_kept=config.train.ema_decay > 0, use_ema=use_ema)
+  with checkpointing.Checkpointer(workdir) as ckpt:
+    step = ckpt.latest_step() if step is None else step
+    if step in ckpt.all_steps():  # else restore_partial says which steps there are
+      _check_saved_params(ckpt.saved_tree(step).get(key) or {}, key, tuple(abstract), workdir)
+    restored, step = ckpt.restore_partial({key: abstract}, step=step)
+  return restored[key], step
+
+
+def _check_saved_params(saved_tree: dict, key: str, subtrees: tuple[str, ...], workdir: str) -> None:
+  """A clear error when the checkpoint lacks the params asked for (e.g. a DiT workdir given as a VAE's)."""
+  saved = sorted(saved_tree)
+  missing = [s for s in subtrees if s not in saved]
+  if missing:
+    kinds = {"vae": "tools/train_vae.py", "dit": "tools/train_dit.py"}
+    wanted = ", ".join(kinds.get(s, s) for s in missing)
+    raise ValueError(
+      f"{workdir} holds no {'/'.join(missing)} parameters (its checkpoint's {key} has {saved or 'nothing'}); "
+      f"pass the --workdir of {wanted}"
+    )
+
+
+def restore_vae(
+  workdir: str, *, mesh: jax.sharding.Mesh | None = None, step: int | None = None, replicate: bool = False
+) -> RestoredVAE:
+  """Restores a trained VAE from `workdir` (a tools/train_vae.py run) for encoding and decoding.
+
+  Args:
+    workdir: the VAE run's directory (config.json, checkpoints/, latent_stats.json).
+    mesh: place the params on this mesh (default: one device), sharded by the run's rules.
+    step: the checkpoint step (default: the latest).
+    replicate: a full copy of the params on every device of the mesh instead.
+  Raises:
+    checkpointing.CheckpointNotFoundError: no VAE run (or no such step) in `workdir`.
+    ValueError: the workdir's checkpoint holds no VAE.
+  """
+  config = checkpointing.load_config_from_workdir(workdir)
+  module = vae_lib.CausalVAE(config.vae)
+  tf, sf = config.vae.temporal_factor, config.vae.spatial_factor
+  video = jnp.zeros((1, 1 + tf, sf, sf, 3), jnp.float32)
+
+  def init_fn(rng):
+    return {"vae": module.init({"params": rng, "sample": rng}, video)["params"]}
+
+  mesh = mesh if mesh is not None else single_device_mesh()
+  params, step = _restore_params(workdir, config, init_fn, mesh=mesh, step=step, use_ema=True, replicate=replicate)
+  stats = vae_lib.load_latent_stats(workdir, config.vae.latent_channels)
+  return RestoredVAE(module, params["vae"], stats, config, os.fspath(workdir), step)
+
+
+# ------------------------------------------------------------------------------ text to video
+
+
+def resolve_workdirs(workdir: str) -> tuple[str, str]:
+  """(dit_workdir, vae_workdir) for a demo workdir (dit/ + vae/) or a DiT workdir."""
+  workdir = os.fspath(workdir)
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(
+      f"workdir {workdir!r} does not exist. Train one with `make demo` "
+      f"(-> runs/demo) or tools/train_dit.py --workdir=..."
+    )
+  dit_dir = os.path.join(workdir, "dit") if os.path.isdir(os.path.join(workdir, "dit")) else workdir
+  if not os.path.exists(os.path.join(dit_dir, "config.json")):
+    raise FileNotFoundError(
+      f"{workdir!r} holds no DiT run (no config.json in {dit_dir!r}). Pass the workdir "
+      f"of `make demo` (runs/demo) or of tools/train_dit.py."
+    )
+  config = checkpointing.load_config_from_workdir(dit_dir)
+  vae_dir = config.vae_workdir or os.path.join(workdir, "vae")
+  if not os.path.isabs(vae_dir) and not os.path.isdir(vae_dir):
+    vae_dir = os.path.join(os.path.dirname(dit_dir), vae_dir)
+  return dit_dir, vae_dir
+
+
+def _is_workdir(path: str) -> bool:
+  path = os.fspath(path)
+  return any(os.path.exists(os.path.join(path, *sub, checkpointing.CONFIG_FILENAME)) for sub in (("dit",), ()))
+
+
+def _restore_workdir(path: str, *, mesh, step: int | None, use_ema: bool) -> RestoredTextToVideo:
+  dit_dir, vae_dir = resolve_workdirs(path)
+  config = checkpointing.load_config_from_workdir(dit_dir)
+  # The VAE and a frozen text encoder are small: a full copy on every device of the mesh.
+  vae = restore_vae(vae_dir, mesh=mesh, replicate=True)
+  data = config.data
+  denoiser = factory.build_denoiser(
+    config, vae_lib.latent_shape(vae.config.vae, data.num_frames, data.height, data.width)
+  )
+  params, step = _restore_params(dit_dir, config, denoiser.init, mesh=mesh, step=step, use_ema=use_ema, replicate=False)
+  text_params = None
+  if denoiser.text_encoder is not None and not denoiser.text_encoder.trainable:
+    pretrained = partitioning.unbox(denoiser.text_encoder.load_pretrained())
+    text_params = jax.device_put(pretrained, partitioning.replicated(mesh))
+  return RestoredTextToVideo(
+    denoiser=denoiser,
+    process=build_diffusion(config.diffusion),
+    params=params,
+    text_params=text_params,
+    vae=vae,
+    config=config,
+    workdir=dit_dir,
+    step=step,
+    mesh=mesh,
+  )
+
+
+# Formats of a trained text-to-video system, tried in order: name -> (does `path` hold one?, restore it).
+TEXT_TO_VIDEO_FORMATS: dict[str, tuple[Callable[[str], bool], Callable[..., RestoredTextToVideo]]] = {
+  "sora_jax_workdir": (_is_workdir, _restore_workdir),
+}
+
+
+def restore_text_to_video(
+  path: str, *, mesh: jax.sharding.Mesh | None = None, step: int | None = None, use_ema: bool = True
+) -> RestoredTextToVideo:
+  """Restores a trained text-to-video system from `path` (see `TEXT_TO_VIDEO_FORMATS`).
+
+  Args:
+    path: a demo workdir (dit/ + vae/) or a DiT workdir.
+    mesh: place the parameters on this mesh (default: one device): the DiT sharded by its
+      logical axis rules, the VAE and a frozen text encoder replicated.
+    step: the DiT checkpoint step (default: the latest).
+    use_ema: the EMA params (recommended) when the run kept them, else the raw ones.
+  Raises:
+    FileNotFoundError: the path does not exist or holds no run (the message says what to pass).
+    checkpointing.CheckpointNotFoundError: no checkpoint, or not that step (the available ones named).
+  """
+  mesh = mesh if mesh is not None else single_device_mesh()
+  for matches, restore in TEXT_TO_VIDEO_FORMATS.values():
+    if matches(path):
+      return restore(path, mesh=mesh, step=step, use_ema=use_ema)
+  resolve_workdirs(path)  # no format matched: raises the workdir format's error, which says what to pass
+  raise FileNotFoundError(f"{path!r} holds no trained text-to-video system")
