@@ -105,3 +105,54 @@ def test_dit_demo_config_describes_the_demo_vae_latents():
   vae_config = configuration.load_config(os.path.join(REPO, "configs/vae/demo.py"))
   assert dit_config.vae.to_dict() == vae_config.vae.to_dict()
   assert memory.latent_shape_of(dit_config, 17, 32, 32) == (5, 8, 8, 8)
+
+
+# Keys that model code once read with a default of its own (`.get(key, default)`), with that default:
+# a run saved before a key existed must load as the code then behaved.
+DEFAULTS_OF_OLD_RUNS = {
+  "vae.norm": "rms",
+  "vae.decoder_channel_multipliers": (),
+  "vae.encoder_time_kernels": (),
+  "vae.decoder_time_kernels": (),
+  "dit.abs_pos_embedding": "none",
+  "dit.modulation": "per_block",
+  "text.tokenizer": "byte",
+  "text.dtype": "float32",
+  "diffusion.min_snr_gamma": 5.0,
+  "diffusion.learn_sigma_loss": "hybrid",
+  "distributed.mode": "auto",
+  "mesh.dcn_shape": (1, 1, 1, 1),
+}
+
+
+def test_a_saved_config_without_newer_keys_gets_the_values_old_code_used():
+  from configs import base
+  from sora_jax.configuration import merge_saved_config
+
+  saved = base.get_config().to_dict()
+  saved["dit"]["depth"] = 3
+  for key in DEFAULTS_OF_OLD_RUNS:
+    section, leaf = key.split(".")
+    del saved[section][leaf]
+  config = merge_saved_config(saved)
+  assert config.dit.depth == 3
+  for key, value in DEFAULTS_OF_OLD_RUNS.items():
+    section, leaf = key.split(".")
+    assert config[section][leaf] == value, key
+
+
+def test_a_saved_config_with_removed_keys_at_todays_behaviour_loads():
+  from configs import base
+  from sora_jax.configuration import REMOVED_KEYS, ConfigError, merge_saved_config
+
+  saved = base.get_config().to_dict()
+  saved["vae"].update(output_activation="none", decoder_time_patch=0)
+  assert "output_activation" not in merge_saved_config(saved).vae
+  assert set(REMOVED_KEYS) == {"vae.output_activation", "vae.decoder_time_patch"}
+  saved["vae"]["decoder_time_patch"] = 2
+  with pytest.raises(ConfigError, match=r"vae.decoder_time_patch=2: this setting no longer exists"):
+    merge_saved_config(saved, source="runs/x/config.json")
+  saved["vae"]["decoder_time_patch"] = 0
+  saved["train"]["steps"] = "many"
+  with pytest.raises(ConfigError, match=r"(?s)runs/x/config.json cannot be used.*train.steps"):
+    merge_saved_config(saved, source="runs/x/config.json")

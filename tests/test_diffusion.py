@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base  # pylint: disable=g-import-not-at-top
+from configs import base
+from sora_jax import configuration
 from sora_jax.diffusion import DDPM, FlowMatching, build_diffusion, ddpm, flow, guidance, samplers
 
 X_SHAPE = (6, 3, 4, 4, 2)  # [B, T, H, W, C]
@@ -364,8 +365,10 @@ def test_build_diffusion_from_config():
   cfg.learn_sigma_loss = "vlb_only"
   with pytest.raises(ValueError, match="learn_sigma_loss='vlb_only' is not one of"):
     build_diffusion(cfg)
-  del cfg["learn_sigma_loss"]  # configs saved before the option existed
-  assert build_diffusion(cfg).learn_sigma_loss == "hybrid"
+  saved = base.get_config().to_dict()  # a run saved before the option existed
+  del saved["diffusion"]["learn_sigma_loss"]
+  saved["diffusion"]["kind"] = "ddpm"
+  assert build_diffusion(configuration.merge_saved_config(saved).diffusion).learn_sigma_loss == "hybrid"
   cfg.kind = "edm"
   with pytest.raises(ValueError, match="not one of"):
     build_diffusion(cfg)

@@ -25,7 +25,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from sora_jax.configuration import run_tool
-from sora_jax.models import counting, variants
+from sora_jax.models import counting, factory, variants
 from sora_jax.models.dit import DiT
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -52,9 +52,6 @@ _MESH = flags.DEFINE_string(
   "With --config: per-device memory of the train step on a mesh "
   "'data,fsdp,context,tensor' (e.g. 1,64,1,1), compiled on abstract inputs.",
 )
-
-# Text encoder widths by config.text.encoder ("small" uses config.text.width).
-_TEXT_WIDTHS = {"minilm": 384}
 
 
 def _latent_size(pixels: int, factor: int, what: str) -> int:
@@ -99,11 +96,9 @@ def _setting_from_model(name: str) -> dict:
 
 
 def _setting_from_config(config) -> dict:
-  """Model and input description of a full config."""
-  text_dim = 0
-  if config.dit.conditioning == "text":
-    text_dim = _TEXT_WIDTHS.get(config.text.encoder, config.text.width)
-  model = DiT.from_config(config.dit, in_channels=config.vae.latent_channels, text_dim=text_dim)
+  """Model and input description of a full config: the DiT (and text width) training would build."""
+  # Only the latent channels shape the DiT's parameters; the clip size is applied per estimate.
+  model = factory.build_denoiser(config, (1, 1, 1, config.vae.latent_channels)).dit
   image = config.dit.pos_embedding == "sincos2d"
   return dict(
     name=config.dit.variant or "custom",
@@ -151,10 +146,8 @@ def estimate(setting: dict, frames: int = 0, height: int = 0, width: int = 0, ba
   }
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Per-device memory (--mesh): the sharded train step compiled on abstract inputs, read with
-# `compiled.memory_analysis()`; all of it lives in sora_jax/training/memory.py (infra engineer).
 def memory_estimate(config, mesh: str, frames: int, height: int, width: int, batch_size: int) -> dict:
+  """Per-device memory (--mesh) of the sharded train step compiled on abstract inputs (sora_jax.training.memory)."""
   from sora_jax.training import memory
 
   try:
@@ -171,9 +164,6 @@ def memory_estimate(config, mesh: str, frames: int, height: int, width: int, bat
   )
   result["summary"] = memory.summary_lines(result)
   return result
-
-
-# ---------------------------------------------------------------------------------------------------------
 
 
 def _print_table(result: dict) -> None:

@@ -2,21 +2,9 @@
 
   python tools/train_dit.py --config=configs/dit/demo.py --workdir=runs/demo/dit --config.vae_workdir=runs/demo/vae
 
-Sized so `make demo` fits its 20-minute budget on a 2-core CPU: the run stops at
-train.steps or after train.max_minutes, whichever comes first, and checkpoints.
-
-What makes the 4-layer model follow prompts in ~10 minutes (each measured on the demo's 105
-prompts; docs/experiments.md has the table and the commands):
-* training time concentrated at high noise (uniform t, shift 4: t > 0.9 for 31 % of the
-  examples). The layout of a clip, hence its motion, is decided there; with SD3's
-  logit-normal t (1.4 % of examples above 0.9) motion stayed at chance (23-30 %) after
-  1600 steps, and the model ignored the direction words;
-* learning rate 2e-3: with shift 8, motion was 99 % right at step 1200, against 61 % at
-  step 1500 with 1e-3;
-* frozen MiniLM token states, cached once (no text encoder in the train step): shape
-  88 % vs 67 % with the jointly trained small encoder at equal steps;
-* fixed 3D sin-cos absolute positions on top of RoPE, so the high-noise prediction can
-  depend on where a token is (lower loss at equal steps).
+Sized so `make demo` fits its 20-minute budget on a 2-core CPU: the run stops at train.steps,
+or checkpoints and stops at train.max_minutes. The runs that chose the non-obvious values
+(uniform t with shift 4, lr 2e-3, frozen MiniLM, sin-cos positions) are in docs/experiments.md.
 """
 
 from configs import base
@@ -35,12 +23,12 @@ def get_config():
   c.dit.scan_layers = False  # unrolled layers: ~15 % faster train steps on CPU (4 layers compile quickly)
   c.text.encoder = "minilm"  # frozen all-MiniLM-L6-v2; the longest shapes caption is 14 WordPiece tokens
   c.text.max_length = 24
-  c.diffusion.t_sampling = "uniform"
+  c.diffusion.t_sampling = "uniform"  # with shift 4: much training at high noise, where motion is decided
   c.diffusion.shift = 4.0
   c.data.batch_size = 32
   c.train.steps = 2200
   c.train.max_minutes = 11.5
-  c.train.learning_rate = 2e-3
+  c.train.learning_rate = 2e-3  # what lets motion emerge within the budget
   c.train.warmup_steps = 200
   c.train.weight_decay = 0.0
   c.train.ema_decay = 0.995
