@@ -106,6 +106,11 @@ def main(argv):
       summary["evaluation"] = json.load(f)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
+  _print_summary(summary, workdir, sample_dir, sheet, eval_json)
+
+
+def _print_summary(summary: dict, workdir: str, sample_dir: str, sheet: str, eval_json: str) -> None:
+  timings = summary["seconds_per_stage"]
   print("\n=== sora_jax demo finished")
   print(f"  stage times (s):   {timings}")
   if "evaluation" in summary:
