@@ -258,3 +258,12 @@ def test_show_dataset_tool_writes_a_contact_sheet(tiny_build, tmp_path):
   )
   assert result.returncode == 0, result.stderr[-2000:]
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_local_build_prints_no_download_lines(tmp_path, capfd):
+  config = shapes_builder.make_config(num_frames=5, height=16, width=16, num_train=4, num_validation=2, num_test=2)
+  shapes_builder.build_shapes(config, str(tmp_path))
+  out, err = capfd.readouterr()
+  assert "built 8 clips" in out
+  for line in ("Downloading and preparing", "downloaded and prepared", "Generating train examples"):
+    assert line not in out + err, f"TFDS printed {line!r} for a local build"

@@ -36,7 +36,7 @@ import tensorflow_datasets as tfds
 import tqdm
 
 from sora_jax.data import shapes
-from sora_jax.data.tfds_compat import builder_code_path
+from sora_jax.data.tfds_compat import LocalBuilderMixin, builder_code_path, prepare_locally
 
 VERSION = "1.0.0"
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -138,7 +138,7 @@ def generate_example(config: ShapesConfig, split: str, index: int) -> dict[str, 
   }
 
 
-class ShapesDataset(tfds.core.GeneratorBasedBuilder):
+class ShapesDataset(LocalBuilderMixin, tfds.core.GeneratorBasedBuilder):
   """Procedural one-object clips with captions (DESIGN.md §4). Never downloads anything."""
 
   name = "shapes"
@@ -232,7 +232,7 @@ def build_shapes(config: ShapesConfig, data_dir: str = "", *, verbose: bool = Tr
     return builder
   start = time.time()
   try:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    prepare_locally(builder)
   except OSError:
     # Another process (a second host, a parallel test worker) finished the same
     # deterministic build first and TFDS could not move ours into place: use theirs.

@@ -33,7 +33,7 @@ import tqdm
 
 from sora_jax.data import importer
 from sora_jax.data.shapes_builder import resolve_data_dir
-from sora_jax.data.tfds_compat import builder_code_path
+from sora_jax.data.tfds_compat import LocalBuilderMixin, builder_code_path, prepare_locally
 
 VERSION = "1.0.0"
 SUMMARY_FILE = "import_summary.json"
@@ -52,7 +52,7 @@ class VideoFolderConfig(tfds.core.BuilderConfig):
   validation_fraction: float = 0.1
 
 
-class VideoFolder(tfds.core.GeneratorBasedBuilder):
+class VideoFolder(LocalBuilderMixin, tfds.core.GeneratorBasedBuilder):
   """Clips cut from a folder of video files, with captions from a CaptionSource."""
 
   name = "video_folder"
@@ -175,7 +175,7 @@ def import_video_folder(
     file_format="array_record",
   )
   try:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    prepare_locally(builder)
   except AssertionError as e:  # TFDS: "No examples were yielded"
     if sum(summary.clips.values()):
       raise
