@@ -6,9 +6,18 @@
 
 `config.data.dataset` picks the dataset:
   "shapes"        the built-in synthetic dataset, built into data_dir on first use
-                  (sora_jax.data.shapes_builder);
+                  (sora_jax.data.shapes_builder); config.data.builder_config picks its
+                  concept set: "" (default) or "new_concepts" (orange, diamond);
   "video_folder"  your own videos imported with tools/import_videos.py --name=NAME,
                   selected with config.data.builder_config=NAME.
+
+Several sizes (native-size training):
+
+    sources = load_sources_by_size(config.data, "train", [(17, 32, 32), (17, 32, 48), (1, 32, 32)])
+    # {(17, 32, 32): source, ...}: one fixed-shape source per (frames, height, width)
+
+shapes builds one dataset per size; an import made with --buckets (keep-aspect mode) holds
+clips of several sizes, which come back grouped by size (sizes=None: all that it holds).
 
 TFDS decodes text features to bytes; `DecodedSource` turns them into str so every
 consumer sees captions as str.
@@ -16,7 +25,7 @@ consumer sees captions as str.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -74,14 +83,58 @@ def source_from_builder(builder, split: str, description: str) -> DecodedSource:
   return DecodedSource(builder.as_data_source(split=split), f"{description}:{split}", _scalar_dtypes(builder))
 
 
-def _shapes_source(data_cfg, split: str) -> DecodedSource:
-  builder = shapes_builder.build_dataset(data_cfg, verbose=False)
+def _shapes_source(data_cfg, split: str, size: tuple[int, int, int] | None = None) -> DecodedSource:
+  builder = shapes_builder.build_dataset(data_cfg, size=size, verbose=False)
   return source_from_builder(builder, split, f"shapes/{builder.builder_config.name}")
 
 
 def _video_folder_source(data_cfg, split: str) -> DecodedSource:
   builder = video_folder_builder.load_builder(data_cfg.builder_config, data_cfg.data_dir)
   return source_from_builder(builder, split, f"video_folder/{data_cfg.builder_config}")
+
+
+class SubsetSource:
+  """The records `indices` of a random-access source, in that order (e.g. the clips of one size).
+
+  Picklable; its repr names the source and the subset so grain's saved iterator state
+  matches only the same subset.
+  """
+
+  def __init__(self, source, indices: Sequence[int], description: str):
+    self._source = source
+    self._indices = np.asarray(indices, np.int64)
+    self.description = description
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self._source[int(self._indices[index])]
+
+  def __repr__(self) -> str:
+    return f"SubsetSource({self.description}, {len(self)} examples)"
+
+
+def _video_folder_sources_by_size(data_cfg, split: str, sizes) -> dict[tuple[int, int, int], Any]:
+  builder = video_folder_builder.load_builder(data_cfg.builder_config, data_cfg.data_dir)
+  description = f"video_folder/{data_cfg.builder_config}"
+  source = source_from_builder(builder, split, description)
+  per_clip = video_folder_builder.clip_sizes(builder, split)  # int [N, 3]
+  held = sorted({tuple(int(v) for v in size) for size in per_clip})
+  wanted = held if sizes is None else list(shapes_builder.check_sizes(sizes))
+  missing = [size for size in wanted if size not in held]
+  if missing:
+    raise ValueError(f"{description}:{split} holds no clips of size(s) {missing}; it holds {held}")
+  if len(held) == 1:
+    return {held[0]: source}
+  return {
+    size: SubsetSource(
+      source,
+      np.flatnonzero((per_clip == np.asarray(size)).all(axis=1)),
+      f"{description}:{split}:{'x'.join(map(str, size))}",
+    )
+    for size in wanted
+  }
 
 
 _SOURCES: dict[str, Callable[[Any, str], DecodedSource]] = {
@@ -101,6 +154,33 @@ def load_data_source(data_cfg, split: str) -> DecodedSource:
   if data_cfg.dataset not in _SOURCES:
     raise ValueError(f"config.data.dataset={data_cfg.dataset!r} is not one of {tuple(_SOURCES)}")
   return _SOURCES[data_cfg.dataset](data_cfg, split)
+
+
+def load_sources_by_size(
+  data_cfg, split: str, sizes: Sequence[tuple[int, int, int]] | None = None
+) -> dict[tuple[int, int, int], Any]:
+  """The `split` of the dataset `data_cfg` names, as one random-access source per clip size.
+
+  Args:
+    data_cfg: a `config.data` section.
+    split: "train", "validation" or "test".
+    sizes: (frames, height, width) triples. shapes: the sizes to build (required; e.g.
+      shapes_builder.SIZES). video_folder: None = every size the import holds, else
+      only those (each must be in the import).
+  Returns:
+    {(frames, height, width): source} in the order of `sizes` (video_folder with
+    sizes=None: by size); every example of a source has video uint8 [frames, height, width, 3].
+  """
+  if data_cfg.dataset == "shapes":
+    if sizes is None:
+      raise ValueError(
+        "the shapes dataset is built per size: pass sizes, e.g. sora_jax.data.shapes_builder.SIZES "
+        f"= {shapes_builder.SIZES}"
+      )
+    return {size: _shapes_source(data_cfg, split, size) for size in shapes_builder.check_sizes(sizes)}
+  if data_cfg.dataset == "video_folder":
+    return _video_folder_sources_by_size(data_cfg, split, sizes)
+  raise ValueError(f"config.data.dataset={data_cfg.dataset!r} is not one of {tuple(_SOURCES)}")
 
 
 def stored_video_shape(source) -> tuple[int, ...]:
