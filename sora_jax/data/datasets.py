@@ -25,12 +25,12 @@ consumer sees captions as str.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from sora_jax.data import shapes_builder
-from sora_jax.data import video_folder_builder
+from sora_jax.data import shapes_builder, video_folder_builder
 
 
 class DecodedSource:
@@ -39,10 +39,17 @@ class DecodedSource:
   Picklable (grain worker processes receive a copy).
   """
 
-  def __init__(self, source, description: str, dtypes: dict[str, np.dtype] | None = None):
+  def __init__(
+    self,
+    source,
+    description: str,
+    dtypes: dict[str, np.dtype] | None = None,
+    video_shape: tuple[int | None, ...] | None = None,
+  ):
     self._source = source
     self.description = description
     self._dtypes = dict(dtypes or {})
+    self.video_shape = video_shape  # [T, H, W, 3] as stored; None where clips differ (several sizes)
 
   def __len__(self) -> int:
     return len(self._source)
@@ -80,7 +87,13 @@ def _scalar_dtypes(builder) -> dict[str, np.dtype]:
 def source_from_builder(builder, split: str, description: str) -> DecodedSource:
   """A DecodedSource over `split` of a prepared TFDS builder (ArrayRecord)."""
   _check_split(builder, split)
-  return DecodedSource(builder.as_data_source(split=split), f"{description}:{split}", _scalar_dtypes(builder))
+  video = builder.info.features["video"] if "video" in builder.info.features else None
+  return DecodedSource(
+    builder.as_data_source(split=split),
+    f"{description}:{split}",
+    _scalar_dtypes(builder),
+    tuple(video.shape) if video is not None else None,
+  )
 
 
 def _shapes_source(data_cfg, split: str, size: tuple[int, int, int] | None = None) -> DecodedSource:
@@ -184,7 +197,17 @@ def load_sources_by_size(
 
 
 def stored_video_shape(source) -> tuple[int, ...]:
-  """Shape [T, H, W, 3] of the clips in `source` (read from its first example)."""
+  """Shape [T, H, W, 3] of the clips in `source` (read from its first example).
+
+  Raises ValueError for a source whose clips have several sizes (a keep-aspect import):
+  one shape per batch needs load_sources_by_size.
+  """
   if len(source) == 0:
     raise ValueError(f"{source!r} is empty; build or import more clips")
+  declared = getattr(source, "video_shape", None)
+  if declared is not None and None in declared:
+    raise ValueError(
+      f"{source!r} holds clips of several sizes (imported with --buckets); batches need one size: "
+      f"open it per size with sora_jax.data.datasets.load_sources_by_size, or re-import it at one --height/--width"
+    )
   return tuple(np.shape(source[0]["video"]))
