@@ -192,3 +192,28 @@ def test_new_concepts_build_reads_back_right(data_dir):
     scores.append(sa.score(sa.analyze_video(ex["video"]), ex["canonical_caption"]))
   accuracy = sa.accuracy(scores)
   assert accuracy["all"] == 1.0, accuracy
+
+
+def test_show_dataset_tool_shows_several_sizes(size_builds, data_dir, tmp_path):
+  import subprocess
+
+  out = tmp_path / "sizes.png"
+  result = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(REPO, "tools", "show_dataset.py"),
+      f"--data_dir={data_dir}",
+      "--sizes=1x32x32,17x32x48,17x48x32",
+      "--num=2",
+      f"--out={out}",
+      "--config.data.num_train=20",
+      "--config.data.num_validation=4",
+      "--config.data.num_test=4",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "wrote 6 clips" in result.stdout and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
