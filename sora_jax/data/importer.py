@@ -297,14 +297,6 @@ def segment_clips(segment: import_splits.Segment, settings: ClipSettings) -> Ite
     yield segment.start + offset, resize_center_crop(clip, height, width)
 
 
-def video_clips(path: Path, settings: ClipSettings) -> Iterator[tuple[int, np.ndarray]]:
-  """(start frame, uint8 [T, H, W, 3]) for every clip of a whole video. Raises VideoReadError."""
-  frames, fps = video_io.read_video(path)
-  count = len(resample_indices(frames.shape[0], fps, settings.fps))
-  del frames
-  yield from segment_clips(import_splits.Segment(Path(path), 0, count), settings)
-
-
 def import_examples(
   segments: Iterable[import_splits.Segment],
   captions: CaptionSource,
