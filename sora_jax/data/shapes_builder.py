@@ -5,9 +5,10 @@
 
 Each example is a pure function of (dataset_seed, split, index) and the build's size and
 concept set: its own numpy Generator seeded with those draws a `ClipSpec` and a
-paraphrased caption, so a build is byte-identical on every machine and any example can
-be regenerated alone (`generate_example`). The example at index i of a split is the i-th
-record of that split (shuffling at write time is disabled).
+paraphrased caption, so a build decodes to the same bytes on every machine and any example
+can be regenerated alone (`generate_example`). (The files themselves can differ: TFDS writes
+each example's features in an order that varies between processes.) The example at index i
+of a split is the i-th record of that split (shuffling at write time is disabled).
 
 Sizes (DESIGN.md §4): any frames x height x width; SIZES lists the multi-size grid
 (1, 9, 17 and 33 frames at 32x32, 32x48 and 48x32). Each size is its own build
@@ -50,7 +51,7 @@ from sora_jax.data import shapes
 from sora_jax.data.tfds_compat import LocalBuilderMixin, builder_code_path, prepare_locally
 
 # 1.1.0: objects sized on the shorter side, a random stream per size, 1-frame stills, new concepts.
-# The default 17x32x32 build is byte-identical to 1.0.0's (tests/test_shapes_dataset.py checks it).
+# The default 17x32x32 build decodes to exactly 1.0.0's clips (tests/test_shapes_dataset.py checks it).
 VERSION = "1.1.0"
 RELEASE_NOTES = {
   "1.0.0": "Initial release.",
