@@ -114,6 +114,15 @@ def test_iterator_round_trips_through_grains_orbax_checkpoint_handler(tmp_path):
   _assert_same_batch(next(restored), expected)
 
 
+def test_a_split_smaller_than_one_batch_is_read_round_to_fill_one(caplog):
+  # A small import's validation split (1 clip) evaluated in batches of 4: one batch, not none.
+  batches = list(pipeline.make_iterator(ArraySource(3), batch_size=4, seed=0, shuffle=False, num_epochs=1))
+  assert [b["x"][:, 0].tolist() for b in batches] == [[0, 1, 2, 0]]
+  assert "fewer than one batch of 4" in caplog.text
+  # Enough records: one ordered pass, the remainder dropped as before.
+  assert len(list(pipeline.make_iterator(ArraySource(6), batch_size=4, seed=0, shuffle=False, num_epochs=1))) == 1
+
+
 def test_bad_batch_size_is_a_clear_error():
   with pytest.raises(ValueError, match="batch_size"):
     pipeline.make_iterator(ArraySource(8), batch_size=0, seed=0)

@@ -1,4 +1,5 @@
-"""The shapes analyzer reads ground-truth rendered clips >= 98 % right (issue 5), also blurred and noisy."""
+"""The shapes analyzer reads ground-truth rendered clips >= 98 % right (issue 5), also blurred and noisy,
+with the new concepts (orange, diamond) among its answers and on clips of them."""
 
 import numpy as np
 import pytest
@@ -36,9 +37,10 @@ def _accuracy(specs, videos):
 )
 def test_reads_ground_truth_clips(count, num_frames, size, seed):
   specs, videos = _clips(count, num_frames, size, size, seed)
-  # The sample covers every value of every attribute.
+  # The sample covers every value of every attribute of the default vocabulary.
+  defaults = {"color": set(shapes.COLORS), "shape": set(shapes.SHAPES), "motion": set(shapes.MOTIONS)}
   for attribute in sa.ATTRIBUTES:
-    assert {getattr(s, attribute) for s in specs} == set(sa.attribute_labels(attribute))
+    assert {getattr(s, attribute) for s in specs} == defaults[attribute]
   acc = _accuracy(specs, videos)
   for attribute in (*sa.ATTRIBUTES, "all"):
     assert acc[attribute] >= 0.98, (attribute, acc)
@@ -52,6 +54,38 @@ def test_robust_to_blur_noise_and_dimming():
   assert min(acc.values()) >= 0.95, acc
 
 
+def _new_concept_clips(repeats, seed):
+  rng = np.random.default_rng(seed)
+  specs = [
+    shapes.sample_clip_spec(rng, color=c, shape=s, motion=m) for c, s, m in shapes.new_concept_combinations() * repeats
+  ]
+  return specs, [shapes.render_clip(spec, 17, 32, 32) for spec in specs]
+
+
+def test_reads_the_new_concepts():
+  specs, videos = _new_concept_clips(repeats=2, seed=4)  # all 55 combinations with orange or diamond, twice
+  acc = _accuracy(specs, videos)
+  assert min(acc.values()) >= 0.98, acc
+  rng = np.random.default_rng(0)
+  degraded = [_degrade(v, blur_sigma=0.8, noise_std=12.0, gain=0.75, rng=rng) for v in videos[:55]]
+  acc = _accuracy(specs[:55], degraded)
+  assert min(acc.values()) >= 0.95, acc
+
+
+def test_new_concepts_are_among_the_answers():
+  assert set(sa.attribute_labels("color")) == set(shapes.COLORS) | {"orange"}
+  assert set(sa.attribute_labels("shape")) == {"circle", "square", "triangle", "diamond"}
+  spec = shapes.ClipSpec("orange", "diamond", "left", 0.4, (0.7, 0.5), (0.3, 0.5))
+  result = sa.analyze_video(shapes.render_clip(spec, 9, 32, 32))
+  assert (result["color"], result["shape"], result["motion"]) == ("orange", "diamond", "left")
+  assert sa.score(result, "an orange diamond moving left")["all"]
+  # Red and yellow, orange's neighbours, dimmed and noisy, still read as themselves.
+  rng = np.random.default_rng(1)
+  for color in ("red", "yellow"):
+    clip = shapes.render_clip(shapes.ClipSpec(color, "square", "still", 0.4, (0.5, 0.5), (0.5, 0.5)), 5, 32, 32)
+    assert sa.analyze_video(_degrade(clip, 0.8, 12.0, 0.6, rng))["color"] == color
+
+
 def test_result_fields_and_confidences():
   spec = shapes.ClipSpec(
     color="magenta", shape="triangle", motion="right", size_frac=0.4, start_center=(0.25, 0.5), end_center=(0.75, 0.5)
@@ -63,7 +97,7 @@ def test_result_fields_and_confidences():
   assert dx == pytest.approx(0.5, abs=0.05) and abs(dy) < 0.05
   assert result["features"]["frames_with_object"] == 17
   ious = result["features"]["shape_iou"]
-  assert ious["triangle"] > 0.9 > max(ious["circle"], ious["square"])
+  assert ious["triangle"] > 0.9 > max(ious["circle"], ious["square"], ious["diamond"])
 
 
 def test_still_object_and_dim_colour():
@@ -107,8 +141,8 @@ def test_accuracy_and_confusion_matrix():
   ]
   assert sa.accuracy(scores) == {"color": 1.0, "shape": 0.5, "motion": 0.5, "all": 0.0}
   matrix = sa.confusion_matrix(["circle", "square", None], ["circle", "triangle", "square"], "shape")
-  assert matrix.shape == (3, 4)
-  assert matrix[0, 0] == 1 and matrix[2, 1] == 1 and matrix[1, 3] == 1 and matrix.sum() == 3
+  assert matrix.shape == (4, 5)  # circle, square, triangle, diamond (+ nothing found)
+  assert matrix[0, 0] == 1 and matrix[2, 1] == 1 and matrix[1, 4] == 1 and matrix.sum() == 3
   with pytest.raises(ValueError, match="attribute"):
     sa.confusion_matrix([], [], "size")
 

@@ -1,43 +1,51 @@
 """Turning a folder of your own videos into training clips (used by tools/import_videos.py).
 
-Each video file (mp4 / webm / mov / mkv / avi / gif) is read, resampled in time to
-the target frame rate, resized so it covers the target H x W and center-cropped,
-then cut into clips of `num_frames` frames starting every `stride` frames. Every
-clip gets a caption from a pluggable caption source:
+Each video file (mp4 / webm / mov / mkv / avi / gif) is read, resampled in time to the
+target frame rate, resized and center-cropped, then cut into clips of `num_frames` frames
+starting every `stride` frames. Two framings:
 
-  CsvCaptions("captions.csv")      columns `path` (relative to the videos folder or
-                                   absolute) and `caption`; the CSV lists the videos.
-  SidecarCaptions()                `clip.mp4` is captioned by `clip.txt` next to it.
-  FunctionCaptions("pkg.mod:fn")   your Python callable fn(clip uint8 [T, H, W, 3]) -> str.
+  square / fixed   every clip is height x width: scaled to cover it, the overflow cropped.
+  keep aspect      ClipSettings(buckets=((32, 32), (32, 48), (48, 32)), ...): each video goes
+                   to the bucket (H, W) nearest its own aspect ratio, scaled to cover it and
+                   center-cropped, so a landscape video stays landscape (native-size training).
 
-A video that cannot be decoded is skipped and named in the ImportSummary; a CSV
-without the needed columns, or a listed file that does not exist, is an error
-before anything is written. The TFDS builder that stores the clips lives in
-sora_jax.data.video_folder_builder.
+Every clip gets a caption from a caption source (sora_jax.data.import_captions: a CSV,
+sidecar .txt files, or your function). Before anything is written, every video is probed
+(`probe_videos`): a file that is not a video (a PNG renamed .mp4 is named as a PNG image)
+or cannot be decoded is skipped, a video shorter than one clip is set aside, and both are
+named in the ImportSummary; an import with no usable video stops with an error. The
+footage is then split into train / validation / test (sora_jax.data.import_splits). The
+TFDS builder that stores the clips lives in sora_jax.data.video_folder_builder.
 
-Note: videos are decoded whole (sora_jax.media.video_io.read_video), so a very long
-high-resolution file needs its decoded frames in memory; cut such files first.
+Note: videos are decoded whole (sora_jax.media.video_io.read_video), once to probe and once
+per split they feed, so a very long high-resolution file needs its decoded frames in memory;
+cut such files first.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import importlib
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from sora_jax.data import import_splits
+from sora_jax.data.import_captions import (  # noqa: F401  (re-exported: the importer's public API)
+  CSV_COLUMNS,
+  VIDEO_SUFFIXES,
+  CaptionSource,
+  CsvCaptions,
+  FunctionCaptions,
+  SidecarCaptions,
+  list_videos,
+  make_caption_source,
+)
 from sora_jax.media import video_io
-
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
-CSV_COLUMNS = ("path", "caption")
-
 
 # ------------------------------------------------------------------ frames
 
@@ -82,6 +90,18 @@ def resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarra
   return out
 
 
+def nearest_bucket(height: int, width: int, buckets: Iterable[tuple[int, int]]) -> tuple[int, int]:
+  """The bucket (H, W) whose aspect ratio is nearest a height x width frame's (in log ratio).
+
+  Ties go to the larger bucket, then to the first listed, so the choice is deterministic.
+  """
+  buckets = list(buckets)
+  if not buckets:
+    raise ValueError("nearest_bucket needs at least one (height, width) bucket")
+  target = math.log(width / height)
+  return min(buckets, key=lambda b: (round(abs(math.log(b[1] / b[0]) - target), 9), -b[0] * b[1]))
+
+
 def clip_starts(num_frames_available: int, num_frames: int, stride: int) -> list[int]:
   """Start frames of the clips cut from a video: 0, stride, 2*stride, ... (whole clips only)."""
   if stride < 1:
@@ -89,276 +109,220 @@ def clip_starts(num_frames_available: int, num_frames: int, stride: int) -> list
   return list(range(0, num_frames_available - num_frames + 1, stride))
 
 
-# ------------------------------------------------------------------ captions
+# ------------------------------------------------------------------ settings and summary
 
 
-class CaptionSource(Protocol):
-  """Where captions come from: which videos to import and the caption of each clip."""
-
-  def videos(self, videos_dir: Path) -> list[Path]:
-    """The video files to import (each must exist)."""
-
-  def caption(self, path: Path, clip: np.ndarray) -> str:
-    """The caption of `clip` (uint8 [T, H, W, 3] at the target size) cut from `path`."""
-
-  def describe(self) -> str:
-    """One line for logs and dataset descriptions."""
-
-
-def list_videos(videos_dir: Path) -> list[Path]:
-  """Every file under `videos_dir` (recursively) with a VIDEO_SUFFIXES suffix, sorted."""
-  videos_dir = Path(videos_dir)
-  if not videos_dir.is_dir():
-    raise FileNotFoundError(f"videos folder {os.fspath(videos_dir)!r} does not exist")
-  return sorted(p for p in videos_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
-
-
-class CsvCaptions:
-  """Captions from a CSV with columns `path` and `caption` (extra columns are ignored)."""
-
-  def __init__(self, csv_path: str | os.PathLike):
-    self.csv_path = Path(csv_path)
-    if not self.csv_path.is_file():
-      raise FileNotFoundError(f"captions CSV {os.fspath(self.csv_path)!r} does not exist")
-    with open(self.csv_path, newline="", encoding="utf-8-sig") as f:
-      reader = csv.DictReader(f)
-      columns = [c.strip() for c in (reader.fieldnames or [])]
-      missing = [c for c in CSV_COLUMNS if c not in columns]
-      if missing:
-        raise ValueError(
-          f"captions CSV {os.fspath(self.csv_path)!r} lacks column(s) {missing}; "
-          f"it has {columns}. Expected a header line 'path,caption'."
-        )
-      rows = [{k.strip(): (v or "").strip() for k, v in row.items() if k} for row in reader]
-    self._rows = rows
-    self._captions: dict[Path, str] = {}
-
-  def videos(self, videos_dir: Path) -> list[Path]:
-    paths, missing = [], []
-    for line, row in enumerate(self._rows, start=2):
-      if not row["path"]:
-        raise ValueError(f"{os.fspath(self.csv_path)!r} line {line}: empty path")
-      if not row["caption"]:
-        raise ValueError(f"{os.fspath(self.csv_path)!r} line {line}: empty caption for {row['path']!r}")
-      path = Path(row["path"]) if os.path.isabs(row["path"]) else Path(videos_dir) / row["path"]
-      if not path.is_file():
-        missing.append(row["path"])
-      self._captions[path.resolve()] = row["caption"]
-      paths.append(path)
-    if missing:
-      raise FileNotFoundError(
-        f"{len(missing)} file(s) listed in {os.fspath(self.csv_path)!r} do not "
-        f"exist under {os.fspath(videos_dir)!r}: {missing[:10]}"
-      )
-    return paths
-
-  def caption(self, path: Path, clip: np.ndarray) -> str:
-    del clip
-    return self._captions[Path(path).resolve()]
-
-  def describe(self) -> str:
-    return f"csv:{os.fspath(self.csv_path)}"
-
-
-class SidecarCaptions:
-  """Caption of `video.mp4` = the text of `video.txt` beside it (whitespace stripped)."""
-
-  def videos(self, videos_dir: Path) -> list[Path]:
-    paths = list_videos(videos_dir)
-    missing = [os.fspath(p.with_suffix(".txt")) for p in paths if not p.with_suffix(".txt").is_file()]
-    if missing:
-      raise FileNotFoundError(f"{len(missing)} video(s) have no sidecar caption file: {missing[:10]}")
-    return paths
-
-  def caption(self, path: Path, clip: np.ndarray) -> str:
-    del clip
-    text = Path(path).with_suffix(".txt").read_text(encoding="utf-8").strip()
-    if not text:
-      raise ValueError(f"sidecar caption {os.fspath(Path(path).with_suffix('.txt'))!r} is empty")
-    return text
-
-  def describe(self) -> str:
-    return "sidecar .txt files"
-
-
-class FunctionCaptions:
-  """Captions from a user function given as 'package.module:function', called as fn(clip) -> str."""
-
-  def __init__(self, spec: str):
-    module_name, sep, function_name = spec.partition(":")
-    if not sep or not module_name or not function_name:
-      raise ValueError(f"captioner {spec!r} must look like 'package.module:function'")
-    try:
-      module = importlib.import_module(module_name)
-    except ImportError as e:
-      raise ValueError(f"captioner {spec!r}: cannot import module {module_name!r} ({e}); is it on PYTHONPATH?") from e
-    function = getattr(module, function_name, None)
-    if not callable(function):
-      raise ValueError(f"captioner {spec!r}: module {module_name!r} has no callable {function_name!r}")
-    self.spec = spec
-    self._function: Callable[[np.ndarray], str] = function
-
-  def videos(self, videos_dir: Path) -> list[Path]:
-    return list_videos(videos_dir)
-
-  def caption(self, path: Path, clip: np.ndarray) -> str:
-    text = self._function(clip)
-    if not isinstance(text, str) or not text.strip():
-      raise ValueError(
-        f"captioner {self.spec!r} returned {text!r} for a clip of {os.fspath(path)!r}; it must return a non-empty str"
-      )
-    return text.strip()
-
-  def describe(self) -> str:
-    return f"function:{self.spec}"
-
-
-def make_caption_source(*, captions_csv: str = "", sidecar: bool = False, captioner: str = "") -> CaptionSource:
-  """The one caption source chosen by the import flags (exactly one must be given)."""
-  chosen = {"captions_csv": bool(captions_csv), "sidecar": sidecar, "captioner": bool(captioner)}
-  if sum(chosen.values()) != 1:
-    raise ValueError(
-      f"choose exactly one caption source (--captions=FILE.csv, --sidecar_captions or "
-      f"--captioner=module:function); got {[k for k, v in chosen.items() if v] or 'none'}"
-    )
-  if captions_csv:
-    return CsvCaptions(captions_csv)
-  if sidecar:
-    return SidecarCaptions()
-  return FunctionCaptions(captioner)
-
-
-# ------------------------------------------------------------------ clips
+def parse_buckets(text: str) -> tuple[tuple[int, int], ...]:
+  """'32x32,32x48,48x32' -> ((32, 32), (32, 48), (48, 32)) (H x W each)."""
+  buckets = []
+  for item in (part.strip() for part in text.split(",") if part.strip()):
+    h, sep, w = item.lower().partition("x")
+    if not sep or not h.isdigit() or not w.isdigit():
+      raise ValueError(f"bucket {item!r} must look like HEIGHTxWIDTH, e.g. 32x48; got buckets {text!r}")
+    buckets.append((int(h), int(w)))
+  return tuple(buckets)
 
 
 @dataclasses.dataclass(frozen=True)
 class ClipSettings:
-  """Target format of the imported clips."""
+  """Target format of the imported clips.
+
+  buckets: () = every clip is height x width (scaled to cover, centre cropped); else keep-aspect
+  mode: each video's clips take the (H, W) bucket nearest its aspect ratio, and height / width
+  are unused.
+  """
 
   num_frames: int = 17
   height: int = 32
   width: int = 32
   fps: float = 8.0
   stride: int = 0  # frames between clip starts (in target-fps frames); 0 = num_frames (no overlap)
+  buckets: tuple[tuple[int, int], ...] = ()
 
   def __post_init__(self):
     for field in ("num_frames", "height", "width"):
       if getattr(self, field) < 1:
         raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
-    if self.fps <= 0 or self.stride < 0:
+    if not self.fps > 0 or self.stride < 0:
       raise ValueError(f"fps must be > 0 and stride >= 0, got fps={self.fps}, stride={self.stride}")
+    buckets = tuple((int(h), int(w)) for h, w in self.buckets)
+    if any(min(b) < 1 for b in buckets) or len(set(buckets)) != len(buckets):
+      raise ValueError(f"buckets must be distinct (height, width) pairs of positive sizes, got {self.buckets}")
+    object.__setattr__(self, "buckets", buckets)
 
   @property
   def clip_stride(self) -> int:
     return self.stride or self.num_frames
 
+  @property
+  def sizes(self) -> tuple[tuple[int, int], ...]:
+    """Every (H, W) a clip can have."""
+    return self.buckets or ((self.height, self.width),)
+
+  def frame_size(self, source_height: int, source_width: int) -> tuple[int, int]:
+    """(H, W) of the clips cut from a video whose frames are source_height x source_width."""
+    return nearest_bucket(source_height, source_width, self.buckets) if self.buckets else (self.height, self.width)
+
 
 @dataclasses.dataclass
 class ImportSummary:
-  """What an import did: counts, and every skipped file with the reason."""
+  """What an import did: counts, the split (how and which footage), and every file set aside with the reason."""
 
   videos_read: int = 0
   clips: dict[str, int] = dataclasses.field(default_factory=dict)
-  skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # unreadable files
-  too_short: list[str] = dataclasses.field(default_factory=list)  # fewer frames than one clip
+  skipped: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # unreadable files: (path, reason)
+  too_short: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # readable, shorter than one clip
+  clip_frames: int = 0  # frames per clip, for the messages
+  split: list[str] = dataclasses.field(default_factory=list)  # lines saying how the split was made
+  # Per split, the clip sizes in record order as runs [count, frames, height, width] (see clip_sizes).
+  size_runs: dict[str, list[list[int]]] = dataclasses.field(default_factory=dict)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 
   def describe(self) -> str:
-    lines = [f"read {self.videos_read} video(s) -> {sum(self.clips.values())} clip(s) {self.clips}"]
+    counts = ", ".join(f"{split} {n}" for split, n in self.clips.items())
+    lines = [f"read {self.videos_read} video(s) -> {sum(self.clips.values())} clip(s): {counts or 'none'}"]
+    lines += self.split
     if self.skipped:
       lines.append(f"skipped {len(self.skipped)} unreadable file(s):")
       lines += [f"  {path}: {reason}" for path, reason in self.skipped]
     if self.too_short:
-      lines.append(f"{len(self.too_short)} video(s) too short for one clip: {self.too_short}")
+      lines.append(f"{len(self.too_short)} video(s) too short for one clip of {self.clip_frames} frames:")
+      lines += [f"  {path}: {length}" for path, length in self.too_short]
     return "\n".join(lines)
 
+  def add_clip(self, split: str, shape: tuple[int, ...]) -> None:
+    """Counts one clip of `split` with video shape [T, H, W, 3], in record order."""
+    self.clips[split] = self.clips.get(split, 0) + 1
+    runs = self.size_runs.setdefault(split, [])
+    size = [int(v) for v in shape[:3]]
+    if runs and runs[-1][1:] == size:
+      runs[-1][0] += 1
+    else:
+      runs.append([1, *size])
 
-def video_clips(path: Path, settings: ClipSettings) -> Iterator[tuple[int, np.ndarray]]:
-  """(start frame, uint8 [T, H, W, 3]) for every clip of one video. Raises VideoReadError."""
-  frames, fps = video_io.read_video(path)
-  indices = resample_indices(frames.shape[0], fps, settings.fps)
-  for start in clip_starts(len(indices), settings.num_frames, settings.clip_stride):
-    clip = frames[indices[start : start + settings.num_frames]]
-    yield start, resize_center_crop(clip, settings.height, settings.width)
+
+def clip_sizes(size_runs: list[list[int]]) -> np.ndarray:
+  """Expands ImportSummary.size_runs of one split into int64 [N, 3]: (frames, height, width) per record."""
+  if not size_runs:
+    return np.zeros((0, 3), np.int64)
+  return np.concatenate([np.tile(np.asarray(run[1:], np.int64), (run[0], 1)) for run in size_runs])
+
+
+# ------------------------------------------------------------------ probing
+
+
+# File signatures of things people rename to .mp4 by mistake: named instead of "cannot decode".
+_NOT_VIDEO_SIGNATURES = (
+  (b"\x89PNG\r\n\x1a\n", "a PNG image"),
+  (b"\xff\xd8\xff", "a JPEG image"),
+  (b"%PDF", "a PDF document"),
+  (b"PK\x03\x04", "a ZIP archive"),
+)
+
+
+def not_a_video(path: Path) -> str | None:
+  """What `path` is when its first bytes say it is not a video ('a PNG image', ...), else None."""
+  with open(path, "rb") as f:
+    head = f.read(512)
+  for signature, kind in _NOT_VIDEO_SIGNATURES:
+    if head.startswith(signature):
+      return kind
+  if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+    return "a WebP image"
+  if head and b"\x00" not in head:
+    try:
+      head.decode("utf-8")
+      return "a text file"
+    except UnicodeDecodeError:
+      pass
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoProbe:
+  """One video as the import sees it: frames at the target rate and source size, or why it is unusable."""
+
+  path: Path
+  frames: int = 0  # at the import's frame rate
+  height: int = 0
+  width: int = 0
+  error: str = ""  # why it cannot be read ("" when it can)
+
+
+def probe_video(path: Path, settings: ClipSettings) -> VideoProbe:
+  """Decodes `path` once to learn its length at settings.fps and its frame size."""
+  path = Path(path)
+  kind = not_a_video(path) if path.is_file() and path.suffix.lower() not in (".gif",) else None
+  if kind:
+    return VideoProbe(path, error=f"not a video: the file is {kind} (renamed?)")
+  try:
+    frames, fps = video_io.read_video(path)
+  except video_io.VideoReadError as e:
+    return VideoProbe(path, error=e.reason)
+  return VideoProbe(path, len(resample_indices(frames.shape[0], fps, settings.fps)), frames.shape[1], frames.shape[2])
+
+
+def probe_videos(
+  paths: Iterable[Path], settings: ClipSettings, videos_dir: Path, summary: ImportSummary
+) -> dict[Path, int]:
+  """Probes every video; returns {usable path: frames at settings.fps}, recording the others in `summary`."""
+  summary.clip_frames = settings.num_frames
+  usable: dict[Path, int] = {}
+  for path in paths:
+    probe = probe_video(path, settings)
+    relative = os.path.relpath(path, videos_dir)
+    if probe.error:
+      summary.skipped.append((relative, probe.error))
+      continue
+    summary.videos_read += 1
+    if probe.frames < settings.num_frames:
+      summary.too_short.append((relative, f"{probe.frames} frame(s) at {settings.fps:g} fps"))
+      continue
+    usable[Path(path)] = probe.frames
+  return usable
+
+
+# ------------------------------------------------------------------ clips
+
+
+def segment_clips(segment: import_splits.Segment, settings: ClipSettings) -> Iterator[tuple[int, np.ndarray]]:
+  """(start frame, uint8 [T, H, W, 3]) for every clip inside one segment of a video. Raises VideoReadError."""
+  frames, fps = video_io.read_video(segment.path)
+  indices = resample_indices(frames.shape[0], fps, settings.fps)[segment.start : segment.stop]
+  height, width = settings.frame_size(frames.shape[1], frames.shape[2])
+  for offset in clip_starts(len(indices), settings.num_frames, settings.clip_stride):
+    clip = frames[indices[offset : offset + settings.num_frames]]
+    yield segment.start + offset, resize_center_crop(clip, height, width)
 
 
 def import_examples(
-  paths: Iterable[Path],
+  segments: Iterable[import_splits.Segment],
   captions: CaptionSource,
   settings: ClipSettings,
   videos_dir: Path,
   summary: ImportSummary,
   split: str,
-) -> Iterator[tuple[str, dict[str, Any]]]:
-  """(unique key, example) for every clip of `paths`; unreadable files are recorded in `summary`."""
+) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(record index, example) for every clip of `segments`, in order; counted in `summary`.
+
+  The key is the clip's index in its split, so records are stored in the order they are
+  made (TFDS sorts by key when shuffling is disabled) and summary.size_runs matches them.
+  """
   summary.clips.setdefault(split, 0)
-  for path in paths:
-    try:
-      clips = list(video_clips(path, settings))
-    except video_io.VideoReadError as e:
-      summary.skipped.append((os.fspath(path), e.reason))
-      continue
-    summary.videos_read += 1
-    relative = os.path.relpath(path, videos_dir)
-    if not clips:
-      summary.too_short.append(relative)
-      continue
-    for clip_index, (start, clip) in enumerate(clips):
-      summary.clips[split] += 1
+  for segment in segments:
+    relative = os.path.relpath(segment.path, videos_dir)
+    for clip_index, (start, clip) in enumerate(segment_clips(segment, settings)):
+      key = summary.clips[split]
+      summary.add_clip(split, clip.shape)
       yield (
-        f"{relative}#{start}",
+        key,
         {
           "video": clip,
-          "caption": captions.caption(path, clip),
+          "caption": captions.caption(segment.path, clip),
           "source_path": relative,
           "start_frame": np.int32(start),
           "clip_index": np.int32(clip_index),
         },
       )
-
-
-def has_clips(path: Path, settings: ClipSettings) -> bool:
-  """True if `path` decodes and is long enough for at least one clip."""
-  try:
-    frames, fps = video_io.read_video(path)
-  except video_io.VideoReadError:
-    return False
-  return (
-    len(
-      clip_starts(len(resample_indices(frames.shape[0], fps, settings.fps)), settings.num_frames, settings.clip_stride)
-    )
-    > 0
-  )
-
-
-def split_videos(
-  paths: list[Path], validation_fraction: float, usable: Callable[[Path], bool] = lambda path: True
-) -> dict[str, list[Path]]:
-  """Deterministic split by video, so clips of one video never straddle splits.
-
-  round(validation_fraction * N) videos (at least one when the fraction is > 0 and
-  N >= 2; always leaving one for training) go to 'validation': evenly spaced ones in
-  sorted order, skipping any for which `usable(path)` is False (unreadable or too
-  short, which would leave the split empty), replaced by the next usable ones.
-  """
-  if not 0.0 <= validation_fraction < 1.0:
-    raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-  paths = sorted(paths)
-  num_val = round(validation_fraction * len(paths))
-  if validation_fraction > 0 and len(paths) >= 2:
-    num_val = max(1, num_val)
-  num_val = max(0, min(num_val, len(paths) - 1))
-  spaced = [int(i * len(paths) / num_val) for i in range(num_val)] if num_val else []
-  candidates = spaced + [i for i in range(len(paths)) if i not in set(spaced)]
-  chosen: set[int] = set()
-  for i in candidates:
-    if len(chosen) == num_val:
-      break
-    if usable(paths[i]):
-      chosen.add(i)
-  splits = {"train": [p for i, p in enumerate(paths) if i not in chosen]}
-  if chosen:
-    splits["validation"] = [p for i, p in enumerate(paths) if i in chosen]
-  return splits

@@ -24,6 +24,7 @@ The iterator is compatible with `grain.checkpoint.CheckpointSave/CheckpointResto
 
 from __future__ import annotations
 
+import logging
 import queue
 import re
 import threading
@@ -321,7 +322,8 @@ def make_iterator(
     worker_count: grain worker processes (0 = load in this process).
     prefetch: batches prepared ahead on a background thread (0 = none).
     shard_by_process: each JAX process reads its own 1/process_count of the records.
-    drop_remainder: drop a last incomplete batch (keeps shapes static for jit).
+    drop_remainder: drop a last incomplete batch (keeps shapes static for jit). A source with
+      fewer than num_epochs x batch_size records is then read round again to fill one batch.
     read_threads: grain threads reading and decoding records.
   Returns:
     A DataIterator of dicts of numpy arrays with a leading per-process batch axis
@@ -330,6 +332,17 @@ def make_iterator(
   if len(source) == 0:
     raise ValueError(f"cannot iterate over an empty source: {source!r}")
   local_batch = per_process_batch_size(batch_size, shard_by_process)
+  if drop_remainder and num_epochs is not None and num_epochs * len(source) < batch_size:
+    # A held-out split smaller than one batch (a small import's) would give no batch at all and
+    # fail an evaluation at the end of a run: read it round again to fill one batch.
+    num_epochs = -(-batch_size // len(source))
+    logging.warning(
+      "%r holds %d record(s), fewer than one batch of %d: reading it %d times to fill a batch",
+      source,
+      len(source),
+      batch_size,
+      num_epochs,
+    )
   shard_options = (
     grain.sharding.ShardByJaxProcess(drop_remainder=True) if shard_by_process else grain.sharding.NoSharding()
   )

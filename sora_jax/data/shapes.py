@@ -1,9 +1,15 @@
 """The procedural "shapes" clips behind the built-in synthetic dataset (DESIGN.md §4).
 
 One object per clip on a black background: a circle, a square or an up-pointing
-triangle in one of seven exact colours, 30-45 % of the frame width, either moving
-left / right / up / down at constant velocity (travelling at least 40 % of the frame
-and staying fully inside it) or staying still.
+triangle in one of seven exact colours, 30-45 % of the frame's shorter side, either
+moving left / right / up / down at constant velocity (travelling at least 40 % of the
+frame along its direction and staying fully inside it) or staying still. A 1-frame clip
+(an image) is always still.
+
+New concepts (DESIGN.md §4, for fine-tuning; never in the default data): the colour
+orange and the shape diamond (a square rotated 45 degrees whose bounding box follows
+the same size rule), in NEW_COLORS / NEW_SHAPES. COLORS and SHAPES stay the default
+vocabulary; ALL_COLORS / ALL_SHAPES hold both.
 
 Everything here is plain numpy and resolution independent: a `ClipSpec` describes a
 clip in normalised frame coordinates (x in [0, 1] left -> right, y in [0, 1] top ->
@@ -12,9 +18,9 @@ supersampling each pixel on an `ss x ss` grid and averaging (box filter). A full
 covered pixel has exactly the object's RGB; edge pixels are a fraction of it;
 background pixels are exactly 0.
 
-Captions: `canonical_caption` gives the one exact form used for evaluation,
-`paraphrase_caption` the varied training captions, `parse_caption` reads colour /
-shape / motion back from either.
+Captions: `canonical_caption` gives the one exact form used for evaluation ("an" before
+a vowel: "an orange diamond moving left"), `paraphrase_caption` the varied training
+captions, `parse_caption` reads colour / shape / motion back from either.
 """
 
 from __future__ import annotations
@@ -37,9 +43,15 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 # "still" is the stay-in-place motion; the others are directions of travel.
 MOTIONS: tuple[str, ...] = ("left", "right", "up", "down", "still")
 
-MIN_SIZE_FRAC = 0.30  # object size as a fraction of the frame width
+# Concepts the default data never shows, for fine-tuning (e.g. a LoRA) on something new.
+NEW_COLORS: dict[str, tuple[int, int, int]] = {"orange": (255, 128, 0)}
+NEW_SHAPES: tuple[str, ...] = ("diamond",)
+ALL_COLORS: dict[str, tuple[int, int, int]] = {**COLORS, **NEW_COLORS}
+ALL_SHAPES: tuple[str, ...] = SHAPES + NEW_SHAPES
+
+MIN_SIZE_FRAC = 0.30  # object size as a fraction of the frame's shorter side
 MAX_SIZE_FRAC = 0.45
-MIN_TRAVEL_FRAC = 0.40  # moving objects travel at least this fraction of the frame
+MIN_TRAVEL_FRAC = 0.40  # moving objects travel at least this fraction of the frame along their direction
 
 # Unit direction of travel (dx, dy) in frame coordinates (y grows downwards).
 _DIRECTIONS: dict[str, tuple[int, int]] = {
@@ -56,11 +68,12 @@ class ClipSpec:
   """Everything that determines a shapes clip, independent of its resolution.
 
   Attributes:
-    color: a key of COLORS.
-    shape: one of SHAPES.
+    color: a key of ALL_COLORS (COLORS for the default data).
+    shape: one of ALL_SHAPES (SHAPES for the default data).
     motion: one of MOTIONS.
-    size_frac: object size (circle diameter, square side, triangle base and height)
-      as a fraction of the frame width.
+    size_frac: object size (circle diameter, square side, triangle base and height,
+      diamond diagonal: the side of its bounding box) as a fraction of the frame's
+      shorter side.
     start_center: (x, y) of the object's bounding-box centre in the first frame,
       as fractions of frame width and height.
     end_center: (x, y) in the last frame; equal to start_center when still.
@@ -74,13 +87,13 @@ class ClipSpec:
   end_center: tuple[float, float]
 
   def __post_init__(self):
-    _check_choice("color", self.color, tuple(COLORS))
-    _check_choice("shape", self.shape, SHAPES)
+    _check_choice("color", self.color, tuple(ALL_COLORS))
+    _check_choice("shape", self.shape, ALL_SHAPES)
     _check_choice("motion", self.motion, MOTIONS)
 
   @property
   def rgb(self) -> tuple[int, int, int]:
-    return COLORS[self.color]
+    return ALL_COLORS[self.color]
 
 
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
@@ -92,42 +105,44 @@ def _uniform(rng: np.random.Generator, low: float, high: float) -> float:
   return float(rng.uniform(low, high)) if high > low else float(low)
 
 
-def max_size_frac(aspect_ratio: float) -> float:
-  """Largest object size (fraction of width) that can still travel MIN_TRAVEL_FRAC vertically.
+def object_extent(size_frac: float, aspect_ratio: float) -> tuple[float, float]:
+  """(width, height) of an object's bounding box as fractions of the frame's width and height.
 
-  MAX_SIZE_FRAC for frames up to 4:3 wide; wider frames get smaller objects, down to
-  MIN_SIZE_FRAC at 2:1. Wider than 2:1 raises ValueError.
+  The object's side is size_frac times the frame's shorter side; aspect_ratio = width / height.
   """
-  limit = (1.0 - MIN_TRAVEL_FRAC) / aspect_ratio
-  if not aspect_ratio > 0 or limit < MIN_SIZE_FRAC:
-    raise ValueError(
-      f"shapes clips need a width/height ratio in (0, "
-      f"{(1 - MIN_TRAVEL_FRAC) / MIN_SIZE_FRAC:.0f}], got {aspect_ratio}: objects "
-      f"{MIN_SIZE_FRAC:.0%}+ of the width must be able to travel "
-      f"{MIN_TRAVEL_FRAC:.0%} of the height"
-    )
-  return min(MAX_SIZE_FRAC, limit)
+  return size_frac * min(1.0, 1.0 / aspect_ratio), size_frac * min(1.0, aspect_ratio)
 
 
-def sample_clip_spec(rng: np.random.Generator, *, aspect_ratio: float = 1.0) -> ClipSpec:
-  """Draws a random clip description (colour, shape, motion uniformly at random).
+def sample_clip_spec(
+  rng: np.random.Generator,
+  *,
+  aspect_ratio: float = 1.0,
+  color: str | None = None,
+  shape: str | None = None,
+  motion: str | None = None,
+) -> ClipSpec:
+  """Draws a random clip description.
 
   Args:
     rng: numpy Generator; the spec is a pure function of its state.
-    aspect_ratio: frame width / height the clip will be rendered at. The object's
-      size is relative to the width, so a wide frame leaves less room to move
-      vertically (see max_size_frac).
+    aspect_ratio: frame width / height the clip will be rendered at (any ratio > 0:
+      the object is sized on the shorter side, so it can always travel 40 % along
+      either axis).
+    color, shape, motion: fixed values; each one left None is drawn uniformly from
+      COLORS, SHAPES and MOTIONS (the default vocabulary), in that order. Pass
+      motion="still" for a 1-frame clip.
   Returns:
     A ClipSpec whose object stays fully inside the frame in every frame and, when
     moving, travels at least MIN_TRAVEL_FRAC of the frame along its direction.
   """
-  max_size = max_size_frac(aspect_ratio)
-  color = str(rng.choice(list(COLORS)))
-  shape = str(rng.choice(SHAPES))
-  motion = str(rng.choice(MOTIONS))
-  size_frac = _uniform(rng, MIN_SIZE_FRAC, max_size)
+  if not aspect_ratio > 0:
+    raise ValueError(f"aspect_ratio (frame width / height) must be > 0, got {aspect_ratio}")
+  color = color if color is not None else str(rng.choice(list(COLORS)))
+  shape = shape if shape is not None else str(rng.choice(SHAPES))
+  motion = motion if motion is not None else str(rng.choice(MOTIONS))
+  size_frac = _uniform(rng, MIN_SIZE_FRAC, MAX_SIZE_FRAC)
   # Object extent in each normalised axis; the centre can move over 1 - extent.
-  extent = (size_frac, size_frac * aspect_ratio)
+  extent = object_extent(size_frac, aspect_ratio)
   room = tuple(1.0 - e for e in extent)
   start = [_uniform(rng, e / 2, 1 - e / 2) for e in extent]
   end = list(start)
@@ -162,6 +177,8 @@ def _inside_mask(shape: str, dx: np.ndarray, dy: np.ndarray, half: float) -> np.
     return dx * dx + dy * dy <= half * half
   if shape == "square":
     return (np.abs(dx) <= half) & (np.abs(dy) <= half)
+  if shape == "diamond":  # a square rotated 45 degrees, its corners touching the box's sides
+    return np.abs(dx) + np.abs(dy) <= half
   # Up-pointing triangle in the [-half, half]^2 box: apex at the top, base at the bottom.
   return (dy <= half) & (np.abs(dx) <= (dy + half) * 0.5)
 
@@ -180,7 +197,7 @@ def coverage(spec: ClipSpec, num_frames: int, height: int, width: int, *, supers
   cx, cy = c[:, 0] * width, c[:, 1] * height
   dx = xs[None, None, :] - cx[:, None, None]  # [T, 1, W*ss]
   dy = ys[None, :, None] - cy[:, None, None]  # [T, H*ss, 1]
-  half = spec.size_frac * width / 2
+  half = spec.size_frac * min(height, width) / 2
   inside = _inside_mask(spec.shape, dx, dy, half)  # [T, H*ss, W*ss]
   cov = inside.reshape(num_frames, height, ss, width, ss).sum(axis=(2, 4), dtype=np.int32)
   return cov.astype(np.float32) / (ss * ss)
@@ -196,24 +213,52 @@ def render_clip(spec: ClipSpec, num_frames: int, height: int, width: int, *, sup
 # ------------------------------------------------------------------ captions
 
 
+def article(word: str) -> str:
+  """'an' before a vowel ('an orange'), else 'a'."""
+  return "an" if word[:1].lower() in "aeiou" else "a"
+
+
+def _with_articles(text: str) -> str:
+  """Turns 'a' into 'an' before a word that starts with a vowel ('a orange diamond' -> 'an orange diamond')."""
+  return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", text)
+
+
 def canonical_caption(spec: ClipSpec) -> str:
   """The one exact caption form: 'a {color} {shape} moving {dir}' / 'a {color} {shape} staying still'."""
   return canonical_caption_from(spec.color, spec.shape, spec.motion)
 
 
 def canonical_caption_from(color: str, shape: str, motion: str) -> str:
-  """canonical_caption for a (color, shape, motion) triple (see `all_canonical_captions`)."""
+  """canonical_caption for a (color, shape, motion) triple; 'an' before a vowel ('an orange ...')."""
   action = "staying still" if motion == "still" else f"moving {motion}"
-  return f"a {color} {shape} {action}"
+  return f"{article(color)} {color} {shape} {action}"
+
+
+def canonical_captions(colors=COLORS, shapes=SHAPES, motions=MOTIONS) -> list[str]:
+  """Canonical captions of every colors x shapes x motions combination, in that order."""
+  return [canonical_caption_from(c, s, m) for c in colors for s in shapes for m in motions]
 
 
 def all_canonical_captions() -> list[str]:
-  """Every canonical caption of the 7 x 3 x 5 grid, in COLORS x SHAPES x MOTIONS order."""
-  return [canonical_caption_from(c, s, m) for c in COLORS for s in SHAPES for m in MOTIONS]
+  """Every canonical caption of the default 7 x 3 x 5 grid (105), in COLORS x SHAPES x MOTIONS order."""
+  return canonical_captions()
+
+
+def new_concept_combinations(motions=MOTIONS) -> list[tuple[str, str, str]]:
+  """Every (color, shape, motion) of ALL_COLORS x ALL_SHAPES x motions with at least one new concept.
+
+  8 x 4 x 5 - 7 x 3 x 5 = 55 for the five motions, in ALL_COLORS x ALL_SHAPES x motions order.
+  """
+  return [(c, s, m) for c in ALL_COLORS for s in ALL_SHAPES for m in motions if c in NEW_COLORS or s in NEW_SHAPES]
+
+
+def new_concept_captions() -> list[str]:
+  """Canonical captions of new_concept_combinations() (55), e.g. 'an orange diamond moving left'."""
+  return [canonical_caption_from(*combo) for combo in new_concept_combinations()]
 
 
 _CANONICAL_RE = re.compile(
-  rf"^a ({'|'.join(COLORS)}) ({'|'.join(SHAPES)}) "
+  rf"^an? ({'|'.join(ALL_COLORS)}) ({'|'.join(ALL_SHAPES)}) "
   r"(?:moving (left|right|up|down)|staying (still))$"
 )
 
@@ -221,15 +266,18 @@ _CANONICAL_RE = re.compile(
 def parse_canonical_caption(text: str) -> tuple[str, str, str]:
   """Inverse of canonical_caption: 'a red circle moving left' -> ('red', 'circle', 'left')."""
   match = _CANONICAL_RE.match(text.strip())
-  if not match:
+  parsed = None
+  if match:
+    color, shape, direction, still = match.groups()
+    parsed = (color, shape, direction or still)
+  if parsed is None or canonical_caption_from(*parsed) != text.strip():
     raise ValueError(
       f"{text!r} is not a canonical shapes caption; expected "
       f"'a {{color}} {{shape}} moving {{left|right|up|down}}' or "
-      f"'a {{color}} {{shape}} staying still' with color in {tuple(COLORS)} "
-      f"and shape in {SHAPES}"
+      f"'a {{color}} {{shape}} staying still' ('an' before a vowel) with color in {tuple(ALL_COLORS)} "
+      f"and shape in {ALL_SHAPES}"
     )
-  color, shape, direction, still = match.groups()
-  return color, shape, direction or still
+  return parsed
 
 
 # Synonyms used by the paraphrases; `parse_caption` understands all of them.
@@ -237,6 +285,7 @@ SHAPE_SYNONYMS: dict[str, tuple[str, ...]] = {
   "circle": ("circle", "disc", "dot", "ball"),
   "square": ("square", "box", "block"),
   "triangle": ("triangle",),
+  "diamond": ("diamond",),
 }
 MOVING_SYNONYMS = ("moving", "going", "travelling", "sliding", "drifting", "gliding")
 STILL_PHRASES = (
@@ -274,32 +323,51 @@ _STILL_TEMPLATES = (
   "a {color} {shape} {still} on a black background",
   "a single {color} {shape} {still} in the frame",
 )
+# 1-frame clips (images) are also captioned without any motion phrase.
+_IMAGE_TEMPLATES = (
+  "a {color} {shape}",
+  "{color} {shape}",
+  "a {shape} in {color}",
+  "a {color} {shape} on a black background",
+  "a picture of a {color} {shape}",
+)
 
 
-def paraphrase_caption(spec: ClipSpec, rng: np.random.Generator, *, canonical_prob: float = 0.25) -> str:
+def paraphrase_caption(
+  spec: ClipSpec, rng: np.random.Generator, *, canonical_prob: float = 0.25, image: bool = False
+) -> str:
   """A training caption: the canonical form with probability `canonical_prob`, else a paraphrase.
 
   Paraphrases vary the template (word order), the shape word ("box" for square,
   "disc" for circle, ...), the verb ("going", "travelling", ...), the direction
   phrase ("to the left", "upward", ...) and the still phrase ("not moving", ...).
-  Colour names are never replaced, so colour stays unambiguous.
+  Colour names are never replaced, so colour stays unambiguous. image=True (a 1-frame
+  clip, which must be still) also draws from templates without a motion phrase
+  ("a red circle", "a picture of a red circle").
   """
+  if image and spec.motion != "still":
+    raise ValueError(f"a 1-frame clip (image=True) must be still, got motion {spec.motion!r}")
   if rng.uniform() < canonical_prob:
     return canonical_caption(spec)
   fields = {"color": spec.color, "shape": str(rng.choice(SHAPE_SYNONYMS[spec.shape]))}
   if spec.motion == "still":
-    template = str(rng.choice(_STILL_TEMPLATES))
-    fields["still"] = str(rng.choice(STILL_PHRASES))
+    template = str(rng.choice(_STILL_TEMPLATES + (_IMAGE_TEMPLATES if image else ())))
+    fields["still"] = str(rng.choice(STILL_PHRASES)) if "{still}" in template else ""
   else:
     template = str(rng.choice(_MOVING_TEMPLATES))
     fields["moving"] = str(rng.choice(MOVING_SYNONYMS))
     fields["direction"] = str(rng.choice(DIRECTION_PHRASES[spec.motion]))
-  return template.format(**fields)
+  return _with_articles(template.format(**fields))
+
+
+def _find_all(text: str, vocabulary: dict[str, tuple[str, ...]]) -> set[str]:
+  """The keys of `vocabulary` whose words occur in `text` (whole words)."""
+  return {key for key, words in vocabulary.items() if any(re.search(rf"\b{re.escape(w)}\b", text) for w in words)}
 
 
 def _find_unique(text: str, vocabulary: dict[str, tuple[str, ...]], what: str) -> str:
   """The single key of `vocabulary` whose words occur in `text` (whole words)."""
-  found = {key for key, words in vocabulary.items() if any(re.search(rf"\b{re.escape(w)}\b", text) for w in words)}
+  found = _find_all(text, vocabulary)
   if len(found) != 1:
     raise ValueError(f"cannot read the {what} from caption {text!r}: found {sorted(found) or 'none'}")
   return found.pop()
@@ -317,10 +385,14 @@ _MOTION_WORDS: dict[str, tuple[str, ...]] = {
 def parse_caption(text: str) -> tuple[str, str, str]:
   """(color, shape, motion) from a canonical caption or any paraphrase above.
 
-  Raises ValueError if the caption names no colour / shape / motion or more than one.
+  A caption without any motion phrase ("a red circle", how images are captioned) is
+  still. Raises ValueError if the caption names no colour or shape, more than one
+  of any, or a verb of motion ("moving") without a direction.
   """
   lowered = text.lower()
-  color = _find_unique(lowered, {c: (c,) for c in COLORS}, "color")
+  color = _find_unique(lowered, {c: (c,) for c in ALL_COLORS}, "color")
   shape = _find_unique(lowered, SHAPE_SYNONYMS, "shape")
+  if not _find_all(lowered, _MOTION_WORDS) and not _find_all(lowered, {"moving": MOVING_SYNONYMS}):
+    return color, shape, "still"
   motion = _find_unique(lowered, _MOTION_WORDS, "motion")
   return color, shape, motion

@@ -9,6 +9,9 @@ for download checksums and metadata files) through a check that lazily imports t
 Importing this module also filters out the warning TFDS logs for every builder
 made from a config that is not in BUILDER_CONFIGS (all of ours: sizes come from
 the config), which would otherwise repeat on every data-source open.
+
+Builders that generate data locally derive from `LocalBuilderMixin` and are built with
+`prepare_locally`, so TFDS prints no "Downloading and preparing dataset" lines.
 """
 
 from __future__ import annotations
@@ -50,3 +53,35 @@ def install_log_filter() -> None:
 
 
 install_log_filter()
+
+
+class LocalBuilderMixin:
+  """For builders that generate their data locally: no false "Downloading ..." lines from TFDS.
+
+  TFDS's `download_and_prepare` prints "Downloading and preparing dataset ..." and
+  "Dataset ... downloaded and prepared to ..." for every builder, although ours download
+  nothing; our build functions print their own one-line report instead.
+  """
+
+  def _log_download_bytes(self) -> None:
+    pass
+
+  def _log_download_done(self) -> None:
+    pass
+
+
+def prepare_locally(builder) -> None:
+  """`builder.download_and_prepare()` without downloads, GCS look-ups or TFDS's progress bars.
+
+  TFDS's own bars ("Generating train examples...", "Shuffling ...") repeat what our
+  builders' per-split bars already show; they are switched off for the build only.
+  """
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core.utils import tqdm_utils
+
+  was_active = tqdm_utils._active
+  tqdm_utils.display_progress_bar(False)
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  finally:
+    tqdm_utils.display_progress_bar(was_active)

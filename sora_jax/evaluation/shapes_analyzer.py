@@ -12,8 +12,9 @@ How it reads a clip (plain numpy + scipy.ndimage, no learning):
    mask. Frames whose level is under MIN_OBJECT_LEVEL have no object.
 2. Colour: the chroma (RGB divided by its largest channel, so dim and bright
    pixels agree) of the confident pixels (> 3/4 of the level), averaged over
-   all frames, then the nearest of the seven palette colours of
-   `sora_jax.data.shapes.COLORS`.
+   all frames, then the nearest of the eight palette colours of
+   `sora_jax.data.shapes.ALL_COLORS` (the default seven and the new orange,
+   whose chroma (1, 0.5, 0) lies halfway between red's and yellow's).
 3. Shape: template matching. For each shape, an ideal template with the mask's
    area and centroid is drawn (anti-aliased, then thresholded at half coverage
    like the mask) and its IoU with the mask is measured; the shape with the
@@ -21,13 +22,15 @@ How it reads a clip (plain numpy + scipy.ndimage, no learning):
    alike, and blur or noise that rounds a square's corners still leaves it
    closer to the square template than to the circle (fill ratios or moments
    are far less robust here: a 10-pixel circle and square differ by a few pixels).
+   The four shapes of `shapes.ALL_SHAPES` compete, the new diamond included.
 4. Motion: a least-squares line through the centroid track gives the
    displacement over the clip as a fraction of the frame. Under 20 % (half of
    the dataset's minimum travel of 40 %) it is "still", else the dominant axis
    and sign give left / right / up / down.
 
 Validated on >= 300 rendered ground-truth clips (tests/test_shapes_analyzer.py)
-at 17x32x32, 9x32x32 and 17x64x64, also with blur and noise added.
+at 17x32x32, 9x32x32 and 17x64x64, also with blur and noise added, on the new
+concepts, and at every size of the multi-size grid (tests/test_shapes_sizes_and_concepts.py).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from scipy import ndimage
 from sora_jax.data import shapes
 
 ATTRIBUTES = ("color", "shape", "motion")
-SHAPE_NAMES = shapes.SHAPES
+SHAPE_NAMES = shapes.ALL_SHAPES
 # Displacement under this fraction of the frame reads as "still" (moving clips travel >= 0.40).
 STILL_THRESHOLD = 0.2
 # A frame whose brightest (median-filtered) pixel is below this has no object.
@@ -71,8 +74,8 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _size_from_area(shape: str, area: float) -> float:
-  """Bounding-box side of `shape` with this area (circle: diameter, triangle: base = height)."""
-  per_unit_square = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
+  """Bounding-box side of `shape` with this area (circle: diameter, triangle: base = height, diamond: diagonal)."""
+  per_unit_square = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5, "diamond": 0.5}
   return float(np.sqrt(area / per_unit_square[shape]))
 
 
@@ -81,6 +84,7 @@ _INSIDE = {
   "circle": lambda dx, dy, half: dx * dx + dy * dy <= half * half,
   "square": lambda dx, dy, half: (np.abs(dx) <= half) & (np.abs(dy) <= half),
   "triangle": lambda dx, dy, half: (dy <= half) & (np.abs(dx) <= (dy + half) * 0.5),  # apex up
+  "diamond": lambda dx, dy, half: np.abs(dx) + np.abs(dy) <= half,  # a square rotated 45 degrees
 }
 
 
@@ -89,9 +93,10 @@ def shape_template(
 ) -> np.ndarray:
   """Pixel coverage float [H, W] of an ideal `shape` with this area and centroid (x, y in pixels).
 
-  Same geometry as the dataset: circle, axis-aligned square, and an up-pointing
+  Same geometry as the dataset: circle, axis-aligned square, an up-pointing
   triangle whose base and height equal its size (its centroid sits a third of
-  the half-height below its bounding-box centre).
+  the half-height below its bounding-box centre), and a diamond whose diagonals
+  equal its size.
   """
   half = _size_from_area(shape, area) / 2
   cx, cy = centroid
@@ -156,7 +161,7 @@ def _margin_confidence(distances: Mapping[str, float]) -> tuple[str, float]:
 
 def classify_color(chroma: np.ndarray) -> tuple[str, float]:
   """Nearest palette colour to a mean chroma [3] (RGB / max channel, in [0, 1])."""
-  distances = {name: float(np.linalg.norm(chroma - np.asarray(rgb) / 255.0)) for name, rgb in shapes.COLORS.items()}
+  distances = {name: float(np.linalg.norm(chroma - np.asarray(rgb) / 255.0)) for name, rgb in shapes.ALL_COLORS.items()}
   return _margin_confidence(distances)
 
 
@@ -287,7 +292,7 @@ def accuracy(scores: Iterable[Mapping[str, bool]]) -> dict[str, float]:
 
 def attribute_labels(attribute: str) -> tuple[str, ...]:
   """The possible values of an attribute (rows/columns of its confusion matrix)."""
-  labels = {"color": tuple(shapes.COLORS), "shape": shapes.SHAPES, "motion": shapes.MOTIONS}
+  labels = {"color": tuple(shapes.ALL_COLORS), "shape": shapes.ALL_SHAPES, "motion": shapes.MOTIONS}
   if attribute not in labels:
     raise ValueError(f"attribute must be one of {ATTRIBUTES}, got {attribute!r}")
   return labels[attribute]
