@@ -104,7 +104,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- text encoder
   c.text = ml_collections.ConfigDict()
-  c.text.encoder = "small"  # "small" (trainable, byte-level) or "minilm" (frozen all-MiniLM-L6-v2).
+  c.text.encoder = "small"  # "small" (trainable, byte-level), "minilm" (frozen all-MiniLM-L6-v2) or "umt5" (frozen).
+  c.text.pretrained = ""  # "umt5": a diffusers Wan 2.1 folder (text_encoder/ + tokenizer/) or a umT5 folder.
   c.text.max_length = 32  # tokens; longer prompts are truncated with a warning.
   c.text.tokenizer = "byte"  # small encoder: "byte" (UTF-8 bytes) or "word" (hashed words, ~6x fewer tokens).
   c.text.width = 128  # small encoder width.
