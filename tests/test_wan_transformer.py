@@ -119,3 +119,20 @@ def test_published_sizes_have_diffusers_parameter_counts(size):
 def test_image_conditioned_configs_are_refused():
   with pytest.raises(ValueError, match="image conditioning"):
     wan_transformer.WanTransformer.from_diffusers_config(dict(wan_peers.TRANSFORMER, image_dim=1280))
+
+
+def test_export_pipeline_folder_loads_in_wan_pipeline(tmp_path):
+  source = str(tmp_path / "source")
+  wan_peers.save_wan_folder(source)
+  module, params = wan_folder.load_transformer(source)
+  params = jax.tree.map(lambda a: a + 0.01, params)
+  out = str(tmp_path / "export")
+  wan_folder.export_pipeline(out, module, params, base_folder=source)
+  pipe = diffusers.WanPipeline.from_pretrained(out)
+  x, t, text = _inputs(seed=3)
+  np.testing.assert_allclose(
+    _theirs(pipe.transformer, x, t, text), _ours(module, params, x, t, text), rtol=1e-4, atol=2e-5
+  )
+  assert pipe.scheduler.config.flow_shift == 3.0 and pipe.vae.config.z_dim == wan_peers.VAE["z_dim"]
+  with pytest.raises(FileExistsError, match="nothing is overwritten"):
+    wan_folder.export_pipeline(out, module, params, base_folder=source)

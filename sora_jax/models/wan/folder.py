@@ -224,3 +224,35 @@ def save_vae(folder: str, module: vae_lib.WanVAE, params: Any, *, dtype=np.float
   write_checkpoint(folder, DIFFUSERS_WEIGHTS, state, max_shard_bytes=max_shard_bytes)
   _write_config(folder, "AutoencoderKLWan", vae_lib.diffusers_vae_config(module.config))
   return folder
+
+
+def export_pipeline(
+  out_dir: str,
+  module: WanTransformer,
+  params: Any,
+  *,
+  base_folder: str,
+  vae: tuple[vae_lib.WanVAE, Any] | None = None,
+  dtype=np.float32,
+  max_shard_bytes: int = 5 << 30,
+) -> str:
+  """Writes a complete diffusers Wan 2.1 folder: our transformer (and VAE, if given) plus the other
+  components (text encoder, tokenizer, scheduler, model_index.json) copied from `base_folder`.
+
+  `WanPipeline.from_pretrained(out_dir)` loads the result. `out_dir` must not exist or be empty:
+  nothing is overwritten.
+  """
+  import shutil  # pylint: disable=g-import-not-at-top
+
+  read_model_index(base_folder)
+  if os.path.exists(out_dir) and os.listdir(out_dir):
+    raise FileExistsError(f"{out_dir} exists and is not empty; export into a new folder (nothing is overwritten)")
+  os.makedirs(out_dir, exist_ok=True)
+  shutil.copy2(os.path.join(base_folder, MODEL_INDEX), os.path.join(out_dir, MODEL_INDEX))
+  copied = [c for c in COMPONENTS if c != "transformer" and not (c == "vae" and vae is not None)]
+  for name in copied:
+    shutil.copytree(os.path.join(base_folder, name), os.path.join(out_dir, name))
+  save_transformer(os.path.join(out_dir, "transformer"), module, params, dtype=dtype, max_shard_bytes=max_shard_bytes)
+  if vae is not None:
+    save_vae(os.path.join(out_dir, "vae"), *vae, dtype=dtype, max_shard_bytes=max_shard_bytes)
+  return out_dir
