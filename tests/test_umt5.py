@@ -114,3 +114,14 @@ def test_missing_folder_or_tokenizer_are_clear_errors(tmp_path):
   os.makedirs(tmp_path / "text_encoder")
   with pytest.raises(FileNotFoundError, match="text_encoder/config.json"):
     umt5.model_dirs(str(tmp_path))
+
+
+def test_without_a_folder_the_encoder_has_umt5_xxl_shapes_and_says_what_to_set():
+  config = base.get_config().text
+  config.update(encoder="umt5", max_length=512)
+  encoder = build_text_encoder(config)  # no files read
+  assert encoder.output_dim == 4096 and encoder.max_length == 512 and encoder.module.depth == 24
+  with pytest.raises(ValueError, match="--config.text.pretrained"):
+    encoder.tokenize(["a cat"])
+  with pytest.raises(ValueError, match="--config.text.pretrained"):
+    encoder.load_pretrained()

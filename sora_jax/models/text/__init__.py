@@ -131,8 +131,14 @@ def _build_minilm(text_cfg) -> TextEncoder:
 
 
 def _build_umt5(text_cfg) -> TextEncoder:
-  weights_dir, tokenizer_dir = umt5.model_dirs(text_cfg.get("pretrained", ""))
+  """umT5 from config.text.pretrained; without a folder, umT5-XXL's shapes (Wan 2.1's encoder) for
+  estimates, with a tokenizer and weights that say which folder to set when used."""
   dtype = compute_dtype(text_cfg.dtype, "text.dtype")
+  if not text_cfg.pretrained:
+    module = umt5.UMT5Encoder(dtype=dtype)
+    tokenizer = umt5.UnavailableTokenizer(text_cfg.max_length)
+    return TextEncoder("umt5", tokenizer, module, module.width, False, text_cfg.max_length, tokenizer.load)
+  weights_dir, tokenizer_dir = umt5.model_dirs(text_cfg.pretrained)
   module = umt5.UMT5Encoder.from_hf_config(umt5.read_config(weights_dir), dtype=dtype)
   tokenizer = umt5.UMT5Tokenizer(text_cfg.max_length, tokenizer_dir)
   if tokenizer.vocab_size > module.vocab_size:

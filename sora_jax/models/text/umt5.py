@@ -265,6 +265,20 @@ class UMT5Tokenizer:
     )
 
 
+class UnavailableTokenizer:
+  """Stands in for the tokenizer (and weights) while config.text.pretrained is empty: the encoder's shapes
+  are known (umT5-XXL), so sizes and memory can be estimated; using it raises what to set."""
+
+  def __init__(self, max_length: int):
+    self.max_length = int(max_length)
+
+  def load(self, *_):
+    model_dirs("")  # raises the error that names --config.text.pretrained
+
+  def __call__(self, prompts):
+    self.load()
+
+
 def load_variables(module: UMT5Encoder, weights_dir: str, dtype: Dtype = None) -> dict:
   """Pretrained variables {'params': ...} of `module` from `weights_dir` (on one device), boxed with
   logical axis names like `module.init`; `dtype` casts the weights (e.g. bfloat16 halves umT5-XXL's 23 GB)."""
