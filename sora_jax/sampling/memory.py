@@ -12,7 +12,7 @@ scan sampler runs that evaluation once per step with the same buffers, so this i
 sampler's working set. The frozen text encoder runs once before sampling and the VAE once
 after; their weights are counted whole on every device (how `Pipeline` keeps frozen parts),
 the VAE decode's activations by compiling the chunked decode of one clip on one device
-(`vae_decode=True`; slow to compile at 720p on a CPU).
+(`vae_decode=False` skips that compile).
 
 Meshes larger than this machine compile in a child process with that many virtual CPU devices
 (as `tools/estimate.py --mesh` does for training): the sharding (who holds what) is exact, the
@@ -232,7 +232,7 @@ def estimate_sample_memory(
   width: int | None = None,
   mesh_shape: Sequence[int] = (1, 1, 1, 1),
   batch_size: int = 1,
-  vae_decode: bool = False,
+  vae_decode: bool = True,
 ) -> dict:
   """Per-device memory to sample `batch_size` clips of frames x height x width with `config`.
 
