@@ -63,6 +63,7 @@ def get_config(size: str = "1.3b"):
   c.train.ema_decay = 0.0  # an EMA copy would add a full set of weights per device
   c.train.checkpoint_every = 500
   c.train.eval_every = 500
+  c.data.dataset = "video_folder"  # your clips (tools/import_videos.py); set data.builder_config
   c.data.num_frames, c.data.height, c.data.width = 81, 480, 832
   c.data.batch_size = 8
   if size == "tiny":
