@@ -13,8 +13,7 @@ import pytest
 import wan_peers
 
 from configs import base
-from sora_jax.models.text import build_text_encoder
-from sora_jax.models.text import umt5
+from sora_jax.models.text import build_text_encoder, umt5
 
 PROMPTS = ["a red circle moving left", "the   cat &amp; dog staying still", "", "purple elephant"]
 

@@ -212,7 +212,9 @@ def test_table_covers_the_model_exactly():
   for scan in (True, False):
     model = _model(scan_layers=scan)
     table = weights.transformer_table(model)
-    shapes = jax.eval_shape(lambda r: model.init(r, *wan_folder.transformer_example_inputs(model)), jax.random.key(0))
+    shapes = jax.eval_shape(
+      lambda r, model=model: model.init(r, *wan_folder.transformer_example_inputs(model)), jax.random.key(0)
+    )
     flat = {
       tuple(p.key for p in path): leaf.shape
       for path, leaf in jax.tree_util.tree_flatten_with_path(partitioning.unbox(shapes["params"]))[0]

@@ -23,7 +23,7 @@ import json
 import mmap
 import os
 import struct
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import ml_dtypes
 import numpy as np

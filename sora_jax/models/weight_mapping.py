@@ -28,7 +28,8 @@ Layouts (`kind`):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -235,7 +236,7 @@ def _place_leaf(
     buffers = {key: np.ascontiguousarray(full[index]) for key, index in distinct.items()}
     del full
   else:
-    for key, index in distinct.items():
+    for key in distinct:
       (start, stop) = key[0]
       buffers[key] = np.empty((stop - start,) + tuple(b - a for a, b in key[1:]), target)
     for position, layer in enumerate(layers):

@@ -29,7 +29,8 @@ import json
 import math
 import os
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -149,7 +150,7 @@ class UMT5Encoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @classmethod
-  def from_hf_config(cls, config: dict, dtype: Dtype = jnp.float32) -> "UMT5Encoder":
+  def from_hf_config(cls, config: dict, dtype: Dtype = jnp.float32) -> UMT5Encoder:
     """From a transformers `UMT5Config` config.json (a dict)."""
     if config.get("model_type") not in ("umt5", "t5"):
       raise ValueError(f"expected a umT5 config (model_type 'umt5'), got model_type={config.get('model_type')!r}")

@@ -27,7 +27,8 @@ accumulation. Parameters are float32 unless loaded in another dtype.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -239,7 +240,7 @@ class WanTransformer(nn.Module):
   @classmethod
   def from_config(
     cls, dit_cfg: ml_collections.ConfigDict, in_channels: int, text_dim: int = 0, **overrides
-  ) -> "WanTransformer":
+  ) -> WanTransformer:
     """The transformer described by `config.dit` (architecture "wan2.1"; sizes as given)."""
     fields = dict(
       hidden_size=dit_cfg.hidden_size,
@@ -258,7 +259,7 @@ class WanTransformer(nn.Module):
     return cls(in_channels=in_channels, text_dim=text_dim, **fields)
 
   @classmethod
-  def from_diffusers_config(cls, config: Mapping[str, Any], **overrides) -> "WanTransformer":
+  def from_diffusers_config(cls, config: Mapping[str, Any], **overrides) -> WanTransformer:
     """The transformer of a diffusers `WanTransformer3DModel` config.json (a dict); overrides win.
 
     Raises ValueError for the parts of the diffusers class we do not implement (image

@@ -33,7 +33,8 @@ Parameter names follow diffusers' module names (`down_blocks_3/conv1`, `mid_bloc
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import einops
 import flax.linen as nn
