@@ -282,11 +282,22 @@ class UnavailableTokenizer:
 
 def load_variables(module: UMT5Encoder, weights_dir: str, dtype: Dtype = None) -> dict:
   """Pretrained variables {'params': ...} of `module` from `weights_dir` (on one device), boxed with
-  logical axis names like `module.init`; `dtype` casts the weights (e.g. bfloat16 halves umT5-XXL's 23 GB)."""
-  from sora_jax.models.wan import folder  # pylint: disable=g-import-not-at-top
+  logical axis names like `module.init`; `dtype` casts the weights (e.g. bfloat16 halves umT5-XXL's 23 GB).
 
-  _, params = folder.load_umt5(weights_dir, dtype=dtype, compute_dtype=module.dtype)
+  Keys and shapes are checked against the umT5 table (`models.wan.weights.umt5_table`) first;
+  `models.wan.folder.load_umt5` loads the same weights sharded onto a mesh instead.
+  """
+  from sora_jax.models import weight_mapping  # pylint: disable=g-import-not-at-top
+  from sora_jax.models.safetensors_io import SafetensorsCheckpoint  # pylint: disable=g-import-not-at-top
+  from sora_jax.models.wan import weights  # pylint: disable=g-import-not-at-top
+
   ids = jnp.zeros((1, 2), jnp.int32)
   boxed = jax.eval_shape(module.init, jax.random.key(0), ids, jnp.ones((1, 2), bool))["params"]
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   is_box = lambda x: isinstance(x, nn.Partitioned)  # noqa: E731
+  abstract = jax.tree.map(
+    lambda box: jax.ShapeDtypeStruct(box.value.shape, box.value.dtype, sharding=device), boxed, is_leaf=is_box
+  )
+  table = weights.umt5_table(module)
+  params = weight_mapping.load_onto_mesh(table, SafetensorsCheckpoint(weights_dir), abstract, dtype=dtype)
   return {"params": jax.tree.map(lambda box, value: box.replace_boxed(value), boxed, params, is_leaf=is_box)}

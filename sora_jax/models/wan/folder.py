@@ -32,6 +32,7 @@ import numpy as np
 
 from sora_jax.models import weight_mapping
 from sora_jax.models.safetensors_io import SafetensorsCheckpoint, write_checkpoint
+from sora_jax.models.text import umt5
 from sora_jax.models.wan import vae as vae_lib
 from sora_jax.models.wan import weights
 from sora_jax.models.wan.transformer import WanTransformer
@@ -154,9 +155,7 @@ def load_vae(path: str, *, mesh=None, rules=None, dtype=None, **config_overrides
 
 
 def load_umt5(path: str, *, mesh=None, rules=None, dtype=None, compute_dtype=jnp.float32):
-  """(UMT5Encoder, params) of `path` (a Wan folder, its text_encoder/ folder, or any umT5 folder)."""
-  from sora_jax.models.text import umt5  # pylint: disable=g-import-not-at-top
-
+  """(UMT5Encoder, params) of `path` (a Wan folder, its text_encoder/ folder, or any umT5 folder), sharded."""
   folder = _component(path, "text_encoder")
   module = umt5.UMT5Encoder.from_hf_config(read_config(folder), dtype=compute_dtype)
   ids = jnp.zeros((1, 2), jnp.int32)
