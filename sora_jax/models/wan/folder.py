@@ -132,12 +132,16 @@ def load_transformer(path: str, *, mesh=None, rules=None, dtype=None, on_leaf=No
     on_leaf: called as (path, array) after each parameter is placed.
     **overrides: WanTransformer fields (scan_layers, attention_impl, dtype (compute), remat_policy ...).
   """
-  folder = _component(path, "transformer")
-  module = WanTransformer.from_diffusers_config(read_config(folder), **overrides)
+  module = WanTransformer.from_diffusers_config(read_config(_component(path, "transformer")), **overrides)
   abstract = abstract_params(lambda rng: module.init(rng, *transformer_example_inputs(module)), mesh, rules)
+  return module, load_transformer_params(path, module, abstract, dtype=dtype, on_leaf=on_leaf)
+
+
+def load_transformer_params(path: str, module: WanTransformer, abstract: Any, *, dtype=None, on_leaf=None) -> Any:
+  """The transformer weights of `path` for `module`, placed like `abstract` (ShapeDtypeStructs with shardings)."""
+  folder = _component(path, "transformer")
   table = weights.transformer_table(module)
-  params = weight_mapping.load_onto_mesh(table, SafetensorsCheckpoint(folder), abstract, dtype=dtype, on_leaf=on_leaf)
-  return module, params
+  return weight_mapping.load_onto_mesh(table, SafetensorsCheckpoint(folder), abstract, dtype=dtype, on_leaf=on_leaf)
 
 
 def load_vae(path: str, *, mesh=None, rules=None, dtype=None, **config_overrides):
@@ -148,10 +152,13 @@ def load_vae(path: str, *, mesh=None, rules=None, dtype=None, **config_overrides
   size = 2 * config.spatial_factor
   video = jnp.zeros((1, 1 + config.temporal_factor, size, size, 3), jnp.float32)
   abstract = abstract_params(lambda rng: module.init(rng, video, False), mesh, rules)
-  params = weight_mapping.load_onto_mesh(
-    weights.vae_table(module), SafetensorsCheckpoint(folder), abstract, dtype=dtype
-  )
-  return module, params, config
+  return module, load_vae_params(folder, module, abstract, dtype=dtype), config
+
+
+def load_vae_params(path: str, module: vae_lib.WanVAE, abstract: Any, *, dtype=None) -> Any:
+  """The VAE weights of `path` (a Wan folder or its vae/) for `module`, placed like `abstract` (with shardings)."""
+  table = weights.vae_table(module)
+  return weight_mapping.load_onto_mesh(table, SafetensorsCheckpoint(_component(path, "vae")), abstract, dtype=dtype)
 
 
 def load_umt5(path: str, *, mesh=None, rules=None, dtype=None, compute_dtype=jnp.float32):
