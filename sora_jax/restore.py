@@ -218,6 +218,19 @@ def _restore_workdir(path: str, *, mesh, step: int | None, use_ema: bool) -> Res
   )
 
 
+def restore_params_like(path: str, abstract: dict[str, Any], *, use_ema: bool = True, step: int | None = None):
+  """The inference params of the DiT run in `path` ({"dit", "text"?}), read into `abstract`'s shapes and
+  shardings (a new run's, e.g. one that starts from them with `init_from`)."""
+  dit_dir, _ = resolve_workdirs(path)
+  config = checkpointing.load_config_from_workdir(dit_dir)
+  key = inference_params_key(ema_kept=config.train.ema_decay > 0, use_ema=use_ema)
+  with checkpointing.Checkpointer(dit_dir) as ckpt:
+    if step in ckpt.all_steps() or (step is None and ckpt.latest_step() is not None):
+      _check_saved_params(ckpt.saved_tree(step).get(key) or {}, key, tuple(abstract), dit_dir)
+    restored, _ = ckpt.restore_partial({key: abstract}, step=step)
+  return restored[key]
+
+
 # ------------------------------------------------------------------------------ diffusers Wan 2.1 folders
 
 
