@@ -162,6 +162,16 @@ def _estimate(*args):
   return result
 
 
+@pytest.mark.parametrize("size,params", [("1.3b", 1_418_996_800), ("14b", 14_288_491_584)])
+def test_estimate_tool_counts_wan_configs_like_diffusers(size, params):
+  """tools/estimate.py on configs/dit/wan21.py: diffusers' count of the published config (see test_wan_transformer)."""
+  result = _estimate(f"--config=configs/dit/wan21.py:{size}", "--json")
+  assert result.returncode == 0, result.stderr
+  out = json.loads(result.stdout)
+  assert out["model"] == "wan2.1" and out["params"] == params
+  assert out["latent"] == [21, 60, 104, 16] and out["tokens"] == 32760 and out["text_length"] == 512
+
+
 def test_estimate_tool_json():
   result = _estimate("--model=DiT-XL/2", "--height=256", "--width=256", "--json")
   assert result.returncode == 0, result.stderr

@@ -33,8 +33,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Output widths of frozen text encoders when no weights are at hand (umT5-XXL for Wan 2.1).
-FROZEN_TEXT_WIDTHS = {"minilm": 384, "umt5": 4096}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ANALYSIS_ONLY_CPU_OPTIONS = {"xla_backend_optimization_level": 0}
 
@@ -43,29 +41,9 @@ def _umt5(config):
   """The umT5 module of config.text.pretrained when its config.json is at hand, else umT5-XXL's (Wan 2.1)."""
   from sora_jax.models.text import umt5  # pylint: disable=g-import-not-at-top
 
-  if config.text.get("pretrained"):
-    try:
-      return umt5.UMT5Encoder.from_hf_config(umt5.read_config(umt5.model_dirs(config.text.pretrained)[0]))
-    except (OSError, ValueError, KeyError):
-      pass
+  if config.text.pretrained:
+    return umt5.UMT5Encoder.from_hf_config(umt5.read_config(umt5.model_dirs(config.text.pretrained)[0]))
   return umt5.UMT5Encoder()
-
-
-def _text_width(config) -> int:
-  if config.text.encoder == "umt5":
-    return _umt5(config).width
-  return FROZEN_TEXT_WIDTHS.get(config.text.encoder, config.text.width)
-
-
-def _build_dit(config, in_channels: int, text_dim: int):
-  from sora_jax.models.dit import DiT  # pylint: disable=g-import-not-at-top
-  from sora_jax.models.wan.transformer import WanTransformer  # pylint: disable=g-import-not-at-top
-
-  builders = {"dit": DiT.from_config, "wan2.1": WanTransformer.from_config}
-  architecture = config.dit.get("architecture", "dit")
-  if architecture not in builders:
-    raise ValueError(f"dit.architecture={architecture!r} is not one of {sorted(builders)}")
-  return builders[architecture](config.dit, in_channels=in_channels, text_dim=text_dim)
 
 
 def _shard_bytes(tree: Any) -> int:
@@ -96,7 +74,7 @@ def _text_encoder_bytes(config, text_dim: int) -> int:
 
 
 def _vae(config):
-  if config.vae.get("architecture", "causal_vae") == "wan2.1":
+  if config.vae.architecture == "wan2.1":
     from sora_jax.models.wan.vae import WanVAE  # pylint: disable=g-import-not-at-top
 
     return WanVAE(config.vae)
@@ -126,13 +104,14 @@ def _vae_estimate(config, latent_shape, decode: bool) -> dict:
 
 def _estimate_in_process(config, frames, height, width, mesh_shape, batch_size, vae_decode) -> dict:
   from sora_jax.diffusion import guidance  # pylint: disable=g-import-not-at-top
+  from sora_jax.models import factory  # pylint: disable=g-import-not-at-top
   from sora_jax.models import vae as vae_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.sharding import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.sharding import partitioning  # pylint: disable=g-import-not-at-top
 
   latent = tuple(vae_lib.latent_shape(config.vae, frames, height, width))
-  text_dim, length = _text_width(config), config.text.max_length
-  dit = _build_dit(config, latent[-1], text_dim)
+  denoiser = factory.build_denoiser(config, latent)
+  dit, text_dim, length = denoiser.dit, denoiser.text_encoder.output_dim, config.text.max_length
   devices = jax.devices()[: math.prod(mesh_shape)]
   mesh = mesh_lib.make_mesh(mesh_shape, devices=devices)
   rules = partitioning.logical_rules(config)
