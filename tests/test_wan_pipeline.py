@@ -5,6 +5,8 @@ scheduler with flow shift 3, a tokenizer.json); both pipelines start from the sa
 latents and sample with the folder's scheduler. Needs the [peers] extra.
 """
 
+import os
+
 import numpy as np
 import pytest
 import wan_peers
@@ -78,3 +80,19 @@ def test_latents_argument_is_checked(folder):
     ours(PROMPTS, num_steps=2, latents=np.zeros((2, 2, 4, 4, 3)), **SIZE)
   with pytest.raises(ValueError, match="output_type='png' is not one of"):
     ours(PROMPTS, num_steps=2, output_type="png", **SIZE)
+
+
+def test_incomplete_folders_name_what_is_missing(folder, tmp_path):
+  import shutil
+
+  broken = str(tmp_path / "broken")
+  shutil.copytree(folder, broken)
+  shutil.rmtree(f"{broken}/text_encoder")
+  with pytest.raises(ValueError, match=r"lacks the component folder\(s\) \['text_encoder'\]"):
+    Pipeline.from_pretrained(broken)
+  shutil.copytree(f"{folder}/text_encoder", f"{broken}/text_encoder")
+  weights = f"{broken}/transformer/diffusion_pytorch_model.safetensors"
+  with open(weights, "r+b") as f:
+    f.truncate(os.path.getsize(weights) - 100)  # an interrupted copy
+  with pytest.raises(ValueError, match=f"{weights} is truncated"):
+    Pipeline.from_pretrained(broken)
