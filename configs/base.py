@@ -47,7 +47,8 @@ LOGICAL_AXIS_RULES = (
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # PRNG seed: init, noise, CFG dropout, data order.
-  c.vae_workdir = ""  # DiT training / sampling: the trained VAE's workdir.
+  c.vae_workdir = ""  # DiT training / sampling: the trained VAE's workdir (or a diffusers Wan 2.1 folder).
+  c.init_from = ""  # DiT training: start from these weights, a diffusers Wan 2.1 folder or a DiT workdir.
 
   # ---------------------------------------------------------------- data
   c.data = ml_collections.ConfigDict()
@@ -72,6 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- VAE
   c.vae = ml_collections.ConfigDict()
+  c.vae.architecture = "causal_vae"  # "causal_vae" (ours, models/vae.py) or "wan2.1" (models/wan/vae.py).
   c.vae.temporal_factor = 4  # 1, 2 or 4; clips of 1+tf*k frames -> 1+k latent frames.
   c.vae.spatial_factor = 8  # 4, 8 or 16.
   c.vae.patch_size = (1, 1, 1)  # (pt, ph, pw) causal time/space-to-depth at input and output; counts in the factors.
@@ -89,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.vae.norm = "rms"  # "rms" (per-position RMS norm, as Wan 2.1) or "none" (small CPU configs learn faster).
   c.vae.dtype = "float32"  # compute dtype ("float32" or "bfloat16"); params stay float32.
   c.vae.remat = False  # rematerialise residual blocks in the backward pass.
+  c.vae.temporal_downsample = ()  # wan2.1: which of the downsamplings also halve time, e.g. (False, True, True).
+  c.vae.decoder_base_channels = 0  # wan2.1: the decoder's base width (0 = base_channels).
+  c.vae.latents_mean = ()  # wan2.1: the released per-channel latent mean / std (ours compute theirs after training).
+  c.vae.latents_std = ()
   c.vae.encode_chunk_frames = 0  # chunked causal encode: latent frames per chunk (0 = whole clip).
   c.vae.tile_size = 0  # spatial tiling for decode/encode in pixels (0 = off).
   c.vae.tile_overlap = 0.25  # fraction of a tile blended with its neighbour.
@@ -104,7 +110,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- text encoder
   c.text = ml_collections.ConfigDict()
-  c.text.encoder = "small"  # "small" (trainable, byte-level) or "minilm" (frozen all-MiniLM-L6-v2).
+  c.text.encoder = "small"  # "small" (trainable, byte-level), "minilm" (frozen all-MiniLM-L6-v2) or "umt5" (frozen).
+  c.text.pretrained = ""  # "umt5": a diffusers Wan 2.1 folder (text_encoder/ + tokenizer/) or a umT5 folder.
   c.text.max_length = 32  # tokens; longer prompts are truncated with a warning.
   c.text.tokenizer = "byte"  # small encoder: "byte" (UTF-8 bytes) or "word" (hashed words, ~6x fewer tokens).
   c.text.width = 128  # small encoder width.
@@ -114,6 +121,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- DiT
   c.dit = ml_collections.ConfigDict()
+  c.dit.architecture = "dit"  # "dit" (ours, models/dit.py) or "wan2.1" (diffusers' WanTransformer3DModel).
   c.dit.variant = ""  # a name from sora_jax.models.variants (e.g. "DiT-XL/2", "video-tiny"); a config
   # file calls variants.apply_variant(c.dit) to copy its sizes into the fields
   # below (so --config.dit.* overrides still win); "" = use the fields as given.
@@ -195,7 +203,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- sampling
   c.sample = ml_collections.ConfigDict()
-  c.sample.sampler = "euler"  # "euler", "heun" (flow); "ddim", "dpmpp_2m" (both); "ddpm" (DDPM, ancestral).
+  c.sample.sampler = "euler"  # "euler", "heun", "unipc" (flow); "ddim", "dpmpp_2m" (both); "ddpm" (DDPM, ancestral).
   c.sample.num_steps = 30
   c.sample.guidance_scale = 4.0
   c.sample.negative_prompt = ""

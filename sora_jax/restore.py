@@ -10,8 +10,12 @@ with shardings from the run's logical axis rules on the caller's mesh (one devic
 default), so arrays are read straight onto the devices that hold them.
 
 What a path may hold is looked up in `TEXT_TO_VIDEO_FORMATS` (format name -> how to recognise
-it, how to restore it); a sora_jax training workdir (make demo's `runs/demo` with `dit/` and
-`vae/`, or a DiT workdir whose config names its VAE workdir) is the one format today.
+it, how to restore it): a sora_jax training workdir (make demo's `runs/demo` with `dit/` and
+`vae/`, or a DiT workdir whose config names its VAE workdir), or a diffusers-format Wan 2.1
+folder (model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/), read
+from its safetensors through the Wan weight tables (`models/wan/`) and described by a config
+built from `configs/dit/wan21.py` and the folder's own config files. `restore_vae` takes
+such a folder too (its vae/), so a DiT run can train on the Wan VAE's latents.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ import numpy as np
 from sora_jax.diffusion import build_diffusion
 from sora_jax.models import factory
 from sora_jax.models import vae as vae_lib
+from sora_jax.models.wan import folder as wan_folder
+from sora_jax.models.wan import vae as wan_vae
+from sora_jax.models.wan.transformer import WanTransformer
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import partitioning
 from sora_jax.training import checkpointing
@@ -130,7 +137,8 @@ def restore_vae(
   """Restores a trained VAE from `workdir` (a tools/train_vae.py run) for encoding and decoding.
 
   Args:
-    workdir: the VAE run's directory (config.json, checkpoints/, latent_stats.json).
+    workdir: the VAE run's directory (config.json, checkpoints/, latent_stats.json), or a
+      diffusers Wan 2.1 folder (its vae/; `step` is then ignored).
     mesh: place the params on this mesh (default: one device), sharded by the run's rules.
     step: the checkpoint step (default: the latest).
     replicate: a full copy of the params on every device of the mesh instead.
@@ -138,6 +146,8 @@ def restore_vae(
     checkpointing.CheckpointNotFoundError: no VAE run (or no such step) in `workdir`.
     ValueError: the workdir's checkpoint holds no VAE.
   """
+  if wan_folder.is_wan_folder(workdir):
+    return _restore_wan_vae(workdir, mesh=mesh, replicate=replicate)
   config = checkpointing.load_config_from_workdir(workdir)
   module = vae_lib.CausalVAE(config.vae)
   tf, sf = config.vae.temporal_factor, config.vae.spatial_factor
@@ -208,30 +218,145 @@ def _restore_workdir(path: str, *, mesh, step: int | None, use_ema: bool) -> Res
   )
 
 
+def restore_params_like(path: str, abstract: dict[str, Any], *, use_ema: bool = True, step: int | None = None):
+  """The inference params of the DiT run in `path` ({"dit", "text"?}), read into `abstract`'s shapes and
+  shardings (a new run's, e.g. one that starts from them with `init_from`)."""
+  dit_dir, _ = resolve_workdirs(path)
+  config = checkpointing.load_config_from_workdir(dit_dir)
+  key = inference_params_key(ema_kept=config.train.ema_decay > 0, use_ema=use_ema)
+  with checkpointing.Checkpointer(dit_dir) as ckpt:
+    if step in ckpt.all_steps() or (step is None and ckpt.latest_step() is not None):
+      _check_saved_params(ckpt.saved_tree(step).get(key) or {}, key, tuple(abstract), dit_dir)
+    restored, _ = ckpt.restore_partial({key: abstract}, step=step)
+  return restored[key]
+
+
+# ------------------------------------------------------------------------------ diffusers Wan 2.1 folders
+
+
+_KEY = jax.random.key(0)
+
+
+def wan_folder_config(path: str, dtype: str = "float32") -> ml_collections.ConfigDict:
+  """The run config of a diffusers Wan 2.1 folder: configs/dit/wan21.py with the sizes of the folder's
+  transformer and VAE, its scheduler's sampler and shift, init_from / text.pretrained / vae_workdir = path.
+
+  `dtype` is the compute dtype and the dtype the weights are cast to when restored ("float32" is
+  exact; "bfloat16" halves the memory of the weights).
+  """
+  from configs.dit import wan21  # the installed configs package: pure defaults, not a model floor
+
+  wan_folder.read_model_index(path)
+  config = wan21.get_config("1.3b")
+  config.init_from = os.fspath(path)
+  sizes = WanTransformer.from_diffusers_config(wan_folder.read_config(os.path.join(path, "transformer")))
+  config.dit.update(
+    depth=sizes.depth,
+    num_heads=sizes.num_heads,
+    hidden_size=sizes.hidden_size,
+    mlp_dim=sizes.mlp_dim,
+    patch_size=tuple(sizes.patch_size),
+    qk_norm=sizes.qk_norm,
+    dtype=dtype,
+    remat_policy="none",
+  )
+  config.vae.update(wan_vae.vae_config_from_diffusers(wan_folder.read_config(os.path.join(path, "vae"))).to_dict())
+  config.vae.dtype = dtype
+  config.text.dtype = dtype
+  scheduler = wan_folder.scheduler_settings(path)
+  config.sample.sampler = scheduler["sampler"]
+  config.diffusion.shift = scheduler["shift"]
+  config.mesh.shape = (1, -1, 1, 1)
+  return config
+
+
+def _restore_wan_vae(path: str, *, mesh, replicate: bool, dtype: str = "float32") -> RestoredVAE:
+  config = wan_folder_config(path, dtype)
+  mesh = mesh if mesh is not None else single_device_mesh()
+  module = wan_vae.WanVAE(config.vae)
+  size = 2 * config.vae.spatial_factor
+  video = jnp.zeros((1, 1 + config.vae.temporal_factor, size, size, 3), jnp.float32)
+  rules = partitioning.logical_rules(config)
+  abstract, _ = partitioning.abstract_state(lambda rng: module.init(rng, video, False)["params"], mesh, rules, _KEY)
+  if replicate:
+    everywhere = partitioning.replicated(mesh)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere), abstract)
+  params = wan_folder.load_vae_params(path, module, abstract, dtype=jnp.dtype(dtype))
+  return RestoredVAE(module, params, wan_vae.latent_stats(module.config), config, os.fspath(path), 0)
+
+
+def _restore_wan_folder(path: str, *, mesh, step: int | None, use_ema: bool, dtype: str = "float32"):
+  del use_ema  # a released folder holds one set of weights
+  if step not in (None, 0):
+    raise ValueError(f"{path} is a diffusers Wan folder: it holds one set of weights (step=None), not step {step}")
+  config = wan_folder_config(path, dtype)
+  vae = _restore_wan_vae(path, mesh=mesh, replicate=True, dtype=dtype)
+  data = config.data
+  denoiser = factory.build_denoiser(config, vae_lib.latent_shape(config.vae, data.num_frames, data.height, data.width))
+  dit = denoiser.dit
+  transformer = wan_folder.read_config(os.path.join(path, "transformer"))
+  expected = {"in_channels": config.vae.latent_channels, "text_dim": denoiser.text_encoder.output_dim}
+  found = {"in_channels": transformer.get("in_channels"), "text_dim": transformer.get("text_dim")}
+  if found != expected:
+    raise ValueError(
+      f"{path}: transformer/config.json has {found}, but the VAE makes {expected['in_channels']} latent channels and "
+      f"the text encoder {expected['text_dim']}-wide states; the components do not belong together"
+    )
+  rules = partitioning.logical_rules(config)
+  abstract, _ = partitioning.abstract_state(lambda rng: denoiser.init(rng)["dit"], mesh, rules, _KEY)
+  params = {"dit": wan_folder.load_transformer_params(path, dit, abstract, dtype=jnp.dtype(dtype))}
+  pretrained = partitioning.unbox(denoiser.text_encoder.load_pretrained())
+  text_params = jax.device_put(pretrained, partitioning.replicated(mesh))
+  return RestoredTextToVideo(
+    denoiser=denoiser,
+    process=build_diffusion(config.diffusion),
+    params=params,
+    text_params=text_params,
+    vae=vae,
+    config=config,
+    workdir=os.fspath(path),
+    step=0,
+    mesh=mesh,
+  )
+
+
 # Formats of a trained text-to-video system, tried in order: name -> (does `path` hold one?, restore it).
 TEXT_TO_VIDEO_FORMATS: dict[str, tuple[Callable[[str], bool], Callable[..., RestoredTextToVideo]]] = {
+  "diffusers_wan2.1": (wan_folder.is_wan_folder, _restore_wan_folder),
   "sora_jax_workdir": (_is_workdir, _restore_workdir),
 }
 
 
 def restore_text_to_video(
-  path: str, *, mesh: jax.sharding.Mesh | None = None, step: int | None = None, use_ema: bool = True
+  path: str,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  step: int | None = None,
+  use_ema: bool = True,
+  dtype: str | None = None,
 ) -> RestoredTextToVideo:
   """Restores a trained text-to-video system from `path` (see `TEXT_TO_VIDEO_FORMATS`).
 
   Args:
-    path: a demo workdir (dit/ + vae/) or a DiT workdir.
+    path: a demo workdir (dit/ + vae/), a DiT workdir, or a diffusers Wan 2.1 folder.
     mesh: place the parameters on this mesh (default: one device): the DiT sharded by its
       logical axis rules, the VAE and a frozen text encoder replicated.
     step: the DiT checkpoint step (default: the latest).
     use_ema: the EMA params (recommended) when the run kept them, else the raw ones.
+    dtype: for a Wan folder, the dtype of compute and weights ("float32" default, or
+      "bfloat16"); a workdir keeps its run's settings.
   Raises:
     FileNotFoundError: the path does not exist or holds no run (the message says what to pass).
     checkpointing.CheckpointNotFoundError: no checkpoint, or not that step (the available ones named).
   """
   mesh = mesh if mesh is not None else single_device_mesh()
-  for matches, restore in TEXT_TO_VIDEO_FORMATS.values():
+  for name, (matches, restore) in TEXT_TO_VIDEO_FORMATS.items():
     if matches(path):
-      return restore(path, mesh=mesh, step=step, use_ema=use_ema)
+      options = {}
+      if dtype is not None:
+        if name == "sora_jax_workdir":
+          raise ValueError(f"dtype={dtype!r}: a workdir samples with its run's dtypes (config.dit.dtype)")
+        options["dtype"] = dtype
+      return restore(path, mesh=mesh, step=step, use_ema=use_ema, **options)
   resolve_workdirs(path)  # no format matched: raises the workdir format's error, which says what to pass
   raise FileNotFoundError(f"{path!r} holds no trained text-to-video system")

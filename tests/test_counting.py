@@ -111,6 +111,32 @@ def test_video_flops_agree_with_xla_cost_analysis():
   )
 
 
+@pytest.mark.parametrize("size", ["tiny", "1.3b", "14b"])
+def test_wan_counts_match_init(size):
+  """Analytic Wan 2.1 counts == the init's shapes (diffusers' own count is in test_wan_transformer.py)."""
+  from configs.dit import wan21
+  from sora_jax.models.wan.transformer import WanTransformer, num_params
+
+  cfg = wan21.get_config(size)
+  model = WanTransformer.from_config(cfg.dit, in_channels=16, text_dim=4096)
+  assert counting.count_params(cfg.dit, in_channels=16, text_dim=4096)["total"] == num_params(model)
+  assert counting.count_params(model)["total"] == {"tiny": 176_000, "1.3b": 1_418_996_800, "14b": 14_288_491_584}[size]
+
+
+def test_wan_flops_agree_with_xla_cost_analysis():
+  from sora_jax.models.wan.transformer import WanTransformer
+
+  model = WanTransformer(
+    in_channels=4, text_dim=16, hidden_size=64, depth=2, num_heads=2, mlp_dim=128, scan_layers=False
+  )
+  x, cond = jnp.zeros((2, 3, 8, 8, 4)), {"text": jnp.zeros((2, 5, 16))}
+  params = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), x, jnp.zeros(2), cond)))
+  cost = jax.jit(model.apply).lower(params, x, jnp.zeros(2), cond).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  ours = 2 * counting.count_flops(model, (3, 8, 8), text_length=5)["forward_flops"]  # batch of 2
+  assert ours <= cost["flops"] <= 1.15 * ours, (ours, cost["flops"])  # XLA also counts norms, softmax, RoPE
+
+
 def test_counting_from_a_config_and_errors():
   cfg = base.get_config()
   cfg.dit.variant = "video-tiny"
@@ -134,6 +160,16 @@ def _estimate(*args):
     timeout=300,
   )
   return result
+
+
+@pytest.mark.parametrize("size,params", [("1.3b", 1_418_996_800), ("14b", 14_288_491_584)])
+def test_estimate_tool_counts_wan_configs_like_diffusers(size, params):
+  """tools/estimate.py on configs/dit/wan21.py: diffusers' count of the published config (see test_wan_transformer)."""
+  result = _estimate(f"--config=configs/dit/wan21.py:{size}", "--json")
+  assert result.returncode == 0, result.stderr
+  out = json.loads(result.stdout)
+  assert out["model"] == "wan2.1" and out["params"] == params
+  assert out["latent"] == [21, 60, 104, 16] and out["tokens"] == 32760 and out["text_length"] == 512
 
 
 def test_estimate_tool_json():

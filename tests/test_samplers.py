@@ -292,3 +292,66 @@ def test_ddpm_samplers_match_diffusers_schedulers(prediction):
       x = scheduler.step(torch.from_numpy(pred), k, x).prev_sample
     ours = samplers.sample(model, NOISE, process=process, sampler=name, num_steps=10)
     np.testing.assert_allclose(ours, x.numpy(), atol=2e-5, err_msg=name)
+
+
+def test_unipc_converges_faster_than_euler_on_the_flow_ode():
+  """UniPC's own grid ends at sigma = 0 after a point at 1/1000 (shift 1): few steps already land close."""
+  answer = MU + S * NOISE
+  errs = [
+    error(samplers.sample(exact_velocity, NOISE, process=FLOW, sampler="unipc", num_steps=n), answer)
+    for n in (8, 16, 32)
+  ]
+  euler = [
+    error(samplers.sample(exact_velocity, NOISE, process=FLOW, sampler="euler", num_steps=n), answer)
+    for n in (8, 16, 32)
+  ]
+  assert errs[0] > errs[1] > errs[2] and errs[2] < 5e-3, errs
+  assert all(u < e / 2 for u, e in zip(errs, euler)), (errs, euler)
+
+
+def test_unipc_scan_equals_a_python_loop_and_feeds_integer_timesteps():
+  seen = []
+
+  def model(x, t_model):
+    jax.debug.callback(lambda t: seen.append(float(t[0])), t_model)
+    return exact_velocity(x, t_model)
+
+  process = FlowMatching(shift=3.0)
+  scanned = samplers.sample(model, NOISE, process=process, sampler="unipc", num_steps=6)
+  sigma = np.linspace(1.0, 0.001, 7)[:-1]
+  sigma = 3.0 * sigma / (1.0 + 2.0 * sigma)
+  sigma[0] -= 1e-6
+  np.testing.assert_array_equal(seen, np.floor(1000 * sigma))  # 999 (not 1000), 967, ...: what diffusers hands out
+  assert seen[0] == 999.0
+  step = jax.jit(samplers.sampling_step(exact_velocity, process, "unipc"))
+  inputs = samplers.step_inputs(process, "unipc", 6)
+  state = samplers.initial_state(NOISE, sampler="unipc")
+  for i in range(6):
+    state = step(state, {k: v[i] for k, v in inputs.items()})
+  np.testing.assert_allclose(scanned, state.x, rtol=1e-6, atol=1e-6)  # same arithmetic, other fusion (~1 ulp)
+
+
+@pytest.mark.peers
+@pytest.mark.parametrize("shift,num_steps", [(1.0, 2), (3.0, 10), (5.0, 25)])
+def test_unipc_matches_diffusers_step_by_step(shift, num_steps):
+  """Wan 2.1's scheduler (UniPCMultistepScheduler, flow prediction, shift) against our scan, every step."""
+  torch = pytest.importorskip("torch", reason="needs the [peers] extra: pip install torch==2.13.0 diffusers")
+  diffusers = pytest.importorskip("diffusers", reason="needs the [peers] extra: pip install torch==2.13.0 diffusers")
+  scheduler = diffusers.UniPCMultistepScheduler(
+    prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift, num_train_timesteps=1000
+  )
+  scheduler.set_timesteps(num_steps)
+  x = torch.tensor(np.asarray(NOISE))
+  theirs = []
+  for t in scheduler.timesteps:
+    v = exact_velocity(jnp.asarray(x.numpy()), jnp.full((16,), float(t)))
+    x = scheduler.step(torch.from_numpy(np.array(v)), t, x).prev_sample
+    theirs.append(x.numpy())
+  _, ours = samplers.sample(
+    exact_velocity, NOISE, process=FlowMatching(shift=shift), sampler="unipc", num_steps=num_steps, return_every=1
+  )
+  # Both float32; diffusers combines the same terms in another order (~1e-7 relative per step).
+  np.testing.assert_allclose(ours, np.stack(theirs), atol=1e-5)
+  np.testing.assert_allclose(
+    samplers.step_inputs(FlowMatching(shift=shift), "unipc", num_steps)["t_model"], scheduler.timesteps.numpy()
+  )

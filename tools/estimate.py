@@ -12,6 +12,11 @@ and length from config.text, clip size from config.data unless given):
   python tools/estimate.py --config=configs/image/dit_paper.py:DiT-B/4 --height=256 --width=256
   python tools/estimate.py --config=configs/image/dit_paper.py:DiT-S/2 --config.dit.depth=6
   python tools/estimate.py --config=configs/dit/<file>.py --frames=81 --height=480 --width=832 --mesh=1,8,1,1
+  python tools/estimate.py --config=configs/dit/wan21.py:14b --frames=81 --height=720 --width=1280 \
+      --mesh=1,8,1,1 --memory=sample
+
+With --mesh, --memory says which per-device memory: "train" (a train step, the default),
+"sample" (sampling the clip: one guided denoiser step, text encoder and VAE decode) or "both".
 
 "gflops" follows the DiT paper: multiply-adds of one forward pass of one sample
 (DiT-XL/2 at 256x256 = 118.6). "forward_flops" counts 2 per multiply-add;
@@ -51,6 +56,12 @@ _MESH = flags.DEFINE_string(
   "",
   "With --config: per-device memory of the train step on a mesh "
   "'data,fsdp,context,tensor' (e.g. 1,64,1,1), compiled on abstract inputs.",
+)
+_MEMORY = flags.DEFINE_enum(
+  "memory",
+  "train",
+  ["train", "sample", "both"],
+  "With --mesh: the memory of a train step, of sampling the clip (batch 1 unless --batch_size), or both.",
 )
 
 
@@ -101,7 +112,7 @@ def _setting_from_config(config) -> dict:
   model = factory.build_denoiser(config, (1, 1, 1, config.vae.latent_channels)).dit
   image = config.dit.pos_embedding == "sincos2d"
   return dict(
-    name=config.dit.variant or "custom",
+    name=config.dit.variant or ("custom" if config.dit.architecture == "dit" else config.dit.architecture),
     model=model,
     spatial_factor=config.vae.spatial_factor,
     temporal_factor=1 if image else config.vae.temporal_factor,
@@ -150,10 +161,7 @@ def memory_estimate(config, mesh: str, frames: int, height: int, width: int, bat
   """Per-device memory (--mesh) of the sharded train step compiled on abstract inputs (sora_jax.training.memory)."""
   from sora_jax.training import memory
 
-  try:
-    mesh_shape = tuple(int(s) for s in mesh.split(","))
-  except ValueError:
-    raise ValueError(f"--mesh={mesh!r} must be four integers data,fsdp,context,tensor, e.g. 1,8,1,1") from None
+  mesh_shape = _mesh_shape(mesh)
   result = memory.estimate_train_memory(
     config,
     frames=frames or None,
@@ -164,6 +172,29 @@ def memory_estimate(config, mesh: str, frames: int, height: int, width: int, bat
   )
   result["summary"] = memory.summary_lines(result)
   return result
+
+
+def sample_memory_estimate(config, mesh: str, frames: int, height: int, width: int, batch_size: int) -> dict:
+  """Per-device memory (--mesh --memory=sample) to sample the clip (sora_jax.sampling.memory)."""
+  from sora_jax.sampling import memory
+
+  result = memory.estimate_sample_memory(
+    config,
+    frames=frames or None,
+    height=height or None,
+    width=width or None,
+    mesh_shape=_mesh_shape(mesh),
+    batch_size=batch_size or 1,
+  )
+  result["summary"] = memory.summary_lines(result)
+  return result
+
+
+def _mesh_shape(mesh: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(s) for s in mesh.split(","))
+  except ValueError:
+    raise ValueError(f"--mesh={mesh!r} must be four integers data,fsdp,context,tensor, e.g. 1,8,1,1") from None
 
 
 def _print_table(result: dict) -> None:
@@ -180,8 +211,9 @@ def _print_table(result: dict) -> None:
   for name, value in result["macs_by_part"].items():
     if value:
       print(f"  MACs    {name:<40s} {value:>16,.0f}")
-  for line in result.get("memory", {}).get("summary", []):
-    print(line)
+  for key in ("memory", "sample_memory"):
+    for line in result.get(key, {}).get("summary", []):
+      print(line)
 
 
 def main(argv):
@@ -195,9 +227,11 @@ def main(argv):
     if _MESH.value:
       if not _CONFIG.value:
         raise ValueError("--mesh needs --config (the train step depends on the text encoder, optimizer, ...)")
-      result["memory"] = memory_estimate(
-        _CONFIG.value, _MESH.value, _FRAMES.value, _HEIGHT.value, _WIDTH.value, _BATCH.value
-      )
+      clip = (_CONFIG.value, _MESH.value, _FRAMES.value, _HEIGHT.value, _WIDTH.value, _BATCH.value)
+      if _MEMORY.value in ("train", "both"):
+        result["memory"] = memory_estimate(*clip)
+      if _MEMORY.value in ("sample", "both"):
+        result["sample_memory"] = sample_memory_estimate(*clip)
   except (ValueError, NotImplementedError) as e:
     sys.exit(f"error: {e}")
   if _JSON.value:

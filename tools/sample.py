@@ -21,7 +21,9 @@ from absl import flags
 from sora_jax.configuration import run_tool
 from sora_jax.sampling import flags as sampling_flags
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir (make demo's runs/demo, or a DiT workdir).")
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "A trained workdir (make demo's runs/demo, or a DiT workdir), or a diffusers Wan 2.1 folder."
+)
 _PROMPTS = flags.DEFINE_multi_string("prompt", None, "A text prompt; repeat the flag for several.")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default <workdir>/samples).")
 _FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per video (1+4k); default: trained config.")

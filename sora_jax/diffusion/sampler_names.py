@@ -24,5 +24,6 @@ SAMPLERS: dict[str, SamplerInfo] = {
   "heun": SamplerInfo(2, ("flow",)),
   "ddim": SamplerInfo(1, ("flow", "ddpm")),
   "dpmpp_2m": SamplerInfo(1, ("flow", "ddpm")),
+  "unipc": SamplerInfo(1, ("flow",)),
   "ddpm": SamplerInfo(1, ("ddpm",), stochastic=True),
 }

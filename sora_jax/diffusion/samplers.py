@@ -13,6 +13,13 @@ turns a prediction into a data prediction x0. Samplers:
 * "dpmpp_2m": DPM-Solver++(2M) (Lu et al. 2022), multistep second order in the data-prediction
   form with lambda = log(alpha / sigma); first order on the first step, on the last step to
   sigma = 0, and wherever the previous step reaches lambda = -inf (flow's t = 1).
+* "unipc" (flow only): UniPC (Zhao et al. 2023) as diffusers' `UniPCMultistepScheduler` runs it for
+  Wan 2.1 (flow prediction, solver order 2, B(h) = e^h - 1, data prediction, corrector on every
+  step but the first, first order on the first and the last step). Its own grid of points, as
+  diffusers': sigma = shift(linspace(1, 1/1000, N + 1)[:N]) (the first nudged to 1 - 1e-6) then 0,
+  and the network sees the integer timesteps floor(1000 sigma) the scheduler hands out. Each
+  step: x0_i from the model at x_i; the corrector replaces x_i by a combination of x_{i-1} and
+  x0_{i-2..i}; the predictor steps from it to x_{i+1} with x0_{i-1..i}. One model call per step.
 * "ddpm" (DDPM only): ADM's stochastic ancestral sampler, x_next ~ p(x_next | x) =
   N(posterior mean given x0_hat, var) with the model's learned variance (learn_sigma: output
   [prediction, v], see `ddpm.py`) or, for a C-channel model, the fixed posterior variance
@@ -56,11 +63,15 @@ GuidedFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 class SamplerState(NamedTuple):
   """x: the current sample [B, ...] (float32); prev_x0: the previous step's data prediction (multistep);
-  key: per-example PRNG keys [B] of the stochastic samplers (None for the deterministic ones)."""
+  key: per-example PRNG keys [B] of the stochastic samplers (None for the deterministic ones);
+  prev2_x0, last_x: the data prediction two steps back and the previous step's (corrected) sample,
+  which UniPC's corrector needs (None for the other samplers)."""
 
   x: jax.Array
   prev_x0: jax.Array
   key: Any = None
+  prev2_x0: Any = None
+  last_x: Any = None
 
 
 def _time(x: jax.Array, t_model: jax.Array) -> jax.Array:
@@ -112,12 +123,29 @@ def _ancestral_step(model_fn: GuidedFn, process, state: SamplerState, inp: dict)
   return state._replace(x=x_next, prev_x0=x0)
 
 
+def _unipc_step(model_fn: GuidedFn, process, state: SamplerState, inp: dict) -> SamplerState:
+  """UniPC: corrector x_c = c_last x_{i-1} + c_self x_i + c_x0 x0_i + c_prev x0_{i-1} + c_prev2 x0_{i-2};
+  predictor x_{i+1} = p_x x_c + p_x0 x0_i + p_prev x0_{i-1} (coefficients from `unipc_coefficients`)."""
+  pred = model_fn(state.x, _time(state.x, inp["t_model"]))
+  x0 = process.predict_x0(pred, state.x, inp["alpha"], inp["sigma"])
+  corrected = (
+    inp["c_self"] * state.x
+    + inp["c_last"] * state.last_x
+    + inp["c_x0"] * x0
+    + inp["c_prev"] * state.prev_x0
+    + inp["c_prev2"] * state.prev2_x0
+  )
+  x_next = inp["p_x"] * corrected + inp["p_x0"] * x0 + inp["p_prev"] * state.prev_x0
+  return state._replace(x=x_next, prev_x0=x0, prev2_x0=state.prev_x0, last_x=corrected)
+
+
 # The step function of every sampler of `sampler_names.SAMPLERS` (the list of names and what each needs).
 STEPS = {
   "euler": _euler_step,
   "heun": _heun_step,
   "ddim": _multistep_step,
   "dpmpp_2m": _multistep_step,
+  "unipc": _unipc_step,
   "ddpm": _ancestral_step,
 }
 
@@ -138,7 +166,7 @@ def _check(process, sampler: str, num_steps: int) -> None:
   if sampler in DDPM_ONLY and process.kind != "ddpm":
     raise ValueError(
       f"sampler={sampler!r} is DDPM's ancestral sampler and needs diffusion.kind='ddpm'; "
-      f"with kind={process.kind!r} use 'euler', 'heun', 'ddim' or 'dpmpp_2m'"
+      f"with kind={process.kind!r} use 'euler', 'heun', 'unipc', 'ddim' or 'dpmpp_2m'"
     )
   if int(num_steps) < 1:
     raise ValueError(f"num_steps={num_steps} must be >= 1")
@@ -191,9 +219,86 @@ def ancestral_coefficients(alpha: np.ndarray, sigma: np.ndarray) -> dict[str, np
   }
 
 
+def unipc_points(num_steps: int, shift: float, num_train_timesteps: int = 1000) -> dict[str, np.ndarray]:
+  """UniPC's grid as diffusers' flow scheduler builds it: sigma [N + 1] (float32, ending at 0), alpha = 1 - sigma
+  (float32), and the integer model timesteps t_model [N + 1] (floor(1000 sigma) of the float64 sigmas)."""
+  sigma = np.linspace(1.0, 1.0 / num_train_timesteps, num_steps + 1)[:-1]
+  sigma = shift * sigma / (1.0 + (shift - 1.0) * sigma)
+  if abs(sigma[0] - 1.0) < 1e-6:
+    sigma[0] -= 1e-6  # keeps log(alpha) finite at the first point
+  t_model = np.append(np.floor(sigma * num_train_timesteps), 0.0)
+  sigma32 = np.append(sigma, 0.0).astype(np.float32)
+  return {"sigma": sigma32, "alpha": (np.float32(1.0) - sigma32).astype(np.float32), "t_model": t_model}
+
+
+def _unipc_b(hh: float, order: int) -> np.ndarray:
+  """UniPC's right-hand side b_k = phi_k(hh) k! / B(hh) (B(h) = e^h - 1), k = 1..order."""
+  h_phi_k, factorial, b = np.expm1(hh) / hh - 1.0, 1.0, []
+  for k in range(1, order + 1):
+    b.append(h_phi_k * factorial / np.expm1(hh))
+    factorial *= k + 1
+    h_phi_k = h_phi_k / hh - 1.0 / factorial
+  return np.asarray(b)
+
+
+def unipc_coefficients(sigma: np.ndarray, alpha: np.ndarray) -> dict[str, np.ndarray]:
+  """Corrector and predictor coefficients [N] of UniPC-bh2 (order 2, lower-order final) between points [N + 1].
+
+  lambda = log(alpha / sigma); from s to t, h = lambda_t - lambda_s and, in the data-prediction
+  form, x_t = (sigma_t / sigma_s) x_s - alpha_t (e^-h - 1) x0_s - alpha_t (e^-h - 1) sum_k rho_k D_k,
+  with D_1 = (x0_{s-1} - x0_s) / r, r = (lambda_{s-1} - lambda_s) / h. The predictor's rho is 1/2
+  (order 2); the corrector's solves [[1, 1], [r, 1]] rho = b (order 2) or is 1/2 on D_t = x0_t - x0_s
+  (order 1). Order of step i: min(2, i + 1, N - i); the corrector of step i uses step i - 1's.
+  """
+  sigma, alpha = np.asarray(sigma, np.float64), np.asarray(alpha, np.float64)
+  n = len(sigma) - 1
+  with np.errstate(divide="ignore"):
+    lam = np.log(alpha) - np.log(sigma)
+  order = [min(2, i + 1, n - i) for i in range(n)]
+  out = {k: np.zeros(n) for k in ("c_self", "c_last", "c_x0", "c_prev", "c_prev2", "p_x", "p_x0", "p_prev")}
+  with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+    for i in range(n):
+      # predictor from point i to i + 1
+      h = lam[i + 1] - lam[i]
+      hh = -h
+      b_h = np.expm1(hh)  # -1 at the last step (lambda = inf)
+      out["p_x"][i] = sigma[i + 1] / sigma[i]
+      out["p_x0"][i] = -alpha[i + 1] * np.expm1(hh)
+      if order[i] == 2:
+        r = (lam[i - 1] - lam[i]) / h
+        out["p_x0"][i] += alpha[i + 1] * b_h * 0.5 / r
+        out["p_prev"][i] = -alpha[i + 1] * b_h * 0.5 / r
+      # corrector of point i (from i - 1), with the previous step's order
+      if i == 0:
+        out["c_self"][i] = 1.0
+        continue
+      h = lam[i] - lam[i - 1]
+      hh = -h
+      b_h = np.expm1(hh)
+      out["c_last"][i] = sigma[i] / sigma[i - 1]
+      out["c_prev"][i] = -alpha[i] * np.expm1(hh)
+      if order[i - 1] == 1:
+        rho_prev2, rho_t, r = 0.0, 0.5, 1.0
+      else:
+        r = (lam[i - 2] - lam[i - 1]) / h
+        rho_prev2, rho_t = np.linalg.solve(np.array([[1.0, 1.0], [r, 1.0]]), _unipc_b(hh, 2))
+      # - alpha b_h (rho_prev2 (x0_{i-2} - x0_{i-1}) / r + rho_t (x0_i - x0_{i-1}))
+      out["c_x0"][i] = -alpha[i] * b_h * rho_t
+      out["c_prev"][i] += alpha[i] * b_h * (rho_t + rho_prev2 / r)
+      out["c_prev2"][i] = -alpha[i] * b_h * rho_prev2 / r
+  return out
+
+
 def step_inputs(process, sampler: str, num_steps: int, num_tokens: int | None = None) -> dict[str, np.ndarray]:
   """Per-step scalars (numpy [num_steps]; float32, 'step' int32) the step function reads: what `sample` scans over."""
   _check(process, sampler, num_steps)
+  if sampler == "unipc":
+    p = unipc_points(int(num_steps), process.shift_for(num_tokens))
+    inputs = {"t_model": p["t_model"][:-1], "alpha": p["alpha"][:-1], "sigma": p["sigma"][:-1]}
+    inputs.update(unipc_coefficients(p["sigma"], p["alpha"]))
+    inputs = {k: np.asarray(v, np.float32) for k, v in inputs.items()}
+    inputs["step"] = np.arange(int(num_steps), dtype=np.int32)
+    return inputs
   p = process.sampling_points(int(num_steps), num_tokens)
   inputs = {
     "t_model": p["t_model"][:-1],
@@ -230,9 +335,12 @@ def sampling_step(model_fn: GuidedFn, process, sampler: str) -> Callable[[Sample
   return functools.partial(STEPS[sampler], model_fn, process)
 
 
-def initial_state(noise: jax.Array, keys: jax.Array | None = None) -> SamplerState:
-  """The state at the first point; `keys` (`ancestral_keys`) for the stochastic samplers."""
+def initial_state(noise: jax.Array, keys: jax.Array | None = None, sampler: str = "") -> SamplerState:
+  """The state at the first point; `keys` (`ancestral_keys`) for the stochastic samplers; `sampler`="unipc"
+  also carries UniPC's extra history (zeros: its first step's coefficients on them are 0)."""
   x = jnp.asarray(noise, jnp.float32)
+  if sampler == "unipc":
+    return SamplerState(x, jnp.zeros_like(x), keys, jnp.zeros_like(x), jnp.zeros_like(x))
   return SamplerState(x, jnp.zeros_like(x), keys)
 
 
@@ -247,7 +355,7 @@ def _scan(
     state = step(state, inp)
     return state, (state.x if keep_all else None)
 
-  state, xs = jax.lax.scan(body, initial_state(noise, keys), inputs)
+  state, xs = jax.lax.scan(body, initial_state(noise, keys, sampler), inputs)
   return state.x, xs
 
 
@@ -268,7 +376,7 @@ def sample(
     model_fn: `model_fn(x_t, t_model [B]) -> prediction` (velocity for flow, epsilon / v for DDPM).
     noise: standard normal [B, ...], the starting point (with `rng`, all randomness of the sampler).
     process: `FlowMatching` or `DDPM` (gives the timesteps, including flow's shift).
-    sampler: "euler", "heun", "ddim", "dpmpp_2m" or "ddpm" (stochastic, DDPM only).
+    sampler: "euler", "heun", "unipc" (flow only), "ddim", "dpmpp_2m" or "ddpm" (stochastic, DDPM only).
     num_steps: number of steps (Heun calls the model twice per step).
     num_tokens: tokens per example, for flow's automatic shift (same as in training).
     return_every: k > 0 also returns x after every k-th step, [num_steps // k, B, ...].

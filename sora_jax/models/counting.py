@@ -1,4 +1,4 @@
-"""Parameters and forward FLOPs of a DiT, analytically (nothing is allocated).
+"""Parameters and forward FLOPs of a DiT (ours or Wan 2.1's), analytically (nothing is allocated).
 
 Conventions:
 * FLOPs are counted as multiply-adds (MACs) of matmuls, as the DiT paper does
@@ -21,17 +21,19 @@ import ml_collections
 from sora_jax.models.dit import DiT
 from sora_jax.models.embeddings import TIMESTEP_FEATURES
 from sora_jax.models.patchify import patch_grid
+from sora_jax.models.wan.transformer import WanTransformer
 
-ModelSpec = DiT | ml_collections.ConfigDict
+ModelSpec = DiT | WanTransformer | ml_collections.ConfigDict
 
 
-def _as_model(spec: ModelSpec, in_channels: int | None, text_dim: int) -> DiT:
-  """A DiT (unbound; only its attributes are read) from a DiT or a `config.dit` section."""
-  if isinstance(spec, DiT):
+def _as_model(spec: ModelSpec, in_channels: int | None, text_dim: int) -> DiT | WanTransformer:
+  """A DiT or WanTransformer (unbound; only its attributes are read) from a module or a `config.dit` section."""
+  if isinstance(spec, DiT | WanTransformer):
     return spec
   if in_channels is None:
     raise ValueError("counting from a config needs in_channels (the latent channels, e.g. config.vae.latent_channels)")
-  return DiT.from_config(spec, in_channels=in_channels, text_dim=text_dim)
+  build = {"dit": DiT.from_config, "wan2.1": WanTransformer.from_config}[spec.get("architecture", "dit")]
+  return build(spec, in_channels=in_channels, text_dim=text_dim)
 
 
 def _linear_params(fan_in: int, fan_out: int) -> int:
@@ -47,6 +49,8 @@ def count_params(spec: ModelSpec, in_channels: int | None = None, text_dim: int 
     text_dim: text encoder width (text conditioning).
   """
   m = _as_model(spec, in_channels, text_dim)
+  if isinstance(m, WanTransformer):
+    return _wan_params(m)
   d, mlp, heads = m.hidden_size, m.resolved_mlp_dim, m.num_heads
   head_dim = d // heads
   patch = m.patch_size[0] * m.patch_size[1] * m.patch_size[2]
@@ -88,6 +92,8 @@ def count_flops(
     'forward_flops' (2 x macs) and 'tokens' (N).
   """
   m = _as_model(spec, in_channels, text_dim)
+  if isinstance(m, WanTransformer):
+    return _totals(_wan_macs(m, latent_shape, text_length), m, latent_shape)
   d, mlp = m.hidden_size, m.resolved_mlp_dim
   grid = patch_grid(tuple(latent_shape), m.patch_size)
   n = grid[0] * grid[1] * grid[2]
@@ -115,7 +121,57 @@ def count_flops(
     "final_layer": 2 * d * d + n * d * patch * m.out_channels,
   }
   parts.update({f"blocks.{name}": m.depth * value for name, value in block.items()})
+  return _totals(parts, m, latent_shape)
+
+
+def _totals(parts: dict, m, latent_shape) -> dict[str, float]:
+  grid = patch_grid(tuple(latent_shape), m.patch_size)
   macs = sum(parts.values())
   out = {k: float(v) for k, v in parts.items()}
-  out.update(macs=float(macs), gflops=macs / 1e9, forward_flops=2.0 * macs, tokens=float(n))
+  out.update(macs=float(macs), gflops=macs / 1e9, forward_flops=2.0 * macs, tokens=float(grid[0] * grid[1] * grid[2]))
   return out
+
+
+def _wan_params(m: WanTransformer) -> dict[str, int]:
+  """Parameters of Wan 2.1's transformer by part (diffusers' module names in brackets)."""
+  d, mlp, patch = m.hidden_size, m.mlp_dim, m.patch_size[0] * m.patch_size[1] * m.patch_size[2]
+  attention = 4 * _linear_params(d, d) + (2 * d if m.qk_norm else 0)  # q/k norms span all heads
+  block = {
+    "modulation": 6 * d,  # [scale_shift_table]
+    "self_attention": attention,  # [attn1]
+    "cross_attention": attention + (2 * d if m.cross_attn_norm else 0),  # [attn2, norm2]
+    "mlp": _linear_params(d, mlp) + _linear_params(mlp, d),  # [ffn]
+  }
+  parts = {
+    "patch_embed": _linear_params(patch * m.in_channels, d),  # [patch_embedding]
+    "timestep_embedder": _linear_params(TIMESTEP_FEATURES, d) + _linear_params(d, d),  # [time_embedder]
+    "shared_modulation": _linear_params(d, 6 * d),  # [time_proj]
+    "text_projection": _linear_params(m.text_dim, d) + _linear_params(d, d),  # [text_embedder]
+    "blocks": m.depth * sum(block.values()),
+    "final_layer": 2 * d + _linear_params(d, patch * m.out_channels),  # [scale_shift_table, proj_out]
+  }
+  parts["total"] = sum(parts.values())
+  return parts
+
+
+def _wan_macs(m: WanTransformer, latent_shape, text_length: int) -> dict[str, float]:
+  """Forward multiply-adds of Wan 2.1's transformer by part (same conventions as our DiT's)."""
+  d, mlp, length = m.hidden_size, m.mlp_dim, text_length
+  grid = patch_grid(tuple(latent_shape), m.patch_size)
+  n = grid[0] * grid[1] * grid[2]
+  patch = m.patch_size[0] * m.patch_size[1] * m.patch_size[2]
+  block = {
+    "self_attention_projections": 4 * n * d * d,
+    "self_attention_scores": 2 * n * n * d,
+    "cross_attention_projections": 2 * n * d * d + 2 * length * d * d,
+    "cross_attention_scores": 2 * n * length * d,
+    "mlp": 2 * n * d * mlp,
+  }
+  parts = {
+    "patch_embed": n * patch * m.in_channels * d,
+    "conditioning": TIMESTEP_FEATURES * d + d * d + 6 * d * d,
+    "text_projection": length * (m.text_dim * d + d * d),
+    "final_layer": n * d * patch * m.out_channels,
+  }
+  parts.update({f"blocks.{name}": m.depth * value for name, value in block.items()})
+  return parts

@@ -8,8 +8,9 @@ Training (its init and train step), the Pipeline (its restore target) and the me
 estimator all build through here, so they agree on the parameter tree. Building reads no
 weights (a frozen encoder's come from `text_encoder.load_pretrained()`).
 
-Architectures are looked up by name in `ARCHITECTURES` (name -> builder of the linen module
-from `config.dit`, the latent channels and the text width).
+Architectures are looked up by `config.dit.architecture` in `ARCHITECTURES` (name -> builder
+of the linen module from `config.dit`, the latent channels and the text width): "dit" (ours,
+models/dit.py) and "wan2.1" (diffusers' WanTransformer3DModel, models/wan/transformer.py).
 """
 
 from __future__ import annotations
@@ -24,12 +25,15 @@ import jax.numpy as jnp
 from sora_jax.models import text as text_lib
 from sora_jax.models.dit import DiT
 from sora_jax.models.patchify import num_tokens
+from sora_jax.models.wan.transformer import WanTransformer
 
 # name -> (config.dit, latent channels, text width) -> linen module taking (x, t, cond).
 ARCHITECTURES: dict[str, Callable[..., Any]] = {
   "dit": lambda dit_cfg, in_channels, text_dim: DiT.from_config(dit_cfg, in_channels=in_channels, text_dim=text_dim),
+  "wan2.1": lambda dit_cfg, in_channels, text_dim: WanTransformer.from_config(
+    dit_cfg, in_channels=in_channels, text_dim=text_dim
+  ),
 }
-DEFAULT_ARCHITECTURE = "dit"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -91,5 +95,8 @@ def build_denoiser(config, latent_shape, *, text_encoder: text_lib.TextEncoder |
   elif text_encoder is None:
     text_encoder = text_lib.build_text_encoder(config.text)
   text_dim = text_encoder.output_dim if text_encoder is not None else 0
-  dit = ARCHITECTURES[DEFAULT_ARCHITECTURE](config.dit, latent_shape[-1], text_dim)
+  architecture = config.dit.architecture
+  if architecture not in ARCHITECTURES:
+    raise ValueError(f"dit.architecture={architecture!r} is not one of {sorted(ARCHITECTURES)}")
+  dit = ARCHITECTURES[architecture](config.dit, latent_shape[-1], text_dim)
   return Denoiser(dit=dit, text_encoder=text_encoder, latent_shape=latent_shape)

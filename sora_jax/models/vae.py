@@ -461,7 +461,7 @@ def _stream(apply_chunk: Callable, x: jnp.ndarray, first_len: int, chunk_len: in
   return jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *pieces)
 
 
-def _chunk_applier(module: CausalVAE, params, method: Callable) -> Callable:
+def _chunk_applier(module: CausalVAE, params, method: str) -> Callable:
   def apply_chunk(cache, frames):
     variables = {"params": params} if cache is None else {"params": params, CACHE: cache}
     out, state = module.apply(variables, frames, method=method, mutable=[CACHE])
@@ -473,17 +473,16 @@ def _chunk_applier(module: CausalVAE, params, method: Callable) -> Callable:
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _encode_streamed(module: CausalVAE, params, video: jnp.ndarray, chunk_frames: int):
   if chunk_frames <= 0:
-    return module.apply({"params": params}, video, method=CausalVAE.encode)
-  return _stream(
-    _chunk_applier(module, params, CausalVAE.encode_chunk), video, 1, chunk_frames * module.config.temporal_factor
-  )
+    return module.apply({"params": params}, video, method="encode")
+  # Methods by name: any VAE module with encode/decode(_chunk) streams here (ours, models/wan/vae.py).
+  return _stream(_chunk_applier(module, params, "encode_chunk"), video, 1, chunk_frames * module.config.temporal_factor)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _decode_streamed(module: CausalVAE, params, z: jnp.ndarray, chunk_frames: int):
   if chunk_frames <= 0:
-    return module.apply({"params": params}, z, method=CausalVAE.decode)
-  return _stream(_chunk_applier(module, params, CausalVAE.decode_chunk), z, 1, chunk_frames)
+    return module.apply({"params": params}, z, method="decode")
+  return _stream(_chunk_applier(module, params, "decode_chunk"), z, 1, chunk_frames)
 
 
 # ---------------------------------------------------------------------------- spatial tiling

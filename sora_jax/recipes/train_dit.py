@@ -1,12 +1,15 @@
 """Train a text-to-video DiT run on a trained VAE's latents: what `tools/train_dit.py` runs.
 
     state = train_dit(config, workdir)     # config.vae_workdir names the trained VAE
+                                           # config.init_from: start from these weights (or random)
 
 1. The VAE (`restore.restore_vae(config.vae_workdir)`) encodes every clip of the train and
    eval splits once, and each caption becomes text fields (token ids for a trainable encoder,
    frozen-encoder embeddings otherwise): the latent cache under <workdir>/latent_cache (or
    config.data.latent_cache_dir), reused while it matches.
-2. The denoiser (`models.factory.build_denoiser`) trains on the generic sharded loop
+2. The denoiser (`models.factory.build_denoiser`) starts from `config.init_from` when set (a
+   diffusers Wan 2.1 folder read through the Wan weight tables, or a DiT workdir's inference
+   params, placed onto the run's mesh shard by shard) and trains on the generic sharded loop
    (`training.loop`): flow matching / DDPM with CFG dropout, AdamW, EMA, eval loss at fixed
    timesteps on the eval split, GIF grids of config.sample.prompts under <workdir>/samples
    (the same compiled sampler the Pipeline uses), Orbax checkpoints; re-running resumes.
@@ -32,8 +35,10 @@ from sora_jax.models import factory
 from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.text import fields
+from sora_jax.models.wan import folder as wan_folder
+from sora_jax.models.wan.transformer import WanTransformer
 from sora_jax.monitoring import plots
-from sora_jax.restore import RestoredVAE, restore_vae
+from sora_jax.restore import RestoredVAE, restore_params_like, restore_vae
 from sora_jax.sampling import generate as gen
 from sora_jax.training import dit_step, loop
 from sora_jax.training.optimizer import make_optimizer
@@ -87,10 +92,46 @@ def train_dit(config, workdir: str):
     sample_fn=make_sample_fn(config, workdir, components, vae, text_params, latent_shape),
     per_step_counts={"tokens": batch_size * denoiser.num_tokens, "examples": batch_size},
     desc="train DiT",
+    pretrained=pretrained_params(config, denoiser),
   )
   if jax.process_index() == 0:
     plot_loss_curve(workdir)
   return state
+
+
+# Sizes a diffusers Wan folder's transformer must share with the run's (config.dit + VAE + text encoder).
+_WAN_SIZES = ("in_channels", "text_dim", "hidden_size", "depth", "num_heads", "mlp_dim", "patch_size", "qk_norm")
+
+
+def pretrained_params(config, denoiser: factory.Denoiser):
+  """`abstract params -> params` reading `config.init_from` (see `loop.train(pretrained=...)`), or None.
+
+  A diffusers Wan 2.1 folder gives the transformer ("dit"); a DiT workdir gives its inference
+  params. Raises ValueError when the folder's transformer is not the configured one.
+  """
+  path = config.init_from
+  if not path:
+    return None
+  if not wan_folder.is_wan_folder(path):
+    return lambda abstract: restore_params_like(path, abstract)
+  dit = denoiser.dit
+  if not isinstance(dit, WanTransformer):
+    raise ValueError(
+      f"config.init_from={path!r} is a Wan 2.1 folder but config.dit.architecture={config.dit.architecture!r}: "
+      f"fine-tune it with --config=configs/dit/wan21.py:<size>"
+    )
+  theirs = WanTransformer.from_diffusers_config(wan_folder.read_config(f"{path}/transformer"))
+  different = {k: (getattr(dit, k), getattr(theirs, k)) for k in _WAN_SIZES if getattr(dit, k) != getattr(theirs, k)}
+  if different:
+    listed = ", ".join(f"{k}: config {a!r}, folder {b!r}" for k, (a, b) in different.items())
+    raise ValueError(f"the transformer in {path} is not the configured one ({listed}); pick the matching size")
+
+  def load(abstract):
+    if set(abstract) != {"dit"}:
+      raise ValueError(f"{path} holds the transformer only, the run trains {sorted(abstract)}")
+    return {"dit": wan_folder.load_transformer_params(path, dit, abstract["dit"])}
+
+  return load
 
 
 def build_latent_cache(config, cache_dir: str, vae: RestoredVAE, text_encoder, text_params):

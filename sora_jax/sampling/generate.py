@@ -5,6 +5,7 @@ what training shows is exactly what users get.
 
     generate = make_generate_fn(components, sampler="euler", num_steps=30, latent_shape=(5, 8, 8, 8))
     frames = generate(params, fields, null_fields, seeds, guidance_scale)   # uint8 [B, T, H, W, 3]
+    frames = generate(params, fields, null_fields, seeds, guidance_scale, noise)  # given initial latents
 
 `params` is {"dit": ..., "vae": ..., "text": ... (trainable encoder only)}; `fields` and
 `null_fields` are the text fields of the prompts and of the negative / empty prompt
@@ -60,6 +61,13 @@ class StepTicker:
       self.bar.update(1)
 
 
+# How `generate` returns frames: displayable uint8, or floats in [0, 1] (diffusers' output_type="np").
+FRAME_FORMATS = {
+  "uint8": to_uint8,
+  "float": lambda video: jnp.clip(video.astype(jnp.float32) * 0.5 + 0.5, 0.0, 1.0),
+}
+
+
 def make_generate_fn(
   components: Components,
   *,
@@ -68,8 +76,9 @@ def make_generate_fn(
   latent_shape: tuple[int, int, int, int],
   return_latents: bool = False,
   ticker: StepTicker | None = None,
+  frames: str = "uint8",
 ):
-  """A jitted `generate(params, fields, null_fields, seeds, guidance_scale)`.
+  """A jitted `generate(params, fields, null_fields, seeds, guidance_scale, noise=None)`.
 
   Args:
     components: the networks, the process and the latent statistics.
@@ -77,29 +86,34 @@ def make_generate_fn(
     latent_shape: (T', H', W', C) of one latent; static.
     return_latents: also return the normalised latents x0 [B, T', H', W', C].
     ticker: called (on the host) at every model evaluation, for a progress bar.
+    frames: "uint8" (default) or "float" (float32 in [0, 1]), see FRAME_FORMATS.
   Returns:
-    A function returning uint8 frames [B, T, H, W, 3] (and latents). Compiled once per
-    (batch size, text shape); guidance_scale is traced, so changing it does not recompile.
+    A function returning frames [B, T, H, W, 3] (and latents). Compiled once per (batch size,
+    text shape, noise given or not); guidance_scale is traced, so changing it does not
+    recompile. `noise` [B, *latent_shape] replaces the seeded initial noise.
   """
+  if frames not in FRAME_FORMATS:
+    raise ValueError(f"frames={frames!r} is not one of {sorted(FRAME_FORMATS)}")
   denoiser = components.denoiser
   tokens = num_tokens((1, *latent_shape), denoiser.dit.patch_size)
   mean = jnp.asarray(components.latent_stats["mean"], jnp.float32)
   std = jnp.asarray(components.latent_stats["std"], jnp.float32)
 
   @jax.jit
-  def generate(params, fields, null_fields, seeds, guidance_scale):
+  def generate(params, fields, null_fields, seeds, guidance_scale, noise=None):
     model_fn, cond = dit_step.make_model_fn(denoiser, params, fields)
     _, uncond = dit_step.make_model_fn(denoiser, params, null_fields)
     guided = guidance.cfg_model_fn(model_fn, cond, uncond, guidance_scale)
     if ticker is not None:
       guided = _with_tick(guided, ticker)
-    noise = initial_noise(seeds, tuple(latent_shape))
+    if noise is None:
+      noise = initial_noise(seeds, tuple(latent_shape))
     x0 = samplers.sample(
       guided, noise, process=components.process, sampler=sampler, num_steps=num_steps, num_tokens=tokens
     )
     video = vae_lib.decode_latents(components.vae, params["vae"], x0 * std + mean)
-    frames = to_uint8(video)
-    return (frames, x0) if return_latents else frames
+    out = FRAME_FORMATS[frames](video)
+    return (out, x0) if return_latents else out
 
   return generate
 

@@ -3,11 +3,12 @@
     from sora_jax import Pipeline
     pipe = Pipeline.from_pretrained("runs/demo")
     videos = pipe(["a red circle moving left"], num_steps=30, guidance_scale=4.0, seed=0)  # uint8 [B,T,H,W,3]
+    videos = pipe(prompts, latents=noise, output_type="float")   # given initial noise; floats in [0, 1]
     latents = pipe.encode(videos)    # uint8 [B,T,H,W,3] -> normalised latents [B,T',H',W',C]
     frames = pipe.decode(latents)    # -> uint8 [B,T,H,W,3]
 
-`from_pretrained` accepts a demo-style workdir (holding `dit/` and `vae/`) or a DiT
-workdir (its config names the VAE workdir): `sora_jax.restore.restore_text_to_video`
+`from_pretrained` accepts a demo-style workdir (holding `dit/` and `vae/`), a DiT workdir (its
+config names the VAE workdir) or a diffusers Wan 2.1 folder: `sora_jax.restore.restore_text_to_video`
 reads the text encoder, the DiT (EMA params by default, no optimizer state) and the VAE
 from their Orbax checkpoints and saved configs, onto one device or onto a mesh given by
 the caller. The whole text -> frames path
@@ -29,6 +30,19 @@ from sora_jax.models.text import fields
 from sora_jax.monitoring.progress import progress_bar
 from sora_jax.sampling import generate as gen
 from sora_jax.sampling import prompt_expander as expanders
+
+OUTPUT_TYPES = ("uint8", "float", "latent")
+
+
+def _padded_noise(latents, batch: int, padded: int, latent_shape) -> jax.Array:
+  """The caller's initial noise [B, *latent_shape], padded with zeros to the compiled batch size."""
+  latents = np.asarray(latents, np.float32)
+  if latents.shape != (batch, *latent_shape):
+    raise ValueError(
+      f"latents must be the initial noise [B={batch}, T', H', W', C] = {(batch, *latent_shape)} for this clip size "
+      f"(channels last, in the normalised latent space); got shape {latents.shape}"
+    )
+  return jnp.asarray(np.concatenate([latents, np.zeros((padded - batch, *latent_shape), np.float32)]))
 
 
 class Pipeline:
@@ -67,18 +81,20 @@ class Pipeline:
     use_ema: bool = True,
     prompt_expander: str | Callable[[str], str] = "auto",
     step: int | None = None,
+    dtype: str | None = None,
   ) -> Pipeline:
     """Restores a trained system from `workdir` (see module docstring).
 
     Args:
-      workdir: demo workdir (dit/ + vae/) or DiT workdir.
+      workdir: demo workdir (dit/ + vae/), DiT workdir, or diffusers Wan 2.1 folder.
       mesh: restore the parameters sharded onto this mesh (default: one device).
       use_ema: sample with the EMA parameters (recommended) instead of the raw ones.
       prompt_expander: "auto" (the shapes expander for the shapes dataset, none otherwise),
         "shapes", "none", or any callable str -> str (e.g. an LLM rewrite).
       step: the DiT checkpoint step to restore (default: the latest).
+      dtype: for a diffusers Wan 2.1 folder, "float32" (default) or "bfloat16" weights and compute.
     """
-    restored = restore.restore_text_to_video(workdir, mesh=mesh, step=step, use_ema=use_ema)
+    restored = restore.restore_text_to_video(workdir, mesh=mesh, step=step, use_ema=use_ema, dtype=dtype)
     config = restored.config
     components = gen.Components(
       denoiser=restored.denoiser,
@@ -141,13 +157,19 @@ class Pipeline:
     sampler: str | None = None,
     expand_prompts: bool = True,
     progress: bool = False,
+    latents: np.ndarray | None = None,
+    output_type: str = "uint8",
   ) -> np.ndarray:
-    """Generates one video per prompt -> np.uint8 [B, T, H, W, 3].
+    """Generates one video per prompt -> np.uint8 [B, T, H, W, 3] (see `output_type`).
 
     Defaults come from the trained config (data.num_frames/height/width, sample.*).
     Example i uses noise from seed + i, so a prompt's video does not depend on the
-    other prompts in the batch. Prompts are rewritten by the prompt expander first
-    (`expand_prompts=False` to skip). `progress=True` shows a bar over denoising steps.
+    other prompts in the batch; `latents` [B, T', H', W', C] (the initial noise in the DiT's
+    normalised latent space, like diffusers' `latents=` but channels last) replaces it.
+    Prompts are rewritten by the prompt expander first (`expand_prompts=False` to skip).
+    `progress=True` shows a bar over denoising steps. `output_type`: "uint8" (frames),
+    "float" (frames as float32 in [0, 1], diffusers' "np") or "latent" (the sampled
+    normalised latents [B, T', H', W', C], what `decode` takes).
     """
     if isinstance(prompts, str):
       prompts = [prompts]
@@ -163,6 +185,8 @@ class Pipeline:
       raise ValueError(f"guidance_scale={guidance_scale} must be >= 0 (1 = no guidance; 3-7 is typical)")
     if num_steps < 1:
       raise ValueError(f"num_steps={num_steps} must be >= 1")
+    if output_type not in OUTPUT_TYPES:
+      raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
     latent_shape = self._latent_shape(num_frames, height, width)
     if expand_prompts:
       prompts = [self.prompt_expander(p) for p in prompts]
@@ -174,23 +198,30 @@ class Pipeline:
     prompt_fields = fields.text_fields(text_encoder, self.text_params, list(prompts) + [""] * (padded - batch))
     null = fields.text_fields(text_encoder, self.text_params, [negative])
     seeds = jnp.arange(padded, dtype=jnp.int32) + jnp.int32(seed)
-    key = (sampler, num_steps, latent_shape)
+    noise = None if latents is None else _padded_noise(latents, batch, padded, latent_shape)
+    key = (sampler, num_steps, latent_shape, output_type)
     if key not in self._compiled:
       self._compiled[key] = gen.make_generate_fn(
-        self.components, sampler=sampler, num_steps=num_steps, latent_shape=latent_shape, ticker=self._ticker
+        self.components,
+        sampler=sampler,
+        num_steps=num_steps,
+        latent_shape=latent_shape,
+        ticker=self._ticker,
+        return_latents=output_type == "latent",
+        frames="float" if output_type == "float" else "uint8",
       )
     evals = gen.model_evals(sampler, num_steps)
     self._ticker.bar = progress_bar(total=evals, desc=f"sampling {batch} x {sampler}") if progress else None
     try:
       with jax.set_mesh(self.mesh):
-        frames = jax.device_get(
-          self._compiled[key](self.params, prompt_fields, null, seeds, jnp.float32(guidance_scale))
+        out = jax.device_get(
+          self._compiled[key](self.params, prompt_fields, null, seeds, jnp.float32(guidance_scale), noise)
         )
     finally:
       if self._ticker.bar is not None:
         self._ticker.bar.close()
       self._ticker.bar = None
-    return np.asarray(frames)[:batch]
+    return np.asarray(out[1] if output_type == "latent" else out)[:batch]
 
   # ------------------------------------------------------------------ VAE
   def encode(self, videos: np.ndarray) -> np.ndarray:

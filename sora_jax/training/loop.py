@@ -14,7 +14,9 @@ What it does, in order:
 1. mesh from `config.mesh` (or the one given), logical rules, divisibility checks;
 2. shardings derived from `jax.eval_shape(init_fn)` (nothing allocated);
 3. resume: if `<workdir>/checkpoints` has a checkpoint, restore the state onto this
-   mesh and the data iterator's position; otherwise init the state directly sharded;
+   mesh and the data iterator's position; otherwise init the state directly sharded
+   (with `pretrained`, its params -- and EMA copy -- are the pretrained weights, placed
+   shard by shard by the caller, and only the optimizer state is created here);
 4. `jax.jit(train_step, in_shardings, out_shardings, donate_argnums=0)`;
    the step's rng is `fold_in(key(config.seed + 1), step)`, so a resumed run draws
    exactly the numbers an uninterrupted one would;
@@ -89,6 +91,27 @@ def _prefixed(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
   return {(k if "/" in k else f"{prefix}/{k}"): float(v) for k, v in metrics.items()}
 
 
+def init_from_pretrained(init_fn: Callable, shardings: Any, abstract: Any, init_rng: jax.Array, pretrained: Callable):
+  """A fresh state whose params (and EMA params, if kept) are `pretrained(abstract.params)`.
+
+  The loaded params go into the jitted init as a donated argument: the random params of
+  `init_fn` are unused there and compiled away, so no second copy of the model exists.
+  """
+  params = pretrained(abstract.params)
+  if jax.tree.structure(params) != jax.tree.structure(abstract.params):
+    raise ValueError(
+      f"the pretrained params do not have the model's structure: {jax.tree.structure(params)} vs "
+      f"{jax.tree.structure(abstract.params)}"
+    )
+
+  def init_with(rng, loaded):
+    state = partitioning.unbox(init_fn(rng))
+    ema = None if state.ema_params is None else jax.tree.map(lambda a: a.copy(), loaded)
+    return state.replace(params=loaded, ema_params=ema)
+
+  return jax.jit(init_with, out_shardings=shardings, donate_argnums=1)(init_rng, params)
+
+
 def _restore_or_init(
   ckpt: checkpointing.Checkpointer,
   init_fn: Callable,
@@ -97,10 +120,15 @@ def _restore_or_init(
   rules,
   init_rng: jax.Array,
   iterator: DataIterator,
+  pretrained: Callable | None = None,
+  shardings: Any = None,
 ) -> tuple[Any, int]:
-  """(state, step): the latest checkpoint's if there is one (iterator repositioned), else fresh."""
+  """(state, step): the latest checkpoint's if there is one (iterator repositioned), else fresh
+  (from `pretrained` weights when given)."""
   step = ckpt.latest_step()
   if step is None:
+    if pretrained is not None:
+      return init_from_pretrained(init_fn, shardings, abstract, init_rng, pretrained), 0
     state, _ = partitioning.init_sharded_state(init_fn, mesh, rules, init_rng)
     return state, 0
   state, data_state = ckpt.restore(abstract, step)
@@ -145,6 +173,7 @@ def train(
   per_step_counts: Mapping[str, float] | None = None,
   writer: Any = None,
   desc: str = "train",
+  pretrained: Callable[[Any], Any] | None = None,
 ) -> Any:
   """Trains for `config.train.steps` steps (resuming from `workdir`), returns the final state.
 
@@ -165,6 +194,8 @@ def train(
     writer: metric writer with write_scalars/write_images (default: `make_writer(workdir)`,
       closed at the end; a writer passed in is left open for the caller).
     desc: the progress bar's label.
+    pretrained: abstract params (ShapeDtypeStructs with the run's shardings) -> the params a
+      fresh run starts from (e.g. weights read from a diffusers folder); a resumed run ignores it.
   Returns:
     The state after the last step (sharded jax.Arrays).
   Raises:
@@ -184,7 +215,9 @@ def train(
     own_writer = writer is None
     writer = make_writer(workdir) if own_writer else writer
     try:
-      state, step = _restore_or_init(ckpt, init_fn, abstract, mesh, rules, init_rng, iterator)
+      state, step = _restore_or_init(
+        ckpt, init_fn, abstract, mesh, rules, init_rng, iterator, pretrained=pretrained, shardings=shardings
+      )
       checkpointing.save_config(workdir, config)
       if step >= config.train.steps:
         log.info("%s is already trained to step %d (train.steps=%d); nothing to do.", workdir, step, config.train.steps)

@@ -6,6 +6,8 @@ Selected by `config.text.encoder`:
   trained jointly with the DiT (`trainable=True`).
 * "minilm": frozen pretrained all-MiniLM-L6-v2 (`minilm.py`, D = 384); its embeddings
   are computed once and cached (`trainable=False`).
+* "umt5": frozen umT5 (`umt5.py`; Wan 2.1's umT5-XXL, D = 4096) read from a local folder
+  (`config.text.pretrained`: a diffusers Wan 2.1 folder or a umT5 folder with tokenizer.json).
 
     encoder = build_text_encoder(config.text)           # cheap: no weights are read
     params = encoder.load_pretrained()                    # frozen "minilm": {'params': ...}, boxed like module.init
@@ -28,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax.models.dtypes import compute_dtype
-from sora_jax.models.text import minilm, small_encoder, tokenizers
+from sora_jax.models.text import minilm, small_encoder, tokenizers, umt5
 
 
 @dataclasses.dataclass
@@ -36,7 +38,7 @@ class TextEncoder:
   """A tokenizer, a linen module and where its parameters come from.
 
   Attributes:
-    name: "small" or "minilm".
+    name: "small", "minilm" or "umt5".
     tokenizer: `tokenizer(prompts) -> (ids int32 [B, L], mask bool [B, L])` (numpy).
     module: `module.apply(params, ids, mask) -> (tokens f32 [B, L, D], pooled f32 [B, D])`.
     output_dim: D.
@@ -128,11 +130,31 @@ def _build_minilm(text_cfg) -> TextEncoder:
   return TextEncoder("minilm", tokenizer, module, config["hidden_size"], False, tokenizer.max_length, pretrained)
 
 
-ENCODERS = {"small": _build_small, "minilm": _build_minilm}
+def _build_umt5(text_cfg) -> TextEncoder:
+  """umT5 from config.text.pretrained; without a folder, umT5-XXL's shapes (Wan 2.1's encoder) for
+  estimates, with a tokenizer and weights that say which folder to set when used."""
+  dtype = compute_dtype(text_cfg.dtype, "text.dtype")
+  if not text_cfg.pretrained:
+    module = umt5.UMT5Encoder(dtype=dtype)
+    tokenizer = umt5.UnavailableTokenizer(text_cfg.max_length)
+    return TextEncoder("umt5", tokenizer, module, module.width, False, text_cfg.max_length, tokenizer.load)
+  weights_dir, tokenizer_dir = umt5.model_dirs(text_cfg.pretrained)
+  module = umt5.UMT5Encoder.from_hf_config(umt5.read_config(weights_dir), dtype=dtype)
+  tokenizer = umt5.UMT5Tokenizer(text_cfg.max_length, tokenizer_dir)
+  if tokenizer.vocab_size > module.vocab_size:
+    raise ValueError(
+      f"{tokenizer_dir}/tokenizer.json has {tokenizer.vocab_size} tokens but the encoder in {weights_dir} embeds "
+      f"{module.vocab_size}: tokenizer and weights do not belong together"
+    )
+  pretrained = lambda: umt5.load_variables(module, weights_dir, dtype)  # noqa: E731
+  return TextEncoder("umt5", tokenizer, module, module.width, False, tokenizer.max_length, pretrained)
+
+
+ENCODERS = {"small": _build_small, "minilm": _build_minilm, "umt5": _build_umt5}
 
 
 def build_text_encoder(text_cfg) -> TextEncoder:
-  """The encoder named by `text_cfg.encoder` ("small" or "minilm"), sized by `text_cfg`.
+  """The encoder named by `text_cfg.encoder` ("small", "minilm" or "umt5"), sized by `text_cfg`.
 
   Cheap: reads at most the tokenizer and the model's config.json, never the weights.
   """
