@@ -194,6 +194,17 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
   c.train.sample_every = 0  # 0 = only at the end.
+  # Prompting with images and videos: per example, which latent frames are given (clean, from the clip's
+  # own cached latents; the loss counts the others). Probabilities of the types (normalised;
+  # sora_jax/training/frame_conditioning.py): none = text-to-video, first_frame = animate an image,
+  # first_k / last_k = k ~ U{1, T'-1} first / last latent frames (extend forwards / backwards),
+  # first_last = first and last latent frames (connect, loop). Needs diffusion.kind="flow".
+  c.train.conditioning = ml_collections.ConfigDict()
+  c.train.conditioning.none = 1.0
+  c.train.conditioning.first_frame = 0.0
+  c.train.conditioning.first_k = 0.0
+  c.train.conditioning.last_k = 0.0
+  c.train.conditioning.first_last = 0.0
 
   # ---------------------------------------------------------------- mesh
   c.mesh = ml_collections.ConfigDict()

@@ -3,6 +3,7 @@
 from sora_jax import Pipeline
 pipe = Pipeline.from_pretrained("runs/demo")
 videos = pipe(["a red circle moving left"])   # np.uint8 [B, T, H, W, 3]
+videos = pipe.animate(images, ["a red circle moving left"])   # images as prompts (also extend, connect, loop, edit)
 """
 
 __version__ = "0.1.0"
@@ -14,4 +15,8 @@ def __getattr__(name):
     from sora_jax.sampling.pipeline import Pipeline
 
     return Pipeline
+  if name == "Condition":
+    from sora_jax.sampling.conditioning import Condition
+
+    return Condition
   raise AttributeError(f"module 'sora_jax' has no attribute {name!r}")

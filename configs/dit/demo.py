@@ -35,6 +35,13 @@ def get_config():
   c.train.log_every = 50
   c.train.eval_every = 1000
   c.train.checkpoint_every = 500
+  # One model for text-to-video and every image/video prompt: half the examples stay text-to-video
+  # (so it does not get worse), the rest learn given frames (docs/experiments.md, "Prompting with images and videos").
+  c.train.conditioning.none = 0.5
+  c.train.conditioning.first_frame = 0.15
+  c.train.conditioning.first_k = 0.1
+  c.train.conditioning.last_k = 0.1
+  c.train.conditioning.first_last = 0.15
   c.sample.num_steps = 20
   c.sample.guidance_scale = 4.0
   return c

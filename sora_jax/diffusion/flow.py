@@ -180,6 +180,7 @@ class FlowMatching:
     num_tokens: int | None = None,
     *,
     t: jax.Array | None = None,
+    strength: jax.Array | None = None,
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted velocity MSE.
 
@@ -190,6 +191,9 @@ class FlowMatching:
       rng: PRNG key for t and the noise.
       num_tokens: tokens per example (for the automatic shift).
       t: optional fixed times [B] (skips sampling and shift).
+      strength: optional conditioning [B, T'] per latent frame of x0 [B, T', ...] (0 = generated,
+        1 = given clean; `diffusion/conditioning.py`): frame f is noised to min(t, 1 - strength_f),
+        the network sees that per-frame time, and the MSE counts only the generated frames.
     Returns:
       (loss f32 scalar: mean over the batch of weight(t) * per-example MSE,
        aux {'t' [B], 'mse' [B] unweighted per-example MSE, 'weight' [B]}).
@@ -199,9 +203,18 @@ class FlowMatching:
     if t is None:
       t = self.sample_t(rng_t, x0.shape[0], num_tokens)
     noise = jax.random.normal(rng_noise, x0.shape, jnp.float32)
-    x_t = self.add_noise(x0, noise, t)
-    pred = self.velocity(model_fn(x_t, self.model_time(t), cond), x_t, self.model_time(t))
-    mse = jnp.mean(jnp.square(pred - self.target(x0, noise)), axis=tuple(range(1, x0.ndim)))
+    if strength is None:
+      x_t = self.add_noise(x0, noise, t)
+      pred = self.velocity(model_fn(x_t, self.model_time(t), cond), x_t, self.model_time(t))
+      mse = jnp.mean(jnp.square(pred - self.target(x0, noise)), axis=tuple(range(1, x0.ndim)))
+    else:
+      t_frames = jnp.minimum(t[:, None], 1.0 - jnp.asarray(strength, jnp.float32))  # [B, T']
+      level = t_frames.reshape(t_frames.shape + (1,) * (x0.ndim - 2))
+      x_t = (1.0 - level) * x0 + level * noise
+      pred = self.velocity(model_fn(x_t, self.model_time(t_frames), cond), x_t, self.model_time(t))
+      mask = (jnp.asarray(strength) <= 0.0).astype(jnp.float32)  # the generated frames
+      per_frame = jnp.mean(jnp.square(pred - self.target(x0, noise)), axis=tuple(range(2, x0.ndim)))
+      mse = jnp.sum(per_frame * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
     weight = self.loss_weight(t)
     return jnp.mean(weight * mse), {"t": t, "mse": mse, "weight": weight}
 

@@ -55,6 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.diffusion import conditioning as cond_lib
 from sora_jax.diffusion import ddpm
 from sora_jax.diffusion.sampler_names import SAMPLERS
 
@@ -289,30 +290,57 @@ def unipc_coefficients(sigma: np.ndarray, alpha: np.ndarray) -> dict[str, np.nda
   return out
 
 
-def step_inputs(process, sampler: str, num_steps: int, num_tokens: int | None = None) -> dict[str, np.ndarray]:
-  """Per-step scalars (numpy [num_steps]; float32, 'step' int32) the step function reads: what `sample` scans over."""
-  _check(process, sampler, num_steps)
+def _points(process, sampler: str, num_steps: int, num_tokens: int | None) -> dict[str, np.ndarray]:
+  """The num_steps + 1 points of `sampler`'s full trajectory (t_model, alpha, sigma; flow also t)."""
   if sampler == "unipc":
-    p = unipc_points(int(num_steps), process.shift_for(num_tokens))
+    return unipc_points(int(num_steps), process.shift_for(num_tokens))
+  return process.sampling_points(int(num_steps), num_tokens)
+
+
+def check_first_step(num_steps: int, first_step: int) -> None:
+  if not 0 <= int(first_step) < int(num_steps):
+    raise ValueError(f"first_step={first_step} must be in [0, num_steps={num_steps}) (0 = start from pure noise)")
+
+
+def start_point(
+  process, sampler: str, num_steps: int, num_tokens: int | None = None, first_step: int = 0
+) -> tuple[float, float]:
+  """(alpha, sigma) of the point step `first_step` starts from: x = alpha x0 + sigma noise (SDEdit's start)."""
+  check_first_step(num_steps, first_step)
+  p = _points(process, sampler, num_steps, num_tokens)
+  return float(p["alpha"][first_step]), float(p["sigma"][first_step])
+
+
+def step_inputs(
+  process, sampler: str, num_steps: int, num_tokens: int | None = None, first_step: int = 0
+) -> dict[str, np.ndarray]:
+  """Per-step scalars (numpy [num_steps - first_step]; float32, 'step' int32) the step function reads:
+  what `sample` scans over. `first_step` > 0 starts part-way down the trajectory (SDEdit): the
+  steps run over points first_step..num_steps of the num_steps-step grid, with the multistep
+  solvers' history restarting there (first order on the first step run). 't_model_after' is the
+  time of the point each step lands on (0 after the last), where conditioning frames are held."""
+  _check(process, sampler, num_steps)
+  check_first_step(num_steps, first_step)
+  p = {k: v[int(first_step) :] for k, v in _points(process, sampler, num_steps, num_tokens).items()}
+  n = int(num_steps) - int(first_step)
+  if sampler == "unipc":
     inputs = {"t_model": p["t_model"][:-1], "alpha": p["alpha"][:-1], "sigma": p["sigma"][:-1]}
     inputs.update(unipc_coefficients(p["sigma"], p["alpha"]))
-    inputs = {k: np.asarray(v, np.float32) for k, v in inputs.items()}
-    inputs["step"] = np.arange(int(num_steps), dtype=np.int32)
-    return inputs
-  p = process.sampling_points(int(num_steps), num_tokens)
-  inputs = {
-    "t_model": p["t_model"][:-1],
-    "t_model_next": p["t_model"][1:],
-    "dt": p["t"][1:] - p["t"][:-1],
-    "alpha": p["alpha"][:-1],
-    "sigma": p["sigma"][:-1],
-  }
-  if sampler == "ddpm":
-    inputs.update(ancestral_coefficients(p["alpha"], p["sigma"]))
   else:
-    inputs.update(multistep_coefficients(p["alpha"], p["sigma"], ORDERS.get(sampler, 1)))
+    inputs = {
+      "t_model": p["t_model"][:-1],
+      "t_model_next": p["t_model"][1:],
+      "dt": p["t"][1:] - p["t"][:-1],
+      "alpha": p["alpha"][:-1],
+      "sigma": p["sigma"][:-1],
+    }
+    if sampler == "ddpm":
+      inputs.update(ancestral_coefficients(p["alpha"], p["sigma"]))
+    else:
+      inputs.update(multistep_coefficients(p["alpha"], p["sigma"], ORDERS.get(sampler, 1)))
+  inputs["t_model_after"] = p["t_model"][1:]
   inputs = {k: np.asarray(v, np.float32) for k, v in inputs.items()}
-  inputs["step"] = np.arange(int(num_steps), dtype=np.int32)
+  inputs["step"] = np.arange(n, dtype=np.int32)
   return inputs
 
 
@@ -329,10 +357,25 @@ def ancestral_keys(noise: jax.Array, rng: jax.Array | None = None) -> jax.Array:
   return jax.vmap(lambda a, b: jax.random.fold_in(jax.random.fold_in(base, a), b))(h1, h2)
 
 
-def sampling_step(model_fn: GuidedFn, process, sampler: str) -> Callable[[SamplerState, dict], SamplerState]:
-  """The pure step `step(state, inputs_i) -> state` of `sampler` (inputs_i: `step_inputs(...)` at step i)."""
+def sampling_step(
+  model_fn: GuidedFn, process, sampler: str, conditioning: cond_lib.FrameConditioning | None = None
+) -> Callable[[SamplerState, dict], SamplerState]:
+  """The pure step `step(state, inputs_i) -> state` of `sampler` (inputs_i: `step_inputs(...)` at step i).
+
+  With `conditioning`, the given frames are held (`conditioning.hold`) in the state before the
+  step and at the point it lands on, every network call inside the step sees them pasted, and
+  the network gets per-latent-frame times (0 at clean given frames).
+  """
   _check(process, sampler, 1)
-  return functools.partial(STEPS[sampler], model_fn, process)
+  if conditioning is None:
+    return functools.partial(STEPS[sampler], model_fn, process)
+  inner = functools.partial(STEPS[sampler], cond_lib.conditioned_model_fn(model_fn, conditioning), process)
+
+  def step(state: SamplerState, inp: dict) -> SamplerState:
+    state = inner(state._replace(x=cond_lib.hold(state.x, inp["t_model"], conditioning)), inp)
+    return state._replace(x=cond_lib.hold(state.x, inp["t_model_after"], conditioning))
+
+  return step
 
 
 def initial_state(noise: jax.Array, keys: jax.Array | None = None, sampler: str = "") -> SamplerState:
@@ -346,16 +389,25 @@ def initial_state(noise: jax.Array, keys: jax.Array | None = None, sampler: str 
 
 @functools.partial(jax.jit, static_argnames=("model_fn", "process", "sampler", "keep_all"))
 def _scan(
-  model_fn: GuidedFn, noise: jax.Array, inputs: dict, rng: jax.Array | None, *, process, sampler: str, keep_all: bool
+  model_fn: GuidedFn,
+  noise: jax.Array,
+  inputs: dict,
+  rng: jax.Array | None,
+  conditioning: cond_lib.FrameConditioning | None,
+  start: jax.Array | None,
+  *,
+  process,
+  sampler: str,
+  keep_all: bool,
 ):
-  step = sampling_step(model_fn, process, sampler)
+  step = sampling_step(model_fn, process, sampler, conditioning)
   keys = ancestral_keys(noise, rng) if sampler in STOCHASTIC else None
 
   def body(state, inp):
     state = step(state, inp)
     return state, (state.x if keep_all else None)
 
-  state, xs = jax.lax.scan(body, initial_state(noise, keys, sampler), inputs)
+  state, xs = jax.lax.scan(body, initial_state(noise if start is None else start, keys, sampler), inputs)
   return state.x, xs
 
 
@@ -369,6 +421,9 @@ def sample(
   num_tokens: int | None = None,
   return_every: int = 0,
   rng: jax.Array | None = None,
+  conditioning: cond_lib.FrameConditioning | None = None,
+  first_step: int = 0,
+  source: jax.Array | None = None,
 ) -> Any:
   """Integrates from `noise` [B, ...] to data with `num_steps` steps of `sampler`.
 
@@ -382,14 +437,29 @@ def sample(
     return_every: k > 0 also returns x after every k-th step, [num_steps // k, B, ...].
     rng: optional PRNG key for the stochastic samplers' per-step noise (default: key 0; either
       way each example's noise is also keyed by its own starting noise); ignored by the others.
+    conditioning: given latent frames held at every step (`diffusion/conditioning.py`); the result
+      equals their latents exactly at the clean (strength 1) frames.
+    first_step: SDEdit: start at point `first_step` of the num_steps-step grid from `source`
+      [B, ...] noised to it (x = alpha source + sigma noise) and run the remaining steps.
+    source: the clean data that `first_step` > 0 starts from.
   Returns:
     x0 float32 [B, ...], or (x0, intermediates) when return_every > 0.
   """
   if return_every < 0:
     raise ValueError(f"return_every={return_every} must be >= 0 (0 = final sample only)")
-  inputs = step_inputs(process, sampler, num_steps, num_tokens)
+  inputs = step_inputs(process, sampler, num_steps, num_tokens, first_step)
   rng = rng if sampler in STOCHASTIC else None
-  x, xs = _scan(model_fn, noise, inputs, rng, process=process, sampler=sampler, keep_all=return_every > 0)
+  start = None
+  if first_step:
+    if source is None:
+      raise ValueError("first_step > 0 (SDEdit) starts from source=: the clean data to re-noise")
+    alpha, sigma = start_point(process, sampler, num_steps, num_tokens, first_step)
+    start = alpha * jnp.asarray(source, jnp.float32) + sigma * jnp.asarray(noise, jnp.float32)
+  if conditioning is not None:
+    cond_lib.check(conditioning, jnp.shape(noise), process)
+  x, xs = _scan(
+    model_fn, noise, inputs, rng, conditioning, start, process=process, sampler=sampler, keep_all=return_every > 0
+  )
   if return_every > 0:
     return x, xs[return_every - 1 :: return_every]
   return x

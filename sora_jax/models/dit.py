@@ -61,8 +61,22 @@ def layer_norm(x: jax.Array, epsilon: float = NORM_EPS) -> jax.Array:
 
 
 def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-  """adaLN: x [B, N, D] * (1 + scale [B, D]) + shift [B, D]."""
-  return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+  """adaLN: x [B, N, D] * (1 + scale) + shift, shift/scale [B, 1, D] (one per example) or [B, N, D] (per token)."""
+  return x * (1.0 + scale) + shift
+
+
+def expand_to_tokens(mods: jax.Array, num_tokens: int) -> jax.Array:
+  """Modulation [B, S, ...] of S groups of consecutive tokens -> [B, 1 or N, ...].
+
+  S = 1 (one timestep per example) stays as is (broadcasts); S groups (e.g. one per token frame,
+  tokens being frame-major) are repeated over the N / S tokens of each group.
+  """
+  groups = mods.shape[1]
+  if groups in (1, num_tokens):
+    return mods
+  if num_tokens % groups:
+    raise ValueError(f"{groups} timestep groups do not divide the {num_tokens} tokens")
+  return jnp.repeat(mods, num_tokens // groups, axis=1)
 
 
 class Mlp(nn.Module):
@@ -97,10 +111,10 @@ class Mlp(nn.Module):
 
 
 class Modulation(nn.Module):
-  """adaLN parameters [B, count, D] from the conditioning.
+  """adaLN parameters [B, S, count, D] from the conditioning [B, S, D] (S timestep groups, 1 = per example).
 
   "per_block" (DiT): Linear(SiLU(c)) of this block, zero-initialised.
-  "shared" (Wan 2.1): the model-level projection passed in (already [B, count, D])
+  "shared" (Wan 2.1): the model-level projection passed in (already [B, S, count, D])
   plus a learned per-block offset, zero-initialised.
   """
 
@@ -118,10 +132,10 @@ class Modulation(nn.Module):
         (self.count, self.width),
         jnp.float32,
       )
-      return cond + offset[None]
+      return cond + offset
     return linear(
       (cond.shape[-1], self.count, self.width),
-      "bc,csd->bsd",
+      "bgc,csd->bgsd",
       ("cond", None, "embed"),
       (None, "embed"),
       dtype=self.dtype,
@@ -133,8 +147,9 @@ class Modulation(nn.Module):
 class DiTBlock(nn.Module):
   """One transformer block: adaLN-Zero self-attention, cross-attention (text mode), adaLN-Zero MLP.
 
-  Call: x [B, N, D] (float32), cond: SiLU(c) [B, D] ("per_block") or the shared
-  projection [B, 6, D] ("shared"), rope (cos, sin) [N, head_dim/2] or None,
+  Call: x [B, N, D] (float32), cond: SiLU(c) [B, S, D] ("per_block") or the shared
+  projection [B, S, 6, D] ("shared") ([B, D] / [B, 6, D]: S = 1), S timestep groups (1 = one per example, else groups
+  of N / S consecutive tokens, e.g. one per token frame: `expand_to_tokens`), rope (cos, sin) [N, head_dim/2] or None,
   text [B, L, D] or None, text_mask [B, L] bool or None -> x [B, N, D]
   (or (x, None) when `scanned`, the carry form nn.scan needs).
   """
@@ -159,12 +174,14 @@ class DiTBlock(nn.Module):
       impl=self.attention_impl,
       query_chunk_size=self.query_chunk_size,
     )
-    mods = Modulation(6, width, self.modulation, self.dtype, name="modulation")(cond)
-    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mods[:, i] for i in range(6))
+    if cond.ndim == (2 if self.modulation == "per_block" else 3):  # one timestep per example: [B, D] / [B, 6, D]
+      cond = cond[:, None]
+    mods = expand_to_tokens(Modulation(6, width, self.modulation, self.dtype, name="modulation")(cond), x.shape[1])
+    shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mods[:, :, i] for i in range(6))
 
     h = modulate(layer_norm(x), shift_msa, scale_msa)
     h = Attention(**attention, name="self_attention")(h, rope=rope)
-    x = nn.with_logical_constraint(x + gate_msa[:, None, :] * h, TOKEN_AXES)
+    x = nn.with_logical_constraint(x + gate_msa * h, TOKEN_AXES)
 
     if self.cross_attention:
       h = nn.LayerNorm(
@@ -180,12 +197,12 @@ class DiTBlock(nn.Module):
 
     h = modulate(layer_norm(x), shift_mlp, scale_mlp)
     h = Mlp(self.mlp_dim, self.dtype, name="mlp")(h)
-    x = nn.with_logical_constraint(x + gate_mlp[:, None, :] * h, TOKEN_AXES)
+    x = nn.with_logical_constraint(x + gate_mlp * h, TOKEN_AXES)
     return (x, None) if self.scanned else x
 
 
 class FinalLayer(nn.Module):
-  """adaLN (shift, scale from SiLU(c)) + linear to patch values; both zero-initialised as in DiT."""
+  """adaLN (shift, scale from SiLU(c) [B, S, D]) + linear to patch values; both zero-initialised as in DiT."""
 
   out_features: int
   dtype: Any = jnp.float32
@@ -195,14 +212,15 @@ class FinalLayer(nn.Module):
     width = x.shape[-1]
     mods = linear(
       (cond.shape[-1], 2, width),
-      "bc,csd->bsd",
+      "bgc,csd->bgsd",
       ("cond", None, "embed"),
       (None, "embed"),
       dtype=self.dtype,
       kernel_init=nn.initializers.zeros_init(),
       name="adaln",
     )(cond)
-    x = modulate(layer_norm(x), mods[:, 0], mods[:, 1])
+    mods = expand_to_tokens(mods, x.shape[1])
+    x = modulate(layer_norm(x), mods[:, :, 0], mods[:, :, 1])
     return linear(
       (width, self.out_features),
       "bnd,dp->bnp",
@@ -227,7 +245,10 @@ def unstack_layers(stacked: Any, depth: int) -> list[Any]:
 class DiT(nn.Module):
   """Text- or class-conditional DiT; build from a config with `DiT.from_config`.
 
-  Call: x [B, T, H, W, C] latents, t [B] float timesteps on the 0..1000 scale,
+  Call: x [B, T, H, W, C] latents, t float timesteps on the 0..1000 scale: [B] (one per example),
+  [B, T] (one per latent frame: conditioning frames ride in the sequence at t = 0, see
+  `sora_jax.diffusion.conditioning`) or [B, N] (one per token); each token's adaLN
+  modulation comes from its own timestep (with pt > 1 a token takes its frames' largest t),
   cond: {'text' [B, L, text_dim], 'text_mask' [B, L] bool, 'pooled' [B, text_dim]}
   (text mode) or {'label' [B] int32, num_classes = null class} (class mode)
   -> [B, T, H, W, C_out] float32, C_out = 2C when learn_sigma else C.
@@ -318,8 +339,13 @@ class DiT(nn.Module):
   def _check_inputs(self, x, t, cond) -> None:
     if x.ndim != 5 or x.shape[-1] != self.in_channels:
       raise ValueError(f"x must be latents [B, T, H, W, {self.in_channels}], got shape {x.shape}")
-    if t.shape != (x.shape[0],):
-      raise ValueError(f"t must be timesteps [B] = [{x.shape[0]}], got shape {t.shape}")
+    b, frames = x.shape[0], x.shape[1]
+    tokens = patchify_lib.num_tokens(x.shape, self.patch_size)
+    if t.shape not in ((b,), (b, frames), (b, tokens)):
+      raise ValueError(
+        f"t must be timesteps [B] = [{b}], per latent frame [B, T] = [{b}, {frames}] or per token "
+        f"[B, N] = [{b}, {tokens}]; got shape {t.shape}"
+      )
     needed = ("text", "text_mask", "pooled") if self.conditioning == "text" else ("label",)
     missing = [k for k in needed if k not in cond]
     if missing:
@@ -338,15 +364,27 @@ class DiT(nn.Module):
     elif cond["label"].shape != (x.shape[0],):
       raise ValueError(f"cond['label'] must be [B] = [{x.shape[0]}], got {cond['label'].shape}")
 
+  def _token_groups(self, t: jax.Array, frames: int, tokens: int) -> jax.Array:
+    """Timesteps [B] / [B, T] / [B, N] -> [B, S] with S = 1, T / pt (token frames) or N (tokens)."""
+    if t.ndim == 1:
+      return t[:, None]
+    if t.shape[1] == frames and frames != tokens:
+      pt = self.patch_size[0]
+      return jnp.max(t.reshape(t.shape[0], frames // pt, pt), axis=-1)  # a token is as noisy as its noisiest frame
+    return t
+
   def _conditioning(self, t, cond, dtype):
-    """Conditioning vector c [B, D] and projected text tokens [B, L, D] (or None)."""
-    c = embeddings.TimestepEmbedder(self.hidden_size, dtype, self.timestep_frequency_shift, name="timestep_embedder")(t)
+    """Conditioning vectors c [B, S, D] (S timestep groups) and projected text tokens [B, L, D] (or None)."""
+    b, groups = t.shape
+    shift = self.timestep_frequency_shift
+    embedder = embeddings.TimestepEmbedder(self.hidden_size, dtype, shift, name="timestep_embedder")
+    c = embedder(t.reshape(-1)).reshape(b, groups, self.hidden_size)
     if self.conditioning == "class":
       labels = embeddings.LabelEmbedder(self.num_classes, self.hidden_size, name="label_embedder")(cond["label"])
-      return c + labels, None
-    c = c + embeddings.PooledTextProjection(self.hidden_size, dtype, name="pooled_text_projection")(cond["pooled"])
+      return c + labels[:, None], None
+    pooled = embeddings.PooledTextProjection(self.hidden_size, dtype, name="pooled_text_projection")(cond["pooled"])
     text = embeddings.TextProjection(self.hidden_size, dtype, name="text_projection")(cond["text"])
-    return c, text
+    return c + pooled[:, None], text
 
   def _blocks(self, dtype):
     """The block stack as a callable (x, cond, rope, text, mask) -> x."""
@@ -420,12 +458,12 @@ class DiT(nn.Module):
         h = h + jnp.asarray(embeddings.sincos_3d_embedding(width, *grid))[None]
     h = nn.with_logical_constraint(h, TOKEN_AXES)
 
-    c, text = self._conditioning(t, cond, dtype)
+    c, text = self._conditioning(self._token_groups(t, x.shape[1], h.shape[1]), cond, dtype)
     c_act = nn.silu(c)
     if self.modulation == "shared":
       block_cond = linear(
         (width, 6, width),
-        "bc,csd->bsd",
+        "bgc,csd->bgsd",
         ("cond", None, "embed"),
         (None, "embed"),
         dtype=dtype,

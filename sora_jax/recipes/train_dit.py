@@ -72,6 +72,7 @@ def train_dit(config, workdir: str):
     cfg_dropout=config.diffusion.cfg_dropout,
     tx=tx,
     ema_decay=config.train.ema_decay,
+    conditioning=config.train.conditioning,
   )
   eval_loss = jax.jit(dit_step.make_eval_loss(denoiser=denoiser, diffusion=process, latent_stats=vae.latent_stats))
   components = gen.Components(denoiser=denoiser, vae=vae.module, process=process, latent_stats=vae.latent_stats)

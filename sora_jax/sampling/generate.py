@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from sora_jax.diffusion import conditioning as cond_lib
 from sora_jax.diffusion import guidance, samplers
 from sora_jax.diffusion.sampler_names import SAMPLERS
 from sora_jax.media.convert import to_uint8
@@ -77,8 +78,10 @@ def make_generate_fn(
   return_latents: bool = False,
   ticker: StepTicker | None = None,
   frames: str = "uint8",
+  first_step: int = 0,
 ):
-  """A jitted `generate(params, fields, null_fields, seeds, guidance_scale, noise=None)`.
+  """A jitted `generate(params, fields, null_fields, seeds, guidance_scale, noise=None, given=None, strength=None,
+  source=None)`.
 
   Args:
     components: the networks, the process and the latent statistics.
@@ -87,10 +90,14 @@ def make_generate_fn(
     return_latents: also return the normalised latents x0 [B, T', H', W', C].
     ticker: called (on the host) at every model evaluation, for a progress bar.
     frames: "uint8" (default) or "float" (float32 in [0, 1]), see FRAME_FORMATS.
+    first_step: SDEdit (`Pipeline.edit`): start at this step from `source` [B, *latent_shape]
+      (normalised latents) re-noised to it; static.
   Returns:
     A function returning frames [B, T, H, W, 3] (and latents). Compiled once per (batch size,
-    text shape, noise given or not); guidance_scale is traced, so changing it does not
-    recompile. `noise` [B, *latent_shape] replaces the seeded initial noise.
+    text shape, noise given or not, frames given or not); guidance_scale is traced, so changing
+    it does not recompile. `noise` [B, *latent_shape] replaces the seeded initial noise.
+    `given` [B, *latent_shape] (normalised latents) and `strength` [B, T'] are conditioning
+    frames (`diffusion/conditioning.py`), held at every step in both CFG branches.
   """
   if frames not in FRAME_FORMATS:
     raise ValueError(f"frames={frames!r} is not one of {sorted(FRAME_FORMATS)}")
@@ -100,7 +107,7 @@ def make_generate_fn(
   std = jnp.asarray(components.latent_stats["std"], jnp.float32)
 
   @jax.jit
-  def generate(params, fields, null_fields, seeds, guidance_scale, noise=None):
+  def generate(params, fields, null_fields, seeds, guidance_scale, noise=None, given=None, strength=None, source=None):
     model_fn, cond = dit_step.make_model_fn(denoiser, params, fields)
     _, uncond = dit_step.make_model_fn(denoiser, params, null_fields)
     guided = guidance.cfg_model_fn(model_fn, cond, uncond, guidance_scale)
@@ -108,8 +115,20 @@ def make_generate_fn(
       guided = _with_tick(guided, ticker)
     if noise is None:
       noise = initial_noise(seeds, tuple(latent_shape))
+    conditioning = None
+    if strength is not None:
+      partial = components.process.kind == "flow"  # anchors of strength < 1 start from the initial noise
+      conditioning = cond_lib.FrameConditioning(given, strength, noise if partial else None)
     x0 = samplers.sample(
-      guided, noise, process=components.process, sampler=sampler, num_steps=num_steps, num_tokens=tokens
+      guided,
+      noise,
+      process=components.process,
+      sampler=sampler,
+      num_steps=num_steps,
+      num_tokens=tokens,
+      conditioning=conditioning,
+      first_step=first_step,
+      source=source,
     )
     video = vae_lib.decode_latents(components.vae, params["vae"], x0 * std + mean)
     out = FRAME_FORMATS[frames](video)

@@ -7,6 +7,16 @@
     latents = pipe.encode(videos)    # uint8 [B,T,H,W,3] -> normalised latents [B,T',H',W',C]
     frames = pipe.decode(latents)    # -> uint8 [B,T,H,W,3]
 
+Images and videos as prompts (one model; `sampling/conditioning.py`, `diffusion/conditioning.py`):
+
+    v = pipe.animate(images, prompts, num_frames=17)                   # frame 0 is the image
+    v = pipe.extend(videos, prompts, num_frames=33)                    # the first T0 frames are the input
+    v = pipe.extend(videos, prompts, num_frames=33, backward=True)     # the last T0 frames are the input
+    v = pipe.connect(starts, ends, prompts, num_frames=17)             # begins with starts, ends with ends
+    v = pipe.loop(prompts, num_frames=17)                              # last frame leads back into the first
+    v = pipe.edit(videos, prompts, strength=0.7)                       # SDEdit under the new prompt
+    v = pipe(prompts, conditions=[Condition(frames, frame_index=0, strength=1.0)])   # the general form
+
 `from_pretrained` accepts a demo-style workdir (holding `dit/` and `vae/`), a DiT workdir (its
 config names the VAE workdir) or a diffusers Wan 2.1 folder: `sora_jax.restore.restore_text_to_video`
 reads the text encoder, the DiT (EMA params by default, no optimizer state) and the VAE
@@ -28,8 +38,10 @@ from sora_jax import restore
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.text import fields
 from sora_jax.monitoring.progress import progress_bar
+from sora_jax.sampling import conditioning as conditioning_lib
 from sora_jax.sampling import generate as gen
 from sora_jax.sampling import prompt_expander as expanders
+from sora_jax.sampling.conditioning import Condition
 
 OUTPUT_TYPES = ("uint8", "float", "latent")
 
@@ -159,8 +171,14 @@ class Pipeline:
     progress: bool = False,
     latents: np.ndarray | None = None,
     output_type: str = "uint8",
+    conditions: Sequence[Condition] = (),
   ) -> np.ndarray:
     """Generates one video per prompt -> np.uint8 [B, T, H, W, 3] (see `output_type`).
+
+    `conditions`: frames the clip must contain (`Condition(frames, frame_index, strength)`), the
+    general form of animate / extend / connect / loop: painted into one canvas, encoded once by
+    the VAE and held at every sampler step (in both classifier-free guidance branches:
+    guidance is on the text only).
 
     Defaults come from the trained config (data.num_frames/height/width, sample.*).
     Example i uses noise from seed + i, so a prompt's video does not depend on the
@@ -171,10 +189,48 @@ class Pipeline:
     "float" (frames as float32 in [0, 1], diffusers' "np") or "latent" (the sampled
     normalised latents [B, T', H', W', C], what `decode` takes).
     """
+    return self._generate(
+      prompts,
+      num_frames=num_frames,
+      height=height,
+      width=width,
+      num_steps=num_steps,
+      guidance_scale=guidance_scale,
+      seed=seed,
+      negative_prompt=negative_prompt,
+      sampler=sampler,
+      expand_prompts=expand_prompts,
+      progress=progress,
+      latents=latents,
+      output_type=output_type,
+      conditions=conditions,
+    )
+
+  def _generate(
+    self,
+    prompts,
+    *,
+    num_frames=None,
+    height=None,
+    width=None,
+    num_steps=None,
+    guidance_scale=None,
+    seed=0,
+    negative_prompt=None,
+    sampler=None,
+    expand_prompts=True,
+    progress=False,
+    latents=None,
+    output_type="uint8",
+    conditions=(),
+    source=None,
+    edit_strength=None,
+  ) -> np.ndarray:
+    """`__call__` with given frames (`conditions`) or an SDEdit `source` clip re-noised to `edit_strength`."""
     if isinstance(prompts, str):
       prompts = [prompts]
-    if not prompts:
-      raise ValueError("prompts is empty: pass a list of at least one string, e.g. ['a red circle moving left']")
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+      raise ValueError("prompts must be a non-empty list of strings, e.g. ['a red circle moving left']")
     cfg = self.config
     num_frames = num_frames or cfg.data.num_frames
     height, width = height or cfg.data.height, width or cfg.data.width
@@ -188,6 +244,21 @@ class Pipeline:
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
     latent_shape = self._latent_shape(num_frames, height, width)
+    conditions = list(conditions or ())
+    canvas = None
+    if conditions:
+      self._check_conditioning_supported()
+      canvas = conditioning_lib.build_canvas(conditions, len(prompts), num_frames, height, width, self.temporal_factor)
+      if self.components.process.kind != "flow" and np.any((canvas.strength > 0) & (canvas.strength < 1)):
+        raise ValueError("Condition strength < 1 needs a flow-matching model (diffusion.kind='flow'); use 1.0")
+    first_step = 0
+    if source is not None:
+      first_step = num_steps - int(num_steps * edit_strength)
+      if first_step >= num_steps:
+        raise ValueError(
+          f"strength={edit_strength} with num_steps={num_steps} runs no step: raise strength or num_steps "
+          f"(strength x num_steps must be >= 1)"
+        )
     if expand_prompts:
       prompts = [self.prompt_expander(p) for p in prompts]
     negative = cfg.sample.negative_prompt if negative_prompt is None else negative_prompt
@@ -199,7 +270,18 @@ class Pipeline:
     null = fields.text_fields(text_encoder, self.text_params, [negative])
     seeds = jnp.arange(padded, dtype=jnp.int32) + jnp.int32(seed)
     noise = None if latents is None else _padded_noise(latents, batch, padded, latent_shape)
-    key = (sampler, num_steps, latent_shape, output_type)
+    extra = {}
+    if canvas is not None:
+      pad = padded - batch
+      given = self._encode_canvas(canvas.pixels, batch)
+      extra["given"] = jnp.asarray(np.concatenate([given, np.zeros((pad, *latent_shape), np.float32)]))
+      strength = np.concatenate([canvas.strength, np.zeros((pad, latent_shape[0]), np.float32)])
+      extra["strength"] = jnp.asarray(strength)
+    if source is not None:
+      src = self._encode_canvas(source, batch)
+      extra["source"] = jnp.asarray(np.concatenate([src, np.zeros((padded - batch, *latent_shape), np.float32)]))
+    mode = "frames" if canvas is not None else ("edit" if source is not None else "text")
+    key = (sampler, num_steps, latent_shape, output_type, mode, first_step)
     if key not in self._compiled:
       self._compiled[key] = gen.make_generate_fn(
         self.components,
@@ -209,19 +291,250 @@ class Pipeline:
         ticker=self._ticker,
         return_latents=output_type == "latent",
         frames="float" if output_type == "float" else "uint8",
+        first_step=first_step,
       )
-    evals = gen.model_evals(sampler, num_steps)
+    evals = gen.model_evals(sampler, num_steps - first_step)
     self._ticker.bar = progress_bar(total=evals, desc=f"sampling {batch} x {sampler}") if progress else None
     try:
       with jax.set_mesh(self.mesh):
         out = jax.device_get(
-          self._compiled[key](self.params, prompt_fields, null, seeds, jnp.float32(guidance_scale), noise)
+          self._compiled[key](self.params, prompt_fields, null, seeds, jnp.float32(guidance_scale), noise, **extra)
         )
     finally:
       if self._ticker.bar is not None:
         self._ticker.bar.close()
       self._ticker.bar = None
     return np.asarray(out[1] if output_type == "latent" else out)[:batch]
+
+  # ------------------------------------------------------------------ images and videos as prompts
+  def animate(
+    self,
+    images: np.ndarray,
+    prompts: Sequence[str],
+    num_frames: int | None = None,
+    *,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    sampler: str | None = None,
+    **kwargs,
+  ) -> np.ndarray:
+    """Image -> video: images uint8 [B, H, W, 3] (or [B, 1, H, W, 3]) -> uint8 [B, T, H, W, 3], frame 0 the image.
+
+    The image is latent frame 0 of the clip (exactly, with the causal VAE), held at every step;
+    the prompt says what happens next. Other keyword arguments as `__call__` (expand_prompts,
+    progress, output_type).
+    """
+    images = conditioning_lib.as_clip(images, "images")
+    if images.shape[1] != 1:
+      raise ValueError(f"images must be frames [B, H, W, 3]; got {images.shape[1]} frames each (extend takes clips)")
+    return self._with_frames(
+      prompts,
+      [Condition(images, 0)],
+      images,
+      num_frames,
+      num_steps,
+      guidance_scale,
+      seed,
+      negative_prompt,
+      sampler,
+      kwargs,
+    )
+
+  def extend(
+    self,
+    videos: np.ndarray,
+    prompts: Sequence[str],
+    num_frames: int | None = None,
+    backward: bool = False,
+    *,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    sampler: str | None = None,
+    **kwargs,
+  ) -> np.ndarray:
+    """Continues clips: videos uint8 [B, T0, H, W, 3] -> [B, num_frames, H, W, 3].
+
+    Forwards (default) the first T0 frames are the input (T0 = 1 + 4k with the 4x causal VAE);
+    `backward=True` makes the input the last T0 frames (T0 a multiple of 4) and generates what
+    came before.
+    """
+    videos = conditioning_lib.as_clip(videos, "videos")
+    t0 = videos.shape[1]
+    num_frames = num_frames or self.config.data.num_frames
+    if num_frames <= t0:
+      raise ValueError(f"num_frames={num_frames} must exceed the {t0} input frames to extend them")
+    condition = Condition(videos, num_frames - t0 if backward else 0)
+    return self._with_frames(
+      prompts, [condition], videos, num_frames, num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs
+    )
+
+  def connect(
+    self,
+    starts: np.ndarray,
+    ends: np.ndarray,
+    prompts: Sequence[str],
+    num_frames: int | None = None,
+    *,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    sampler: str | None = None,
+    **kwargs,
+  ) -> np.ndarray:
+    """A transition: begins with `starts` and ends with `ends` (uint8 frames [B, H, W, 3] or clips [B, T, H, W, 3]).
+
+    A start clip has 1 + 4k frames, an end clip a multiple of 4; a single end frame fills the
+    last latent frame (it is held for the last 4 frames of the clip, the temporal factor).
+    """
+    starts = conditioning_lib.as_clip(starts, "starts")
+    ends = conditioning_lib.as_clip(ends, "ends")
+    tf = self.temporal_factor
+    if ends.shape[1] == 1 and tf > 1:
+      ends = np.repeat(ends, tf, axis=1)
+    num_frames = num_frames or self.config.data.num_frames
+    if starts.shape[1] + ends.shape[1] >= num_frames:
+      raise ValueError(
+        f"num_frames={num_frames} leaves nothing to generate between {starts.shape[1]} start and "
+        f"{ends.shape[1]} end frames (a single end frame counts {tf})"
+      )
+    conditions = [Condition(starts, 0), Condition(ends, num_frames - ends.shape[1])]
+    return self._with_frames(
+      prompts, conditions, starts, num_frames, num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs
+    )
+
+  def loop(
+    self,
+    prompts: Sequence[str],
+    num_frames: int | None = None,
+    *,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    sampler: str | None = None,
+    **kwargs,
+  ) -> np.ndarray:
+    """A seamless loop: the last frame leads back into the first, so the clip plays on repeat without a jump.
+
+    Two passes: text-to-video gives the first frame; then `connect` from that frame back to it
+    (the end frame held for the last latent frame), so the clip starts and ends on the same frame.
+    """
+    first = self._generate(
+      prompts,
+      num_frames=num_frames,
+      num_steps=num_steps,
+      guidance_scale=guidance_scale,
+      seed=seed,
+      negative_prompt=negative_prompt,
+      sampler=sampler,
+      expand_prompts=kwargs.get("expand_prompts", True),
+    )[:, 0]
+    return self.connect(
+      first,
+      first,
+      prompts,
+      num_frames,
+      num_steps=num_steps,
+      guidance_scale=guidance_scale,
+      seed=seed,
+      negative_prompt=negative_prompt,
+      sampler=sampler,
+      **kwargs,
+    )
+
+  def edit(
+    self,
+    videos: np.ndarray,
+    prompts: Sequence[str],
+    strength: float = 0.7,
+    *,
+    num_steps: int | None = None,
+    guidance_scale: float | None = None,
+    seed: int = 0,
+    negative_prompt: str | None = None,
+    sampler: str | None = None,
+    **kwargs,
+  ) -> np.ndarray:
+    """SDEdit: re-noise clips uint8 [B, T, H, W, 3] to `strength` and denoise them under the new prompts.
+
+    As diffusers' video-to-video: `strength` in (0, 1] is the fraction of the num_steps-step
+    trajectory that runs (the last int(strength x num_steps) steps), starting from the clip's
+    latents noised to that point (1 = ignore the clip). Lower keeps more of the source (layout,
+    motion); higher follows the prompt more.
+    """
+    videos = conditioning_lib.as_clip(videos, "videos")
+    if not 0.0 < float(strength) <= 1.0:
+      raise ValueError(f"strength={strength} must be in (0, 1] (the fraction of the denoising trajectory re-run)")
+    self._check_frames_batch(videos, prompts, "videos")
+    return self._generate(
+      prompts,
+      num_frames=videos.shape[1],
+      height=videos.shape[2],
+      width=videos.shape[3],
+      num_steps=num_steps or self.config.sample.num_steps,
+      guidance_scale=guidance_scale,
+      seed=seed,
+      negative_prompt=negative_prompt,
+      sampler=sampler,
+      source=np.broadcast_to(videos, (len(prompts), *videos.shape[1:])),
+      edit_strength=float(strength),
+      **kwargs,
+    )
+
+  def _with_frames(
+    self, prompts, conditions, frames, num_frames, num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs
+  ):
+    if isinstance(prompts, str):
+      prompts = [prompts]
+    self._check_frames_batch(frames, prompts, "frames")
+    return self._generate(
+      prompts,
+      num_frames=num_frames,
+      height=frames.shape[2],
+      width=frames.shape[3],
+      num_steps=num_steps,
+      guidance_scale=guidance_scale,
+      seed=seed,
+      negative_prompt=negative_prompt,
+      sampler=sampler,
+      conditions=conditions,
+      **kwargs,
+    )
+
+  @staticmethod
+  def _check_frames_batch(frames: np.ndarray, prompts, what: str) -> None:
+    if isinstance(prompts, str) or not prompts:
+      return  # _generate reports prompts
+    if frames.shape[0] not in (1, len(prompts)):
+      raise ValueError(f"{what} has a batch of {frames.shape[0]}; give 1 (for every prompt) or {len(prompts)}")
+
+  def _check_conditioning_supported(self) -> None:
+    if self.config.dit.get("architecture", "dit") != "dit":
+      raise ValueError(
+        f"images and videos as prompts need our DiT (per-frame timesteps in adaLN); this model is "
+        f"dit.architecture={self.config.dit.architecture!r}"
+      )
+
+  def _encode_canvas(self, pixels: np.ndarray, batch: int) -> np.ndarray:
+    """uint8 [b, T, H, W, 3] (b = 1 or batch) -> normalised latents [batch, T', H', W', C], one jitted encode."""
+    if "encode" not in self._compiled:
+      stats = self.components.latent_stats
+      vae = self.components.vae
+
+      @jax.jit
+      def encode(params, video):
+        mean, _ = vae_lib.encode_video(vae, params, video.astype(jnp.float32) / 127.5 - 1.0)
+        return (mean - stats["mean"]) / stats["std"]
+
+      self._compiled["encode"] = encode
+    with jax.set_mesh(self.mesh):
+      latents = np.asarray(jax.device_get(self._compiled["encode"](self.params["vae"], jnp.asarray(pixels))))
+    return np.broadcast_to(latents, (batch, *latents.shape[1:])).astype(np.float32)
 
   # ------------------------------------------------------------------ VAE
   def encode(self, videos: np.ndarray) -> np.ndarray:

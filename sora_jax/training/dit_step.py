@@ -24,6 +24,7 @@ from sora_jax.diffusion import guidance
 from sora_jax.models.factory import Denoiser
 from sora_jax.models.patchify import num_tokens
 from sora_jax.models.text.fields import text_condition, text_fields_of
+from sora_jax.training import frame_conditioning
 from sora_jax.training.train_state import create_train_state
 
 # Fixed timesteps for the eval loss (as SD3 / MLPerf): comparable across runs.
@@ -59,14 +60,31 @@ def loss_terms(aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
 
 
 def make_train_step(
-  *, denoiser: Denoiser, diffusion, latent_stats, null_fields, cfg_dropout: float, tx, ema_decay: float
+  *,
+  denoiser: Denoiser,
+  diffusion,
+  latent_stats,
+  null_fields,
+  cfg_dropout: float,
+  tx,
+  ema_decay: float,
+  conditioning=None,
 ):
   """Returns `(train_step(state, batch, rng) -> (state, metrics), loss_fn)` (pure; jit with shardings).
 
   metrics: 'loss', 'grad_norm' and the loss's terms (`loss_terms`: 'mse', and 'vlb' with the
   hybrid DDPM loss), scalars the training loop averages and logs under train/.
+  `conditioning`: `config.train.conditioning` (probabilities of the conditioning types,
+  `training/frame_conditioning.py`); None or all "none" = text-to-video only.
   """
   null_fields = {k: jnp.asarray(v) for k, v in null_fields.items()}
+  probs = frame_conditioning.probabilities(conditioning if conditioning is not None else {"none": 1.0})
+  text_only = frame_conditioning.is_text_only(probs)
+  if not text_only and diffusion.kind != "flow":
+    raise ValueError(
+      f"train.conditioning gives frames (prompting with images and videos), which needs diffusion.kind='flow'; "
+      f"got {diffusion.kind!r}: set train.conditioning to none=1.0"
+    )
 
   def loss_fn(params, batch, rng):
     rng_z, rng_drop, rng_noise = jax.random.split(rng, 3)
@@ -74,8 +92,11 @@ def make_train_step(
     fields = guidance.drop_condition(rng_drop, text_fields_of(batch), null_fields, cfg_dropout)
     model_fn, cond = make_model_fn(denoiser, params, fields)
     tokens = num_tokens(x0.shape, denoiser.dit.patch_size)
-    loss, aux = diffusion.loss(model_fn, x0, cond, rng_noise, num_tokens=tokens)
-    return loss, aux
+    if text_only:
+      return diffusion.loss(model_fn, x0, cond, rng_noise, num_tokens=tokens)
+    rng_noise, rng_cond = jax.random.split(rng_noise)
+    _, strength = frame_conditioning.sample_strength(rng_cond, x0.shape[0], x0.shape[1], probs)
+    return diffusion.loss(model_fn, x0, cond, rng_noise, num_tokens=tokens, strength=strength)
 
   def train_step(state, batch, rng):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)

@@ -169,6 +169,7 @@ def build_dit_train_setup(
     cfg_dropout=config.diffusion.cfg_dropout,
     tx=tx,
     ema_decay=config.train.ema_decay,
+    conditioning=config.train.conditioning,
   )
   return DiTTrainSetup(denoiser=denoiser, init_fn=init_fn, train_step=train_step, batch_size=batch_size)
 
