@@ -1,7 +1,77 @@
-"""Test set-up: 8 virtual CPU devices (for sharding tests) before JAX initialises."""
+"""Test set-up: 8 virtual CPU devices (for sharding tests) before JAX initialises; the tiny trained workdir.
+
+`workdir` (session): made once by tools/train_vae.py and tools/train_dit.py (a few steps each,
+9-frame 32x32 clips, configs/dit/demo.py so it also trains with given frames), laid out like
+`make demo`'s runs/demo (vae/ + dit/); `pipe`: its Pipeline. Shared by the Pipeline, sampling
+and prompting-with-images tests so the suite trains it once.
+"""
 
 import os
+import subprocess
+import sys
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network at run time, ever
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = [
+  "--config.data.num_train=16",
+  "--config.data.num_validation=8",
+  "--config.data.num_test=8",
+  "--config.data.batch_size=4",
+  "--config.data.num_frames=9",
+]
+TINY_VAE = [
+  "--config.vae.base_channels=8",
+  "--config.vae.channel_multipliers=(1,1,1,1)",
+  "--config.vae.num_res_blocks=1",
+  "--config.vae.mid_attention=False",
+  "--config.vae_loss.latent_stats_batches=1",
+  "--config.train.steps=2",
+]
+TINY_DIT = [
+  "--config.dit.depth=1",
+  "--config.dit.variant=",
+  "--config.train.steps=3",
+  "--config.train.eval_batches=1",
+  "--config.sample.num_steps=2",
+]
+
+
+def _run_tool(*args):
+  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user has
+  result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
+  assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+  return result
+
+
+@pytest.fixture(scope="session")
+def run_tool():
+  """`run_tool("tools/x.py", *flags)`: runs a tool on one CPU device, asserting success; returns the result."""
+  return _run_tool
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("demo")
+  data = DATA + [f"--config.data.data_dir={root / 'data'}"]
+  _run_tool("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
+  _run_tool(
+    "tools/train_dit.py",
+    "--config=configs/dit/demo.py",
+    f"--workdir={root / 'dit'}",
+    *data,
+    *TINY_DIT,
+    f"--config.vae_workdir={root / 'vae'}",
+  )
+  return root
+
+
+@pytest.fixture(scope="session")
+def pipe(workdir):
+  from sora_jax import Pipeline
+
+  return Pipeline.from_pretrained(str(workdir))

@@ -33,7 +33,12 @@ FLOORS = (
   # 5. workdir -> modules + inference params (reads checkpoints, builds models)
   ("sora_jax.restore",),
   # 6. the sampler, the Pipeline, and the evaluators that restore or sample
-  ("sora_jax.sampling", "sora_jax.evaluation.vae_eval", "sora_jax.evaluation.adherence"),
+  (
+    "sora_jax.sampling",
+    "sora_jax.evaluation.vae_eval",
+    "sora_jax.evaluation.adherence",
+    "sora_jax.evaluation.conditioning_eval",
+  ),
   # 7. end-to-end runs the tools call (DiT training draws periodic samples)
   ("sora_jax.recipes",),
   # 8. the package itself (exposes Pipeline lazily)

@@ -6,65 +6,12 @@ steps each, 9-frame 32x32 clips), laid out like `make demo`'s runs/demo (vae/ + 
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = [
-  "--config.data.num_train=16",
-  "--config.data.num_validation=8",
-  "--config.data.num_test=8",
-  "--config.data.batch_size=4",
-  "--config.data.num_frames=9",
-]
-TINY_VAE = [
-  "--config.vae.base_channels=8",
-  "--config.vae.channel_multipliers=(1,1,1,1)",
-  "--config.vae.num_res_blocks=1",
-  "--config.vae.mid_attention=False",
-  "--config.vae_loss.latent_stats_batches=1",
-  "--config.train.steps=2",
-]
-TINY_DIT = [
-  "--config.dit.depth=1",
-  "--config.dit.variant=",
-  "--config.train.steps=3",
-  "--config.train.eval_batches=1",
-  "--config.sample.num_steps=2",
-]
-
-
-def _run_tool(*args):
-  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user has
-  result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
-  assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-  return result
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("demo")
-  data = DATA + [f"--config.data.data_dir={root / 'data'}"]
-  _run_tool("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
-  _run_tool(
-    "tools/train_dit.py",
-    "--config=configs/dit/demo.py",
-    f"--workdir={root / 'dit'}",
-    *data,
-    *TINY_DIT,
-    f"--config.vae_workdir={root / 'vae'}",
-  )
-  return root
-
-
-@pytest.fixture(scope="module")
-def pipe(workdir):
-  from sora_jax import Pipeline
-
-  return Pipeline.from_pretrained(str(workdir))
+# The tiny trained workdir (`workdir`) and its Pipeline (`pipe`) are session fixtures in conftest.py.
 
 
 def test_training_wrote_a_restorable_workdir(workdir):
@@ -193,11 +140,11 @@ def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):
     Pipeline.from_pretrained(str(tmp_path / "nope"))
 
 
-def test_sample_tool_writes_playable_files(workdir, tmp_path):
+def test_sample_tool_writes_playable_files(workdir, tmp_path, run_tool):
   from sora_jax.media import video_io
 
   out = tmp_path / "samples"
-  _run_tool(
+  run_tool(
     "tools/sample.py",
     f"--workdir={workdir}",
     "--prompt=blue box going up",
@@ -214,10 +161,16 @@ def test_sample_tool_writes_playable_files(workdir, tmp_path):
   assert prompts[0]["expanded"] == "a blue square moving up"  # the shapes prompt expander ran
 
 
-def test_evaluate_tool_reports_adherence_and_vae_metrics(workdir, tmp_path):
+def test_evaluate_tool_reports_adherence_and_vae_metrics(workdir, tmp_path, run_tool):
   out = tmp_path / "eval"
-  _run_tool(
-    "tools/evaluate.py", f"--workdir={workdir}", f"--out={out}", "--num_steps=1", "--vae_clips=2", "--batch_size=128"
+  run_tool(
+    "tools/evaluate.py",
+    f"--workdir={workdir}",
+    f"--out={out}",
+    "--num_steps=1",
+    "--vae_clips=2",
+    "--batch_size=128",
+    "--mode_clips=2",
   )
   result = json.loads((out / "eval.json").read_text())
   assert result["num_videos"] == 105
@@ -226,3 +179,7 @@ def test_evaluate_tool_reports_adherence_and_vae_metrics(workdir, tmp_path):
     assert 0.0 <= result[key] <= 1.0
   assert np.isfinite(result["vae_psnr"]) and "eval/loss" in result["dit_eval"]
   assert (out / "summary.png").exists() and (out / "samples.png").exists()
+  modes = result["modes"]  # one section per image/video prompting mode, with the criteria's means
+  assert set(modes) == {"animate", "animate_against", "extend", "extend_backward", "connect", "loop", "edit"}
+  assert all(section["num_clips"] == 2 and 0.0 <= section["pass_rate"] <= 1.0 for section in modes.values())
+  assert modes["animate"]["psnr_frame0"] > 0 and (out / "modes.png").exists()

@@ -121,11 +121,28 @@ def _print_summary(summary: dict, workdir: str, sample_dir: str, sheet: str, eva
       f"motion {ev.get('accuracy_motion', float('nan')):.1%}"
     )
     print(f"  VAE PSNR:          {ev.get('vae_psnr', float('nan')):.2f} dB")
+    for line in mode_lines(ev.get("modes", {})):
+      print(line)
+    if ev.get("modes"):
+      print(f"  prompting modes:   {os.path.join(os.path.dirname(eval_json), 'modes.png')}")
   print(f"  dataset sheet:     {os.path.join(workdir, 'dataset.png')}")
   print(f"  samples (mp4/gif): {sample_dir}")
   print(f"  contact sheet:     {sheet}")
   print(f"  evaluation JSON:   {eval_json}")
   print(f"  Python API:        Pipeline.from_pretrained({workdir!r})")
+
+
+def mode_lines(modes: dict) -> list[str]:
+  """One summary line per image/video prompting mode: its pass rate and the means behind it."""
+  lines = []
+  for mode, section in modes.items():
+    details = "  ".join(
+      f"{k} {v:.2f}" for k, v in section.items() if k not in ("pass_rate", "num_clips") and isinstance(v, float)
+    )
+    lines.append(
+      f"  {mode + ':':18s} pass {section.get('pass_rate', float('nan')):.0%} of {section.get('num_clips')}  {details}"
+    )
+  return lines
 
 
 def _is_newer(path: str, than_dir: str) -> bool:

@@ -9,6 +9,11 @@ r"""Evaluate a trained workdir: prompt adherence, VAE reconstruction, DiT eval l
 * DiT: the last eval loss at fixed timesteps (from the run's metrics.jsonl) next to the
   loss of predicting zero velocity (what an untrained model scores).
 
+* Images and videos as prompts (shapes domain, --modes): animate, animate_against, extend,
+  extend_backward, connect, loop and edit on held-out clips, each with the issue's criteria
+  (sora_jax/evaluation/conditioning_eval.py): one section per mode under "modes" in eval.json,
+  and <out>/modes.png (the first clip of every mode, given frames outlined in orange).
+
 Writes <out>/eval.json, <out>/summary.png (bars + confusion matrices) and
 <out>/samples.png (a contact sheet of the first generated videos).
 """
@@ -31,6 +36,14 @@ _SEED = flags.DEFINE_integer("seed", 1234, "Noise seed of the first video.")
 _VAE_SPLIT = flags.DEFINE_string("vae_split", "test", "Held-out split for VAE PSNR/SSIM.")
 _VAE_CLIPS = flags.DEFINE_integer("vae_clips", 64, "Clips of that split for VAE PSNR/SSIM (0 = all).")
 _SKIP_ADHERENCE = flags.DEFINE_bool("skip_adherence", False, "Only VAE / loss metrics (non-shapes data).")
+_MODES = flags.DEFINE_list(
+  "modes",
+  "animate,animate_against,extend,extend_backward,connect,loop,edit",
+  "Image/video prompting modes to evaluate (shapes domain); empty = none. "
+  "Needs a model trained with train.conditioning (configs/dit/demo.py).",
+)
+_MODE_CLIPS = flags.DEFINE_integer("mode_clips", 16, "Held-out clips per prompting mode.")
+_EDIT_STRENGTH = flags.DEFINE_float("edit_strength", 0.7, "SDEdit strength of the edit mode.")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -45,6 +58,29 @@ def last_eval_metrics(dit_workdir: str) -> dict:
       if "eval/loss" in record:
         found = dict(record)
   return found
+
+
+def evaluate_prompting_modes(pipe, out: str) -> dict:
+  """One JSON section per image/video prompting mode, and <out>/modes.png."""
+  import numpy as np
+
+  from sora_jax.evaluation import conditioning_eval
+  from sora_jax.media import contact_sheet
+
+  modes = conditioning_eval.evaluate_modes(
+    pipe,
+    _MODES.value,
+    num_clips=_MODE_CLIPS.value,
+    seed=_SEED.value,
+    edit_strength=_EDIT_STRENGTH.value,
+    **_SAMPLING.overrides(),
+  )
+  shown = modes.pop("shown")
+  videos = [v[0] for v, _, _ in shown.values()]
+  marks = [m[0] for _, m, _ in shown.values()]
+  captions = [f"{mode}: {c[0]}  | pass {modes[mode]['pass_rate']:.0%}" for mode, (_, _, c) in shown.items()]
+  contact_sheet.save_contact_sheet(os.path.join(out, "modes.png"), np.stack(videos), captions, marks=marks)
+  return modes
 
 
 def main(argv):
@@ -79,6 +115,8 @@ def main(argv):
       for r in result["per_prompt"][:shown]
     ]
     contact_sheet.save_contact_sheet(os.path.join(out, "samples.png"), videos[:shown], captions)
+    if _MODES.value:
+      result["modes"] = evaluate_prompting_modes(pipe, out)
   result["seconds"] = round(time.time() - start, 1)
 
   with open(os.path.join(out, "eval.json"), "w") as f:

@@ -3,6 +3,7 @@
   save_contact_sheet("sheet.png", videos, captions)          # one row per clip
   save_comparison_sheet("recon.png", originals, recons, captions)  # original row above reconstruction
   grid = make_grid_image(videos, captions)                   # uint8 [H, W, 3] for TensorBoard
+  save_contact_sheet("modes.png", videos, captions, marks=given)  # given [N, T] bool: frames outlined (prompt frames)
 
 Frames go left to right, separated by a thin gap; the caption is written in
 white on the dark gray background under its clip, wrapped to the row width.
@@ -25,6 +26,7 @@ BACKGROUND = (40, 40, 40)  # dark gray
 TEXT_COLOR = (255, 255, 255)  # white
 LABEL_COLOR = (170, 170, 170)  # row labels ("original", "reconstruction")
 FRAME_OUTLINE = (110, 110, 110)  # 1-px outline around each frame, so black frames read as cells
+MARK_OUTLINE = (255, 170, 0)  # thicker orange outline: a marked frame (e.g. a given frame of an image/video prompt)
 
 
 def _as_clip_list(videos, name: str) -> list[np.ndarray]:
@@ -96,9 +98,15 @@ class _Layout:
 
 
 def _render_blocks(
-  blocks: list[tuple[list[np.ndarray], list[str], str]], *, scale: int, font_size: int | None, label_width: int = 0
+  blocks: list[tuple[list[np.ndarray], list[str], str]],
+  *,
+  scale: int,
+  font_size: int | None,
+  label_width: int = 0,
+  marks: list[np.ndarray] | None = None,
 ) -> np.ndarray:
-  """Lays out blocks of (rows of frames [T, H, W, 3], row labels, caption) top to bottom."""
+  """Lays out blocks of (rows of frames [T, H, W, 3], row labels, caption) top to bottom;
+  marks[i] (bool per frame of block i's rows) outlines frames in MARK_OUTLINE."""
   first_row = blocks[0][0][0]
   layout = _Layout(first_row.shape[1], first_row.shape[2], scale, font_size)
   max_frames = max(len(row) for rows, _, _ in blocks for row in rows)
@@ -115,14 +123,20 @@ def _render_blocks(
   sheet = Image.new("RGB", (width, height), BACKGROUND)
   draw = ImageDraw.Draw(sheet)
   y = layout.margin
-  for (rows, labels, _), lines in zip(blocks, wrapped):
+  for b, ((rows, labels, _), lines) in enumerate(zip(blocks, wrapped)):
     for row, label in zip(rows, labels):
       if label:
         draw.text((layout.margin, y + layout.frame_h // 2), label, font=layout.font, fill=LABEL_COLOR, anchor="lm")
       big = upscale(row, scale)
       for t, frame in enumerate(big):
         x = layout.margin + label_width + t * (layout.frame_w + layout.gap)
-        draw.rectangle((x - 1, y - 1, x + layout.frame_w, y + layout.frame_h), outline=FRAME_OUTLINE)
+        marked = marks is not None and t < len(marks[b]) and bool(marks[b][t])
+        if marked:
+          width_px = max(2, layout.gap // 2)
+          box = (x - width_px, y - width_px, x + layout.frame_w + width_px - 1, y + layout.frame_h + width_px - 1)
+          draw.rectangle(box, outline=MARK_OUTLINE, width=width_px)
+        else:
+          draw.rectangle((x - 1, y - 1, x + layout.frame_w, y + layout.frame_h), outline=FRAME_OUTLINE)
         sheet.paste(Image.fromarray(frame), (x, y))
       y += layout.frame_h + layout.gap
     for line in lines:
@@ -150,6 +164,7 @@ def make_grid_image(
   max_frames: int | None = None,
   scale: int = 1,
   font_size: int | None = None,
+  marks=None,
 ) -> np.ndarray:
   """Contact sheet as an array: one row per clip, caption under each row.
 
@@ -159,13 +174,21 @@ def make_grid_image(
     max_frames: show at most this many evenly spaced frames per clip.
     scale: integer nearest-neighbour upscale of every frame.
     font_size: caption font size in pixels (None = picked from the frame size).
+    marks: None, or per clip a bool per frame [N, T]: frames drawn with a thick orange outline
+      (the given frames of an image or video prompt). Needs max_frames=None (frames as given).
   Returns:
     uint8 [sheet_H, sheet_W, 3] (e.g. for `MetricWriter.write_images`).
   """
   clips = _as_clip_list(videos, "videos")
   captions = _check_captions(captions, len(clips))
+  if marks is not None:
+    marks = [np.asarray(m, bool).reshape(-1) for m in marks]
+    if len(marks) != len(clips) or any(len(m) != len(c) for m, c in zip(marks, clips)):
+      raise ValueError("marks must give one bool per frame of every clip ([N, T])")
+    if max_frames is not None:
+      raise ValueError("marks need every frame shown: leave max_frames=None")
   blocks = [([select_frames(clip, max_frames)], [""], caption) for clip, caption in zip(clips, captions)]
-  return _render_blocks(blocks, scale=scale, font_size=font_size)
+  return _render_blocks(blocks, scale=scale, font_size=font_size, marks=marks)
 
 
 def make_comparison_image(
@@ -214,13 +237,15 @@ def save_contact_sheet(
   max_frames: int | None = None,
   scale: int = 2,
   font_size: int | None = None,
+  marks=None,
 ) -> Path:
   """Writes a contact-sheet PNG (one row per clip, frames left to right, caption below).
 
-  Args: as `make_grid_image`; `path` gets a PNG (parent folders are created).
+  Args: as `make_grid_image` (marks: given frames outlined); `path` gets a PNG (parent folders are created).
   Returns: the path written.
   """
-  return _save_png(path, make_grid_image(videos, captions, max_frames=max_frames, scale=scale, font_size=font_size))
+  image = make_grid_image(videos, captions, max_frames=max_frames, scale=scale, font_size=font_size, marks=marks)
+  return _save_png(path, image)
 
 
 def save_comparison_sheet(
