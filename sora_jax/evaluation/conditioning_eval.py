@@ -228,3 +228,59 @@ def evaluate_modes(
 
   result["shown"] = shown
   return result
+
+
+# ---------------------------------------------------------------------------- canvas vs segment alone
+
+
+def canvas_encoding_psnr(vae_module, vae_params, clips: np.ndarray, tf: int) -> dict[str, Any]:
+  """How well each way of encoding a segment that is not at the start of the clip reproduces it.
+
+  For every clip [T, H, W, 3] (T = 1 + tf K) and segment (`SEGMENTS`: the last 2 latent frames,
+  a backward extension; the last latent frame, connect's end), the segment's latent frames are
+  made three ways and put in place of the clip's own latent frames, then the clip is decoded and
+  the segment's frames compared with the original (PSNR, dB):
+
+    whole     the clip's own latents (the VAE's reconstruction: the ceiling)
+    canvas    encode the canvas: the segment at its place, black frames before it (what we use)
+    repeat    encode the canvas with the frames before the segment filled with its first frame
+    alone     encode the segment alone (its first frame prepended as the causal image frame) and
+              move those latent frames into place (the alternative: train the DiT to take them there)
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from sora_jax.models import vae as vae_lib
+
+  @jax.jit
+  def encode(video):
+    return vae_lib.encode_video(vae_module, vae_params, video.astype(jnp.float32) / 127.5 - 1.0)[0]
+
+  @jax.jit
+  def decode(z):
+    return jnp.clip(jnp.round((vae_lib.decode_latents(vae_module, vae_params, z) + 1.0) * 127.5), 0, 255)
+
+  num_frames = clips.shape[1]
+  latent_frames = (num_frames - 1) // tf + 1
+  out: dict[str, Any] = {}
+  whole = encode(clips)
+  for name, k in (("last_2_latent_frames", 2), ("last_latent_frame", 1)):
+    seg = slice(num_frames - tf * k, num_frames)
+    lat = slice(latent_frames - k, latent_frames)
+    black = np.zeros_like(clips)
+    black[:, seg] = clips[:, seg]
+    repeat = np.repeat(clips[:, seg.start : seg.start + 1], num_frames, axis=1)
+    repeat[:, seg] = clips[:, seg]
+    alone_clip = np.concatenate([clips[:, seg.start : seg.start + 1], clips[:, seg]], axis=1)
+    variants = {
+      "whole": whole[:, lat],
+      "canvas": encode(black)[:, lat],
+      "repeat": encode(repeat)[:, lat],
+      "alone": encode(alone_clip)[:, 1:],
+    }
+    scores = {}
+    for variant, z in variants.items():
+      video = np.asarray(decode(whole.at[:, lat].set(z)))
+      scores[variant] = float(np.mean([psnr(v[seg], c[seg]) for v, c in zip(video, clips)]))
+    out[name] = scores
+  return out

@@ -468,6 +468,8 @@ class Pipeline:
     motion); higher follows the prompt more.
     """
     videos = conditioning_lib.as_clip(videos, "videos")
+    if isinstance(prompts, str):
+      prompts = [prompts]
     if not 0.0 < float(strength) <= 1.0:
       raise ValueError(f"strength={strength} must be in (0, 1] (the fraction of the denoising trajectory re-run)")
     self._check_frames_batch(videos, prompts, "videos")
