@@ -210,7 +210,10 @@ def test_canvas_marks_the_latent_frames_the_given_frames_cover():
   canvas = build_canvas([Condition(image), Condition(end, 13, strength=0.6)], 2, 17, 32, 32, 4)
   np.testing.assert_array_equal(canvas.strength, np.float32([[1, 0, 0, 0, 0.6]] * 2))
   assert canvas.given[0].tolist() == [True] + [False] * 12 + [True] * 4
-  assert (canvas.pixels[:, 1:13] == 0).all() and (canvas.pixels[:, 0] == 200).all()
+  assert (canvas.pixels[:, 0] == 200).all()
+  assert (canvas.pixels[:, 1:13] == 100).all()  # unknown frames: a still lead-in into the next given frame
+  tail = build_canvas([Condition(image)], 2, 17, 32, 32, 4)
+  assert (tail.pixels[:, 1:] == 0).all()  # after the last given frame: black (nothing given depends on it)
 
 
 def test_prefix_of_1_plus_4k_frames_encodes_to_exactly_the_first_latent_frames():

@@ -8,7 +8,7 @@ by seed, batching, the clear errors, and that tools/sample.py writes every mode.
 import numpy as np
 import pytest
 
-from sora_jax.sampling.conditioning import Condition
+from sora_jax.sampling.conditioning import Condition, build_canvas
 
 PROMPTS = ["a red circle moving left", "a blue square moving up"]
 FAST = dict(num_steps=2, expand_prompts=False)
@@ -65,8 +65,7 @@ def test_extend_forwards_and_backwards_keep_the_input_latents(pipe, clips):
   backward = pipe.extend(clips[:, 5:], PROMPTS, num_frames=9, backward=True, **FAST)
   assert backward.shape == (2, 9, 32, 32, 3) and backward.dtype == np.uint8
   latents = pipe.extend(clips[:, 5:], PROMPTS, num_frames=9, backward=True, output_type="latent", **FAST)
-  canvas = np.zeros_like(clips)
-  canvas[:, 5:] = clips[:, 5:]
+  canvas = build_canvas([Condition(clips[:, 5:], 5)], 2, 9, 32, 32, 4).pixels
   np.testing.assert_array_equal(latents[:, 2], pipe._encode_canvas(canvas, 2)[:, 2])
 
 
@@ -76,8 +75,8 @@ def _pad(after: int):
 
 def test_connect_loop_and_edit(pipe, clips):
   connected = pipe.connect(clips[:, 0], clips[:, -1], PROMPTS, num_frames=9, output_type="latent", **FAST)
-  canvas = np.zeros_like(clips)
-  canvas[:, 0], canvas[:, 5:] = clips[:, 0], clips[:, -1:]  # a single end frame fills the last latent frame
+  end = np.repeat(clips[:, -1:], 4, axis=1)  # a single end frame fills the last latent frame
+  canvas = build_canvas([Condition(clips[:, :1]), Condition(end, 5)], 2, 9, 32, 32, 4).pixels
   given = pipe._encode_canvas(canvas, 2)
   np.testing.assert_array_equal(connected[:, [0, 2]], given[:, [0, 2]])
   looped = pipe.loop(PROMPTS, num_frames=9, seed=1, **FAST)

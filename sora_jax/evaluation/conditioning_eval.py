@@ -242,8 +242,9 @@ def canvas_encoding_psnr(vae_module, vae_params, clips: np.ndarray, tf: int) -> 
   the segment's frames compared with the original (PSNR, dB):
 
     whole     the clip's own latents (the VAE's reconstruction: the ceiling)
-    canvas    encode the canvas: the segment at its place, black frames before it (what we use)
-    repeat    encode the canvas with the frames before the segment filled with its first frame
+    black     encode the canvas: the segment at its place, black frames before it
+    lead_in   encode the canvas with the frames before the segment filled with its first frame
+              (a still lead-in: what `sampling.conditioning.build_canvas` does)
     alone     encode the segment alone (its first frame prepended as the causal image frame) and
               move those latent frames into place (the alternative: train the DiT to take them there)
   """
@@ -274,8 +275,8 @@ def canvas_encoding_psnr(vae_module, vae_params, clips: np.ndarray, tf: int) -> 
     alone_clip = np.concatenate([clips[:, seg.start : seg.start + 1], clips[:, seg]], axis=1)
     variants = {
       "whole": whole[:, lat],
-      "canvas": encode(black)[:, lat],
-      "repeat": encode(repeat)[:, lat],
+      "black": encode(black)[:, lat],
+      "lead_in": encode(repeat)[:, lat],
       "alone": encode(alone_clip)[:, 1:],
     }
     scores = {}

@@ -8,16 +8,19 @@
               hint that starts at noise level 1 - strength (LTX-Video) and is then re-generated
 
 How given frames become given latent frames (`build_canvas`): every condition is painted into
-one pixel canvas [B, T, H, W, 3] at its frame positions (unknown frames black, the shapes
-background), the whole canvas is encoded once by the causal VAE, and the latent frames whose
-pixel frames are all given become the condition. With a causal VAE of temporal factor tf,
+one pixel canvas [B, T, H, W, 3] at its frame positions, each unknown frame filled with the first
+frame of the next given segment (a still lead-in: what the causal encoder sees before a segment;
+unknown frames after the last segment stay black, nothing given depends on them), the whole
+canvas is encoded once by the causal VAE, and the latent frames whose pixel frames are all given
+become the condition. With a causal VAE of temporal factor tf,
 latent frame 0 is pixel frame 0 and latent frame j >= 1 is pixel frames tf(j-1)+1 .. tf j, so a
 condition must cover whole latent frames: it starts at frame 0 with 1 + tf k frames, or at
 frame 1 + tf k with a multiple of tf frames. Anything else is rejected with the valid indices
 (`placement_error`). A prefix of 1 + tf k frames encodes to exactly the first 1 + k latent frames
 of the clip (causality); a segment later in the clip (backward extension, connect's end) sees
-the blank frames before it through the encoder's causal receptive field: docs/experiments.md
-measures how well the canvas still reproduces it.
+the frames before it through the encoder's causal receptive field: docs/experiments.md measures
+how well the canvas still reproduces it (the still lead-in is at least as good as black frames
+and as encoding the segment alone).
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def placement_error(index: int, length: int, num_frames: int, tf: int) -> str | 
 
 @dataclasses.dataclass(frozen=True)
 class Canvas:
-  """pixels uint8 [B, T, H, W, 3] (blank where not given), given bool [B, T] per pixel frame,
+  """pixels uint8 [B, T, H, W, 3] (unknown frames: the next given frame, or black), given bool [B, T] per pixel frame,
   strength float32 [B, T'] per latent frame (0 = generated)."""
 
   pixels: np.ndarray
@@ -137,6 +140,7 @@ def build_canvas(
     given[:, span] = True
     first, last = latent_frame_span(c.frame_index, n, tf)
     strength[:, first : last + 1] = c.strength
+  fill_lead_ins(pixels, given)
   return Canvas(pixels=pixels, given=given, strength=strength)
 
 
@@ -145,3 +149,14 @@ def latent_frame_span(index: int, length: int, tf: int) -> tuple[int, int]:
   first = 0 if index == 0 else (index - 1) // tf + 1
   end = index + length - 1
   return first, (0 if end == 0 else (end - 1) // tf + 1)
+
+
+def fill_lead_ins(pixels: np.ndarray, given: np.ndarray) -> None:
+  """In place: every frame not given takes the next given frame of its example (a still lead-in into it)."""
+  for b in range(pixels.shape[0]):
+    following = None
+    for t in range(pixels.shape[1] - 1, -1, -1):
+      if given[b, t]:
+        following = t
+      elif following is not None:
+        pixels[b, t] = pixels[b, following]
