@@ -178,7 +178,8 @@ class Pipeline:
     `conditions`: frames the clip must contain (`Condition(frames, frame_index, strength)`), the
     general form of animate / extend / connect / loop: painted into one canvas, encoded once by
     the VAE and held at every sampler step (in both classifier-free guidance branches:
-    guidance is on the text only).
+    guidance is on the text only; there is no separate image-guidance scale, since clean given
+    frames are kept exactly; a Condition's strength < 1 is how to loosen them).
 
     Defaults come from the trained config (data.num_frames/height/width, sample.*).
     Example i uses noise from seed + i, so a prompt's video does not depend on the
