@@ -229,3 +229,20 @@ def test_prefix_of_1_plus_4k_frames_encodes_to_exactly_the_first_latent_frames()
     part, _ = vae_lib.encode_video(vae, params, prefix)
     np.testing.assert_array_equal(part[:, : 1 + k], whole[:, : 1 + k])
     assert np.abs(np.asarray(part[:, 1 + k :] - whole[:, 1 + k :])).max() > 0  # not vacuous: the rest differs
+
+
+def test_train_step_with_given_frames_needs_flow():
+  from sora_jax.training import dit_step
+
+  conditioning = {"none": 0.5, "first_frame": 0.5}
+  with pytest.raises(ValueError, match="needs diffusion.kind='flow'"):
+    dit_step.make_train_step(
+      denoiser=None,
+      diffusion=DDPM(),
+      latent_stats=None,
+      null_fields={},
+      cfg_dropout=0.1,
+      tx=None,
+      ema_decay=0.0,
+      conditioning=conditioning,
+    )

@@ -41,7 +41,8 @@ def test_general_form_holds_the_given_latent_frames_exactly(pipe, clips):
 
 @pytest.mark.parametrize("sampler", ["heun", "unipc", "dpmpp_2m"])
 def test_every_scan_sampler_keeps_the_image(pipe, clips, sampler):
-  image_latent = pipe._encode_canvas(clips[:, :1], 2)
+  canvas = build_canvas([Condition(clips[:, 0])], 2, 9, 32, 32, 4).pixels  # the image, black after
+  image_latent = pipe._encode_canvas(canvas, 2)  # the same encode the pipeline runs (the same shapes, the same bits)
   out = pipe.animate(clips[:, 0], PROMPTS, num_frames=9, sampler=sampler, output_type="latent", **FAST)
   np.testing.assert_array_equal(out[:, 0], image_latent[:, 0])
 
