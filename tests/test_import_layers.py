@@ -39,8 +39,8 @@ FLOORS = (
     "sora_jax.evaluation.adherence",
     "sora_jax.evaluation.conditioning_eval",
   ),
-  # 7. end-to-end runs the tools call (DiT training draws periodic samples)
-  ("sora_jax.recipes",),
+  # 7. end-to-end runs the tools call (DiT training draws periodic samples); the web app over the Pipeline
+  ("sora_jax.recipes", "sora_jax.app"),
   # 8. the package itself (exposes Pipeline lazily)
   ("sora_jax",),
 )

@@ -22,6 +22,8 @@ import time
 
 from absl import app, flags
 
+from sora_jax.data.shapes import DEMO_PROMPTS
+
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/demo", "Where everything is written.")
@@ -29,17 +31,6 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "", "TFDS data dir for the shapes da
 _FORCE = flags.DEFINE_bool("force", False, "Re-run evaluation and sampling even if their outputs exist.")
 _VAE_CONFIG = flags.DEFINE_string("vae_config", "configs/vae/demo.py", "VAE config file.")
 _DIT_CONFIG = flags.DEFINE_string("dit_config", "configs/dit/demo.py", "DiT config file.")
-
-DEMO_PROMPTS = (
-  "a red circle moving left",
-  "a blue square moving up",
-  "a green triangle staying still",
-  "a yellow circle moving right",
-  "a magenta square moving down",
-  "a cyan triangle moving left",
-  "a white circle moving up",
-  "a blue triangle moving right",
-)
 
 
 def _run(stage: str, args: list[str], timings: dict) -> None:

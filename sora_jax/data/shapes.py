@@ -49,6 +49,18 @@ NEW_SHAPES: tuple[str, ...] = ("diamond",)
 ALL_COLORS: dict[str, tuple[int, int, int]] = {**COLORS, **NEW_COLORS}
 ALL_SHAPES: tuple[str, ...] = SHAPES + NEW_SHAPES
 
+# The prompts `make demo` samples (tools/demo.py) and the web app offers as examples.
+DEMO_PROMPTS: tuple[str, ...] = (
+  "a red circle moving left",
+  "a blue square moving up",
+  "a green triangle staying still",
+  "a yellow circle moving right",
+  "a magenta square moving down",
+  "a cyan triangle moving left",
+  "a white circle moving up",
+  "a blue triangle moving right",
+)
+
 MIN_SIZE_FRAC = 0.30  # object size as a fraction of the frame's shorter side
 MAX_SIZE_FRAC = 0.45
 MIN_TRAVEL_FRAC = 0.40  # moving objects travel at least this fraction of the frame along their direction

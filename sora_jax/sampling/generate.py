@@ -52,14 +52,19 @@ class StepTicker:
 
   The callback is baked into the compiled function once; `bar` is swapped per call
   (None = silent), so progress costs one host callback per step and no recompilation.
+  `on_step` (a no-argument callable, e.g. the web app's step counter) is called at every
+  evaluation too and stays set across calls.
   """
 
   def __init__(self):
     self.bar = None
+    self.on_step = None
 
   def __call__(self, *_):
     if self.bar is not None:
       self.bar.update(1)
+    if self.on_step is not None:
+      self.on_step()
 
 
 # How `generate` returns frames: displayable uint8, or floats in [0, 1] (diffusers' output_type="np").
