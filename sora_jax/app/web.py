@@ -162,7 +162,9 @@ def _tab(service: VideoService, mode: str) -> None:
       gr.Examples([[p] for p in service.examples], inputs=[fields["prompt"]], label="examples")
     with gr.Column(scale=1):
       status = gr.Markdown("", elem_id=f"{mode}-status", elem_classes=["status-line"])
-      expanded = gr.Textbox(label="prompt as the model saw it (after prompt expansion)", interactive=False)
+      expanded = gr.Textbox(
+        label="prompt as the model saw it (after prompt expansion)", interactive=False, elem_id=f"{mode}-expanded"
+      )
       video = gr.Video(
         label="video (mp4)", elem_id=f"{mode}-video", elem_classes=["pixelated"], autoplay=True, loop=True
       )

@@ -1,0 +1,228 @@
+"""The web app (tools/app.py, sora_jax.app) on a tiny trained workdir: the service's checks in-process, and the
+real page served by tools/app.py and driven by Debian's headless Chromium through Selenium.
+
+The browser test skips (with the reason) only where no Chromium + chromedriver is installed
+(`apt-get install -y chromium chromium-driver`; .ci/run does it). Nothing downloads a browser: Selenium is given
+/usr/bin/chromedriver, and the browser resolves no host name but localhost.
+
+SORA_JAX_APP_SCREENSHOT=docs/images/web_app.png saves the page after the generation there (the README picture).
+"""
+
+import ast
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from sora_jax.media import video_io
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+PROMPT = "red ball going left"  # the shapes expander rewrites it to the canonical caption below
+EXPANDED = "a red circle moving left"
+
+
+# ---------------------------------------------------------------- gradio stays out of the library
+def test_only_the_web_module_imports_gradio():
+  importers = []
+  for path in sorted((REPO / "sora_jax").rglob("*.py")):
+    for node in ast.walk(ast.parse(path.read_text())):
+      names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+      names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+      if any(n == "gradio" or n.startswith("gradio.") for n in names):
+        importers.append(str(path.relative_to(REPO)))
+  assert sorted(set(importers)) == ["sora_jax/app/web.py"]
+
+
+# ---------------------------------------------------------------- the service, in-process
+@pytest.fixture(scope="module")
+def service(tiny_demo_workdir, tmp_path_factory):
+  from sora_jax import Pipeline
+  from sora_jax.app.service import VideoService
+
+  return VideoService(Pipeline.from_pretrained(str(tiny_demo_workdir)), out_dir=str(tmp_path_factory.mktemp("app")))
+
+
+def test_service_offers_what_the_model_makes(service):
+  assert service.size_labels == ["32x32"]  # the trained size (no buckets in this config)
+  assert service.frame_counts[:3] == [1, 5, 9]  # 1 + 4k for the causal VAE
+  assert service.samplers[0] == service.pipe.config.sample.sampler
+  assert "a red circle moving left" in service.examples
+
+
+def test_service_generates_with_progress_and_reuses_the_compiled_sampler(service):
+  from sora_jax.app.service import Request
+
+  ticks = []
+  request = Request(mode="text", prompt=PROMPT, seed=3, num_steps=2, num_frames=5, size="32x32")
+  result = service.generate(request, on_progress=lambda done, total: ticks.append((done, total)))
+  assert result.frames.shape == (5, 32, 32, 3) and result.expanded_prompt == EXPANDED and result.seed == 3
+  assert ticks[-1] == (2, 2)  # 2 steps of euler = 2 model evaluations, counted by the StepTicker hook
+  frames, _ = video_io.read_video(result.mp4)
+  assert frames.shape == (5, 32, 32, 3)
+  # The frames of a barely trained model are noise-like, which H.264 (crf 18, 4:2:0 chroma) blurs pixel by pixel;
+  # each frame's mean colour survives within a few levels of 255.
+  mean_error = np.abs(frames.mean(axis=(1, 2)) - result.frames.mean(axis=(1, 2)))
+  assert mean_error.max() < 4, mean_error
+  assert os.path.getsize(result.gif) > 0 and os.path.getsize(result.sheet) > 0
+  compiled = len(service.pipe._compiled)
+  again = service.generate(request)
+  assert len(service.pipe._compiled) == compiled  # same size/sampler/steps: no new compile
+  np.testing.assert_array_equal(again.frames, result.frames)  # same seed, same video
+
+
+def test_service_turns_bad_input_into_messages(service, tmp_path):
+  from sora_jax.app.service import BadInput, Request
+
+  with pytest.raises(BadInput, match="prompt is empty"):
+    service.generate(Request(prompt="   "))
+  with pytest.raises(BadInput, match=r"size 64x48 is not one this model makes; choose one of 32x32"):
+    service.generate(Request(prompt=PROMPT, size="64x48"))
+  with pytest.raises(BadInput, match=r"frames=8 cannot be made by this model; choose one of 1, 5, 9"):
+    service.generate(Request(prompt=PROMPT, num_frames=8))
+  with pytest.raises(BadInput, match=r"steps=0 must be a whole number from 1"):
+    service.generate(Request(prompt=PROMPT, num_steps=0))
+  # Uploads: a 2-frame clip, a clip of the wrong size, a file that is no video, an image of the wrong size.
+  short = video_io.write_mp4(tmp_path / "short.mp4", np.zeros((2, 32, 32, 3), np.uint8))
+  with pytest.raises(BadInput, match=r"has 2 frames; it needs at least 5"):
+    service._read_clip(str(short), "video")
+  big = video_io.write_mp4(tmp_path / "big.mp4", np.zeros((9, 48, 64, 3), np.uint8))
+  with pytest.raises(BadInput, match=r"the video is 48x64 \(HxW\) but this model makes 32x32"):
+    service._read_clip(str(big), "video")
+  junk = tmp_path / "junk.mp4"
+  junk.write_bytes(b"this is not a video")
+  with pytest.raises(BadInput, match="could not be read as a video"):
+    service._read_clip(str(junk), "video")
+  with pytest.raises(BadInput, match="the image is 20x30"):
+    service._inputs(Request(mode="animate", image=np.zeros((20, 30, 3), np.uint8)))
+  # An uploaded clip longer than a valid length is cut to the longest one the VAE can encode (11 -> 9).
+  clip = video_io.write_mp4(tmp_path / "clip.mp4", np.zeros((11, 32, 32, 3), np.uint8))
+  assert service._read_clip(str(clip), "video").shape == (9, 32, 32, 3)
+  for mode in ("animate", "extend", "connect", "loop", "edit"):
+    if not service.available(mode):  # a Pipeline without the mode's method: a message, not a crash
+      with pytest.raises(BadInput, match=r"is not available: this Pipeline has no `\w+` method"):
+        service.generate(Request(mode=mode, prompt=PROMPT))
+
+
+# ---------------------------------------------------------------- the page, in a real browser
+def _browser_paths():
+  chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+  driver = shutil.which("chromedriver") or next(iter(p for p in ["/usr/bin/chromedriver"] if os.path.exists(p)), None)
+  return chromium, driver
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tiny_demo_workdir, tmp_path_factory):
+  pytest.importorskip("gradio", reason="the web app needs the [app] extra: pip install '.[app]'")
+  port = _free_port()
+  log = tmp_path_factory.mktemp("app_log") / "app.log"
+  env = dict(os.environ, XLA_FLAGS="", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
+  args = [sys.executable, "tools/app.py", f"--workdir={tiny_demo_workdir}", "--host=127.0.0.1", f"--port={port}"]
+  with open(log, "w") as out:
+    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+  url = f"http://127.0.0.1:{port}/"
+  try:
+    deadline = time.time() + 180
+    while True:
+      assert process.poll() is None, f"tools/app.py exited:\n{log.read_text()[-4000:]}"
+      try:
+        urllib.request.urlopen(url, timeout=2).read()
+        break
+      except OSError:
+        assert time.time() < deadline, f"tools/app.py did not serve {url}:\n{log.read_text()[-4000:]}"
+        time.sleep(0.5)
+    yield url
+  finally:
+    process.terminate()
+    try:
+      process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+      process.kill()
+
+
+@pytest.fixture
+def browser(tmp_path):
+  chromium, driver_path = _browser_paths()
+  if not (chromium and driver_path):
+    pytest.skip("no Chromium + chromedriver on this machine (apt-get install -y chromium chromium-driver)")
+  webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the [test] extra")
+  from selenium.webdriver.chrome.service import Service
+
+  options = webdriver.ChromeOptions()
+  options.binary_location = chromium
+  for flag in (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1500",
+    f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",  # no host but this one
+  ):
+    options.add_argument(flag)
+  driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+  yield driver
+  driver.quit()
+
+
+def _status(driver) -> str:
+  return driver.find_element("css selector", "#text-status").text
+
+
+def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_path):
+  from selenium.webdriver.common.keys import Keys
+  from selenium.webdriver.support.ui import WebDriverWait
+
+  driver = browser
+  driver.get(app_url)
+  wait = WebDriverWait(driver, 60, poll_frequency=0.2)
+  prompt = wait.until(lambda d: d.find_element("css selector", "#text-prompt textarea"))
+  assert driver.find_elements("css selector", "#tab-animate-button, button[id$='animate-button'], [role=tab]")
+
+  # Bad input first: an empty prompt is a message in the page, and the app keeps serving afterwards.
+  driver.find_element("css selector", "#text-generate").click()
+  wait.until(lambda d: "prompt is empty" in _status(d))
+  assert "Traceback" not in driver.page_source
+
+  prompt.send_keys(PROMPT)
+  frames = driver.find_element("css selector", "#text-frames input")
+  frames.click()
+  frames.send_keys(Keys.CONTROL, "a")
+  frames.send_keys("5")
+  frames.send_keys(Keys.ENTER)
+  driver.find_element("css selector", "#text-generate").click()
+  video = WebDriverWait(driver, 120, poll_frequency=0.2).until(
+    lambda d: next(iter(d.find_elements("css selector", "#text-video video[src]")), None)
+  )
+  wait.until(lambda d: "5 frames of 32x32" in _status(d))
+  expanded = driver.find_element("css selector", "#text-expanded textarea")
+  assert expanded.get_attribute("value") == EXPANDED
+
+  mp4 = tmp_path / "served.mp4"
+  mp4.write_bytes(urllib.request.urlopen(video.get_attribute("src"), timeout=10).read())
+  import av
+
+  with av.open(str(mp4)) as container:
+    decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+  assert len(decoded) == 5 and decoded[0].shape == (32, 32, 3)
+
+  shot = os.environ.get("SORA_JAX_APP_SCREENSHOT")
+  time.sleep(0.5)  # let the video element paint its first frame
+  driver.save_screenshot(shot or str(tmp_path / "web_app.png"))
