@@ -9,6 +9,7 @@ SORA_JAX_APP_SCREENSHOT=docs/images/web_app.png saves the page after the generat
 """
 
 import ast
+import inspect
 import os
 import pathlib
 import shutil
@@ -108,6 +109,53 @@ def test_service_turns_bad_input_into_messages(service, tmp_path):
     if not service.available(mode):  # a Pipeline without the mode's method: a message, not a crash
       with pytest.raises(BadInput, match=r"is not available: this Pipeline has no `\w+` method"):
         service.generate(Request(mode=mode, prompt=PROMPT))
+
+
+def test_service_calls_each_mode_with_its_uploads_and_settings(service, tmp_path, monkeypatch):
+  """Every mode tab reaches its Pipeline method (issue 15's signatures) with the checked uploads; here each method
+  records its call and samples text to video, so the wiring is checked whether or not this Pipeline has the modes."""
+  from sora_jax.app.service import Request
+
+  calls = {}
+
+  def mode_method(name, takes):
+    def method(*args, **kwargs):
+      calls[name] = (args, kwargs)
+      return service.pipe(args[-1], num_frames=5, num_steps=kwargs["num_steps"], seed=kwargs["seed"])
+
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in (*takes, "prompts")]
+    keywords = ["num_frames", "num_steps", "guidance_scale", "seed", "negative_prompt", "sampler"]
+    keywords += {"extend": ["backward"], "edit": ["strength"]}.get(name, [])
+    if name == "edit":
+      keywords.remove("num_frames")
+    params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in keywords]
+    method.__signature__ = inspect.Signature(params)
+    return method
+
+  takes = dict(animate=("images",), extend=("videos",), connect=("starts", "ends"), loop=(), edit=("videos",))
+  for name, inputs in takes.items():
+    monkeypatch.setattr(service.pipe, name, mode_method(name, inputs), raising=False)
+  clip = str(video_io.write_mp4(tmp_path / "clip.mp4", np.full((9, 32, 32, 3), 90, np.uint8)))
+  image = np.full((32, 32, 4), 200, np.uint8)  # RGBA upload: the alpha channel is dropped
+  common = dict(prompt=PROMPT, seed=1, num_steps=2, num_frames=5)
+  requests = {
+    "animate": Request(mode="animate", image=image, **common),
+    "extend": Request(mode="extend", video=clip, backward=True, **common),
+    "connect": Request(mode="connect", start=clip, end=clip, **common),
+    "loop": Request(mode="loop", **common),
+    "edit": Request(mode="edit", video=clip, strength=0.4, **common),
+  }
+  for name, request in requests.items():
+    result = service.generate(request)
+    assert result.frames.shape == (5, 32, 32, 3) and os.path.exists(result.sheet), name
+    args, kwargs = calls[name]
+    assert args[-1] == [EXPANDED] and kwargs["num_steps"] == 2 and kwargs["seed"] == 1, name
+    assert "height" not in kwargs and "expand_prompts" not in kwargs  # only what the signature takes
+  assert calls["animate"][0][0].shape == (1, 32, 32, 3) and calls["animate"][0][0].max() == 200
+  assert calls["extend"][0][0].shape == (1, 9, 32, 32, 3) and calls["extend"][1]["backward"] is True
+  assert [a.shape for a in calls["connect"][0][:2]] == [(1, 9, 32, 32, 3)] * 2
+  assert calls["edit"][1]["strength"] == 0.4 and "num_frames" not in calls["edit"][1]
+  assert calls["loop"][0] == ([EXPANDED],) and calls["loop"][1]["num_frames"] == 5
 
 
 # ---------------------------------------------------------------- the page, in a real browser
