@@ -256,9 +256,15 @@ def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_pa
   frames.send_keys("5")
   frames.send_keys(Keys.ENTER)
   driver.find_element("css selector", "#text-generate").click()
-  video = WebDriverWait(driver, 120, poll_frequency=0.2).until(
-    lambda d: next(iter(d.find_elements("css selector", "#text-video video[src]")), None)
-  )
+  progress_seen = []
+
+  def video_shown(d):
+    text = d.find_element("tag name", "body").text
+    progress_seen.extend(line for line in text.splitlines() if "model evaluation" in line or "compiles" in line)
+    return next(iter(d.find_elements("css selector", "#text-video video[src]")), None)
+
+  video = WebDriverWait(driver, 120, poll_frequency=0.2).until(video_shown)
+  assert progress_seen, "no progress text was shown while sampling"
   wait.until(lambda d: "5 frames of 32x32" in _status(d))
   expanded = driver.find_element("css selector", "#text-expanded textarea")
   assert expanded.get_attribute("value") == EXPANDED
@@ -270,6 +276,15 @@ def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_pa
   with av.open(str(mp4)) as container:
     decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
   assert len(decoded) == 5 and decoded[0].shape == (32, 32, 3)
+
+  # A mode this Pipeline lacks says so in its tab.
+  from sora_jax.sampling.pipeline import Pipeline
+
+  if not hasattr(Pipeline, "animate"):
+    driver.find_element("xpath", "//button[@role='tab' and contains(., 'Animate an image')]").click()
+    notice = wait.until(lambda d: d.find_element("css selector", "#animate-unavailable"))
+    assert "is not available: this Pipeline has no animate method" in " ".join(notice.text.split())
+    driver.find_element("xpath", "//button[@role='tab' and contains(., 'Text to video')]").click()
 
   shot = os.environ.get("SORA_JAX_APP_SCREENSHOT")
   time.sleep(0.5)  # let the video element paint its first frame
