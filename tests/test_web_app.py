@@ -64,7 +64,8 @@ def test_service_generates_with_progress_and_reuses_the_compiled_sampler(service
   request = Request(mode="text", prompt=PROMPT, seed=3, num_steps=2, num_frames=5, size="32x32")
   result = service.generate(request, on_progress=lambda done, total: ticks.append((done, total)))
   assert result.frames.shape == (5, 32, 32, 3) and result.expanded_prompt == EXPANDED and result.seed == 3
-  assert ticks[-1] == (2, 2)  # 2 steps of euler = 2 model evaluations, counted by the StepTicker hook
+  # 2 steps of euler = 2 model evaluations, each counted on the host by the sampler's StepTicker.on_step.
+  assert service._steps_done == 2 and ticks[-1] == (2, 2) and ticks[0][1] == 2
   frames, _ = video_io.read_video(result.mp4)
   assert frames.shape == (5, 32, 32, 3)
   # The frames of a barely trained model are noise-like, which H.264 (crf 18, 4:2:0 chroma) blurs pixel by pixel;

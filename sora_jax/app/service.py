@@ -388,7 +388,7 @@ class VideoService:
           raise BadInput(str(error)) from error
         raise error
       if on_progress is not None:
-        on_progress(total, total)
+        on_progress(min(self._steps_done, total), total)  # the sampler's count, not a forced 100%
       videos = np.asarray(outcome["videos"])
       return self._write(request, settings, inputs, videos[0], seconds)
 
