@@ -52,7 +52,7 @@ def service(tiny_demo_workdir, tmp_path_factory):
 
 def test_service_offers_what_the_model_makes(service):
   assert service.size_labels == ["32x32"]  # the trained size (no buckets in this config)
-  assert service.frame_counts[:3] == [1, 5, 9]  # 1 + 4k for the causal VAE
+  assert service.frame_counts == [1, 5, 9, 13, 17, 21, 25, 29, 33]  # 1 + 4k (causal VAE) up to max(2 x 9, 33)
   assert service.samplers[0] == service.pipe.config.sample.sampler
   assert "a red circle moving left" in service.examples
 
@@ -86,7 +86,7 @@ def test_service_turns_bad_input_into_messages(service, tmp_path):
     service.generate(Request(prompt="   "))
   with pytest.raises(BadInput, match=r"size 64x48 is not one this model makes; choose one of 32x32"):
     service.generate(Request(prompt=PROMPT, size="64x48"))
-  with pytest.raises(BadInput, match=r"frames=8 cannot be made by this model; choose one of 1, 5, 9"):
+  with pytest.raises(BadInput, match=r"frames=8 cannot be made by this model; choose one of 1, 5, 9, 13"):
     service.generate(Request(prompt=PROMPT, num_frames=8))
   with pytest.raises(BadInput, match=r"steps=0 must be a whole number from 1"):
     service.generate(Request(prompt=PROMPT, num_steps=0))

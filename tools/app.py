@@ -6,6 +6,8 @@ Opens a Gradio page with one tab per mode (text to video, animate an image, exte
 clips, loop, edit), results as mp4 + GIF + contact sheet. Needs the [app] extra: pip install '.[app]'.
 """
 
+import os
+
 from absl import flags
 
 from sora_jax.configuration import run_tool
@@ -21,6 +23,8 @@ flags.mark_flags_as_required(["workdir"])
 
 def main(argv):
   del argv
+  if not os.path.isdir(_WORKDIR.value):
+    raise SystemExit(f"error: --workdir={_WORKDIR.value} is not a folder; train one first (make demo -> runs/demo)")
   try:
     from sora_jax.app import web
   except ImportError as e:

@@ -195,7 +195,9 @@ class VideoService:
     self.fps = fps
     self.gif_size = gif_size  # GIF download upscaled (nearest) to about this many pixels on its long side
     self.sizes = supported_sizes(pipe)
-    self.frame_counts = valid_frame_counts(pipe)
+    # Offered lengths: every valid one up to twice the trained length (at least 33 frames).
+    most = max(2 * int(pipe.config.data.num_frames), 33)
+    self.frame_counts = [n for n in valid_frame_counts(pipe, limit=most) if n <= most]
     self.samplers = samplers_for(pipe)
     self.examples = example_prompts(pipe)
     self._lock = threading.Lock()
@@ -302,7 +304,7 @@ class VideoService:
     if frames.ndim != 4 or frames.shape[0] < shortest:
       raise BadInput(
         f"the {name} has {frames.shape[0] if frames.ndim == 4 else 0} frames; it needs at least {shortest} "
-        f"(clips of {', '.join(map(str, self.frame_counts))} frames)"
+        f"(clips of {', '.join(map(str, self.frame_counts[:4]))}, ... frames)"
       )
     self._check_size(frames, name)
     usable = max(n for n in valid_frame_counts(self.pipe, limit=frames.shape[0] + 1) if n <= frames.shape[0])
