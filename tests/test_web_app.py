@@ -77,6 +77,10 @@ def test_service_generates_with_progress_and_reuses_the_compiled_sampler(service
   again = service.generate(request)
   assert len(service.pipe._compiled) == compiled  # same size/sampler/steps: no new compile
   np.testing.assert_array_equal(again.frames, result.frames)  # same seed, same video
+  warm = service.warm_up()  # the default settings (9 frames, the config's steps): one more compiled sampler
+  assert warm.frames.shape == (9, 32, 32, 3) and len(service.pipe._compiled) == compiled + 1
+  service.generate(Request(prompt="a blue square moving up", seed=None))  # a random seed, the default settings
+  assert len(service.pipe._compiled) == compiled + 1  # the first visitor at the defaults reuses the warm-up's
 
 
 def test_service_turns_bad_input_into_messages(service, tmp_path):
@@ -159,6 +163,16 @@ def test_service_calls_each_mode_with_its_uploads_and_settings(service, tmp_path
   assert calls["loop"][0] == ([EXPANDED],) and calls["loop"][1]["num_frames"] == 5
 
 
+def test_every_generate_button_shares_one_queue_slot(service):
+  pytest.importorskip("gradio", reason="the web app needs the [app] extra: pip install '.[app]'")
+  from sora_jax.app import web
+
+  demo = web.build_app(service)
+  generate = [fn for fn in demo.fns.values() if (fn.api_name or "").startswith("generate_")]
+  assert sorted(fn.api_name for fn in generate) == sorted(f"generate_{mode}" for mode in web.MODES)
+  assert {(fn.concurrency_id, fn.concurrency_limit) for fn in generate} == {("sampler", 1)}  # one sampling at a time
+
+
 # ---------------------------------------------------------------- the page, in a real browser
 def _browser_paths():
   chromium = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -179,6 +193,7 @@ def app_url(tiny_demo_workdir, tmp_path_factory):
   log = tmp_path_factory.mktemp("app_log") / "app.log"
   env = dict(os.environ, XLA_FLAGS="", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
   args = [sys.executable, "tools/app.py", f"--workdir={tiny_demo_workdir}", "--host=127.0.0.1", f"--port={port}"]
+  args.append("--nowarmup")  # the page asks for 5 frames, not the warmed-up default
   with open(log, "w") as out:
     process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
   url = f"http://127.0.0.1:{port}/"

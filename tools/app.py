@@ -18,6 +18,9 @@ _WORKDIR = flags.DEFINE_string(
 _HOST = flags.DEFINE_string("host", "127.0.0.1", "Address to serve on (0.0.0.0 to serve the network).")
 _PORT = flags.DEFINE_integer("port", 7860, "Port to serve on.")
 _OUT = flags.DEFINE_string("out", None, "Folder for the generated files (default: a new temporary folder).")
+_WARMUP = flags.DEFINE_bool(
+  "warmup", True, "Sample once at the default settings before serving, so the first request does not compile."
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -29,7 +32,7 @@ def main(argv):
     from sora_jax.app import web
   except ImportError as e:
     raise SystemExit(f"error: the web app needs gradio ({e}); install it with: pip install '.[app]'") from None
-  web.launch(_WORKDIR.value, host=_HOST.value, port=_PORT.value, out_dir=_OUT.value)
+  web.launch(_WORKDIR.value, host=_HOST.value, port=_PORT.value, out_dir=_OUT.value, warm_up=_WARMUP.value)
 
 
 if __name__ == "__main__":

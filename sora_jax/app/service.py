@@ -357,6 +357,10 @@ class VideoService:
       total = max(1, round(total * float(request.strength)))
     return total
 
+  def warm_up(self) -> Result:
+    """Samples the first example at the default settings, so the first visitor does not wait for compilation."""
+    return self.generate(Request(prompt=self.examples[0]))
+
   def generate(self, request: Request, on_progress: Callable[[int, int], None] | None = None) -> Result:
     """Serves one request (waiting for the one before); BadInput for anything the person can fix."""
     settings = self._check(request)

@@ -208,12 +208,17 @@ def launch(
   port: int = 7860,
   out_dir: str | None = None,
   block: bool = True,
+  warm_up: bool = True,
 ):
-  """Loads the model once and serves the app (blocking unless block=False; then returns the Blocks)."""
+  """Loads the model once and serves the app (blocking unless block=False; then returns the Blocks).
+  warm_up: sample once at the default settings before serving, so the first request reuses the compiled sampler."""
   from sora_jax.sampling.pipeline import Pipeline
 
   pipe = Pipeline.from_pretrained(workdir)
   service = VideoService(pipe, out_dir=out_dir, workdir=workdir)
+  if warm_up:
+    print("warming up: compiling the sampler at the default settings ...", flush=True)
+    print(f"warmed up: {service.warm_up().message}", flush=True)
   demo = build_app(service)
   demo.queue(default_concurrency_limit=1)
   demo.launch(
