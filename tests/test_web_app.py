@@ -107,9 +107,15 @@ def test_service_turns_bad_input_into_messages(service, tmp_path):
     service._read_clip(str(junk), "video")
   with pytest.raises(BadInput, match="the image is 20x30"):
     service._inputs(Request(mode="animate", image=np.zeros((20, 30, 3), np.uint8)))
-  # An uploaded clip longer than a valid length is cut to the longest one the VAE can encode (11 -> 9).
-  clip = video_io.write_mp4(tmp_path / "clip.mp4", np.zeros((11, 32, 32, 3), np.uint8))
-  assert service._read_clip(str(clip), "video").shape == (9, 32, 32, 3)
+  # An uploaded clip is cut to the longest length the VAE can encode at its place in the new clip, keeping the end
+  # that touches the generated frames: 1 + 4k frames to continue (11 -> the last 9), a multiple of 4 to follow
+  # generated frames (11 -> the first 8). Frame i is grey level 20 i (H.264 keeps flat frames within a level or two).
+  ramp = np.repeat(np.arange(11, dtype=np.uint8)[:, None, None, None] * 20, 32 * 32 * 3).reshape(11, 32, 32, 3)
+  clip = str(video_io.write_mp4(tmp_path / "clip.mp4", ramp))
+  continued = service._read_clip(clip, "video", keep="last")
+  assert continued.shape == (9, 32, 32, 3) and abs(int(continued[0].mean()) - 40) <= 3
+  followed = service._read_clip(clip, "video", lead=False, keep="first")
+  assert followed.shape == (8, 32, 32, 3) and abs(int(followed[-1].mean()) - 140) <= 3
   for mode in ("animate", "extend", "connect", "loop", "edit"):
     if not service.available(mode):  # a Pipeline without the mode's method: a message, not a crash
       with pytest.raises(BadInput, match=r"is not available: this Pipeline has no `\w+` method"):
@@ -128,12 +134,15 @@ def test_service_calls_each_mode_with_its_uploads_and_settings(service, tmp_path
       calls[name] = (args, kwargs)
       return service.pipe(args[-1], num_frames=5, num_steps=kwargs["num_steps"], seed=kwargs["seed"])
 
-    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in (*takes, "prompts")]
-    keywords = ["num_frames", "num_steps", "guidance_scale", "seed", "negative_prompt", "sampler"]
-    keywords += {"extend": ["backward"], "edit": ["strength"]}.get(name, [])
-    if name == "edit":
-      keywords.remove("num_frames")
+    # As issue 15's methods: positional inputs and prompts, the mode's own options, keyword-only sampling
+    # settings, and **kwargs for __call__'s options (expand_prompts, ...).
+    positional = [*takes, "prompts"] + {"extend": ["num_frames", "backward"], "edit": ["strength"]}.get(
+      name, ["num_frames"]
+    )
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in positional]
+    keywords = ["num_steps", "guidance_scale", "seed", "negative_prompt", "sampler"]
     params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None) for n in keywords]
+    params.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
     method.__signature__ = inspect.Signature(params)
     return method
 
@@ -155,10 +164,12 @@ def test_service_calls_each_mode_with_its_uploads_and_settings(service, tmp_path
     assert result.frames.shape == (5, 32, 32, 3) and os.path.exists(result.sheet), name
     args, kwargs = calls[name]
     assert args[-1] == [EXPANDED] and kwargs["num_steps"] == 2 and kwargs["seed"] == 1, name
-    assert "height" not in kwargs and "expand_prompts" not in kwargs  # only what the signature takes
+    # Sizes come from the uploads (or the method's default): height/width would clash inside its **kwargs.
+    assert "height" not in kwargs and "width" not in kwargs and kwargs["expand_prompts"] is False, name
   assert calls["animate"][0][0].shape == (1, 32, 32, 3) and calls["animate"][0][0].max() == 200
-  assert calls["extend"][0][0].shape == (1, 9, 32, 32, 3) and calls["extend"][1]["backward"] is True
-  assert [a.shape for a in calls["connect"][0][:2]] == [(1, 9, 32, 32, 3)] * 2
+  # Backwards, the clip follows the generated frames: a multiple of 4 (9 -> 8); a second clip likewise.
+  assert calls["extend"][0][0].shape == (1, 8, 32, 32, 3) and calls["extend"][1]["backward"] is True
+  assert [a.shape for a in calls["connect"][0][:2]] == [(1, 9, 32, 32, 3), (1, 8, 32, 32, 3)]
   assert calls["edit"][1]["strength"] == 0.4 and "num_frames" not in calls["edit"][1]
   assert calls["loop"][0] == ([EXPANDED],) and calls["loop"][1]["num_frames"] == 5
 

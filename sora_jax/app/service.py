@@ -81,7 +81,7 @@ MODES: dict[str, Mode] = {
     "edit",
     ("video",),
     sized=False,
-    description="Redraw a clip after the prompt; strength 0 keeps it, 1 ignores it.",
+    description="Redraw a clip after the prompt; a low strength keeps it, 1 ignores it.",
   ),
 }
 
@@ -229,6 +229,14 @@ class VideoService:
     method = MODES[mode].method
     return method is None or callable(getattr(self.pipe, method, None))
 
+  def sized(self, mode: str) -> bool:
+    """Whether the page's size applies to `mode`: text to video, and modes whose method names height/width."""
+    spec = MODES[mode]
+    if not spec.sized or spec.method is None:
+      return spec.sized
+    method = getattr(self.pipe, spec.method, None)
+    return method is not None and "height" in inspect.signature(method).parameters
+
   def unavailable_message(self, mode: str) -> str:
     return (
       f"'{MODES[mode].title}' is not available: this Pipeline has no `{MODES[mode].method}` method "
@@ -266,8 +274,8 @@ class VideoService:
     height, width = parse_size(request.size or defaults["size"])
     if (height, width) not in self.sizes:
       raise BadInput(f"size {height}x{width} is not one this model makes; choose one of {', '.join(self.size_labels)}")
-    if request.mode == "edit" and not 0.0 <= float(request.strength) <= 1.0:
-      raise BadInput(f"strength={request.strength} must be between 0 (keep the video) and 1 (ignore it)")
+    if request.mode == "edit" and not 0.0 < float(request.strength) <= 1.0:
+      raise BadInput(f"strength={request.strength} must be above 0 (near 0 keeps the video) and at most 1 (ignores it)")
     seed = int(request.seed) if request.seed not in (None, "") else int(np.random.SeedSequence().entropy % 2**31)
     if not 0 <= seed < 2**31:
       raise BadInput(f"seed={seed} must be between 0 and {2**31 - 1}")
@@ -291,24 +299,33 @@ class VideoService:
         "resize it to one of these"
       )
 
-  def _read_clip(self, path: str | None, name: str) -> np.ndarray:
-    """An uploaded video as uint8 [T, H, W, 3], trimmed to the longest length the model can encode."""
+  def _read_clip(self, path: str | None, name: str, *, lead: bool = True, keep: str = "first") -> np.ndarray:
+    """An uploaded video as uint8 [T, H, W, 3], cut to the longest length the model can encode.
+
+    lead: the clip starts a latent sequence (1 + tf*k frames: a clip to continue, a first clip); otherwise it
+    follows generated frames (a multiple of tf: a clip to extend backwards, a second clip). keep: which end of
+    the upload to keep, the end that touches the generated frames ("last" for a clip continued forwards).
+    """
     if not path:
       raise BadInput(f"upload the {name} first (mp4, webm or GIF)")
     try:
       frames, _ = video_io.read_video(path)
     except (ValueError, OSError) as e:  # VideoReadError is a ValueError
       raise BadInput(f"the {name} could not be read as a video: {e}") from None
-    frames = frames[..., :3] if frames.ndim == 4 else frames
-    shortest = self.frame_counts[1] if len(self.frame_counts) > 1 else self.frame_counts[0]
-    if frames.ndim != 4 or frames.shape[0] < shortest:
-      raise BadInput(
-        f"the {name} has {frames.shape[0] if frames.ndim == 4 else 0} frames; it needs at least {shortest} "
-        f"(clips of {', '.join(map(str, self.frame_counts[:4]))}, ... frames)"
-      )
+    tf = self.pipe.temporal_factor
+    count = frames.shape[0] if frames.ndim == 4 else 0
+    if lead:
+      lengths = [n for n in valid_frame_counts(self.pipe, limit=count + 1) if n <= count]
+      shortest, rule = 1 + tf, f"1 + {tf}k"
+    else:
+      lengths = list(range(tf, count + 1, tf))
+      shortest, rule = tf, f"a multiple of {tf}"
+    if count < shortest or not lengths:
+      raise BadInput(f"the {name} has {count} frames; it needs at least {shortest} (it is cut to {rule} frames)")
     self._check_size(frames, name)
-    usable = max(n for n in valid_frame_counts(self.pipe, limit=frames.shape[0] + 1) if n <= frames.shape[0])
-    return np.ascontiguousarray(frames[:usable])
+    usable = max(lengths)
+    frames = frames[:usable] if keep == "first" else frames[count - usable :]
+    return np.ascontiguousarray(frames[..., :3])
 
   def _inputs(self, request: Request) -> dict:
     """The mode's uploads, read and checked."""
@@ -317,10 +334,15 @@ class VideoService:
       image = _as_rgb(request.image, "image")
       self._check_size(image, "image")
       return {"images": image[None]}
-    if mode in ("extend", "edit"):
+    if mode == "extend":  # the clip touches the new frames at its end (forwards) or its start (backwards)
+      backward = bool(request.backward)
+      clip = self._read_clip(request.video, "video", lead=not backward, keep="first" if backward else "last")
+      return {"videos": clip[None]}
+    if mode == "edit":
       return {"videos": self._read_clip(request.video, "video")[None]}
     if mode == "connect":
-      start, end = self._read_clip(request.start, "first clip"), self._read_clip(request.end, "second clip")
+      start = self._read_clip(request.start, "first clip", keep="last")
+      end = self._read_clip(request.end, "second clip", lead=False, keep="first")
       if start.shape[1:] != end.shape[1:]:
         raise BadInput(f"the two clips must have the same size; got {start.shape[1:3]} and {end.shape[1:3]} (HxW)")
       return {"starts": start[None], "ends": end[None]}
@@ -336,16 +358,19 @@ class VideoService:
     if mode.method is None:
       return pipe(prompts, height=settings["height"], width=settings["width"], expand_prompts=False, **common)
     method = getattr(pipe, mode.method)
-    extra = {"height": settings["height"], "width": settings["width"], "expand_prompts": False}
     if request.mode == "extend":
-      extra["backward"] = bool(request.backward)
+      common["backward"] = bool(request.backward)
     if request.mode == "edit":
-      extra["strength"] = float(request.strength)
+      common["strength"] = float(request.strength)
       common.pop("num_frames")
-    kwargs = {**common, **extra}
     params = inspect.signature(method).parameters
-    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-      kwargs = {k: v for k, v in kwargs.items() if k in params}
+    if self.sized(request.mode):  # a size from the page; modes with uploads take the uploads' size
+      common.update(height=settings["height"], width=settings["width"])
+    # What the signature names; expand_prompts (a __call__ option) also where it takes **kwargs.
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {k: v for k, v in common.items() if k in params}
+    if "expand_prompts" in params or takes_kwargs:
+      kwargs["expand_prompts"] = False
     order = {"animate": ("images",), "extend": ("videos",), "edit": ("videos",), "connect": ("starts", "ends")}
     args = [inputs[name] for name in order.get(request.mode, ())]
     return method(*args, prompts, **kwargs)
@@ -353,8 +378,10 @@ class VideoService:
   def _total_evals(self, request: Request, settings: dict) -> int:
     info = SAMPLERS[settings["sampler"]]
     total = settings["num_steps"] * info.model_evals_per_step
-    if request.mode == "edit":
+    if request.mode == "edit":  # SDEdit runs the last strength x num_steps steps
       total = max(1, round(total * float(request.strength)))
+    if request.mode == "loop":  # a text-to-video pass for the first frame, then a connecting pass
+      total *= 2
     return total
 
   def warm_up(self) -> Result:

@@ -132,7 +132,7 @@ def _tab(service: VideoService, mode: str) -> None:
       if mode == "extend":
         fields["backward"] = gr.Checkbox(label="backwards (make what came before the clip)", value=False)
       if mode == "edit":
-        fields["strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="strength (0 keeps the video)")
+        fields["strength"] = gr.Slider(0.05, 1.0, value=0.7, step=0.05, label="strength (low keeps the video)")
       with gr.Row():
         fields["seed"] = gr.Number(label="seed", value=0, precision=0, minimum=0, elem_id=f"{mode}-seed")
         fields["random_seed"] = gr.Checkbox(label="random seed", value=False, elem_id=f"{mode}-random")
@@ -154,7 +154,7 @@ def _tab(service: VideoService, mode: str) -> None:
             label="frames",
             elem_id=f"{mode}-frames",
           )
-        if spec.sized:
+        if service.sized(mode):
           fields["size"] = gr.Dropdown(
             service.size_labels, value=defaults["size"], label="size (height x width)", elem_id=f"{mode}-size"
           )
