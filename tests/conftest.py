@@ -6,7 +6,9 @@
 and prompting-with-images tests so the suite trains it once.
 """
 
+import fcntl
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -56,17 +58,28 @@ def run_tool():
 
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory):
-  root = tmp_path_factory.mktemp("demo")
-  data = DATA + [f"--config.data.data_dir={root / 'data'}"]
-  _run_tool("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
-  _run_tool(
-    "tools/train_dit.py",
-    "--config=configs/dit/demo.py",
-    f"--workdir={root / 'dit'}",
-    *data,
-    *TINY_DIT,
-    f"--config.vae_workdir={root / 'vae'}",
-  )
+  """Trained once per test run: pytest-xdist workers share it through a file lock in their common temporary
+  folder. $SORA_JAX_TINY_WORKDIR names one trained before with these settings, to reuse instead."""
+  if os.environ.get("SORA_JAX_TINY_WORKDIR"):
+    return pathlib.Path(os.environ["SORA_JAX_TINY_WORKDIR"])
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    base = base.parent  # common to all workers of this run
+  root = base / "tiny_demo_workdir"
+  with open(base / "tiny_demo_workdir.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not (root / "done").exists():
+      data = DATA + [f"--config.data.data_dir={root / 'data'}"]
+      _run_tool("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
+      _run_tool(
+        "tools/train_dit.py",
+        "--config=configs/dit/demo.py",
+        f"--workdir={root / 'dit'}",
+        *data,
+        *TINY_DIT,
+        f"--config.vae_workdir={root / 'vae'}",
+      )
+      (root / "done").write_text("ok\n")
   return root
 
 

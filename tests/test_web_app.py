@@ -43,11 +43,10 @@ def test_only_the_web_module_imports_gradio():
 
 # ---------------------------------------------------------------- the service, in-process
 @pytest.fixture(scope="module")
-def service(tiny_demo_workdir, tmp_path_factory):
-  from sora_jax import Pipeline
+def service(pipe, tmp_path_factory):
   from sora_jax.app.service import VideoService
 
-  return VideoService(Pipeline.from_pretrained(str(tiny_demo_workdir)), out_dir=str(tmp_path_factory.mktemp("app")))
+  return VideoService(pipe, out_dir=str(tmp_path_factory.mktemp("app")))  # conftest's Pipeline of the tiny workdir
 
 
 def test_service_offers_what_the_model_makes(service):
@@ -198,12 +197,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(tiny_demo_workdir, tmp_path_factory):
+def app_url(workdir, tmp_path_factory):
   pytest.importorskip("gradio", reason="the web app needs the [app] extra: pip install '.[app]'")
   port = _free_port()
   log = tmp_path_factory.mktemp("app_log") / "app.log"
   env = dict(os.environ, XLA_FLAGS="", GRADIO_ANALYTICS_ENABLED="False", PYTHONUNBUFFERED="1")
-  args = [sys.executable, "tools/app.py", f"--workdir={tiny_demo_workdir}", "--host=127.0.0.1", f"--port={port}"]
+  args = [sys.executable, "tools/app.py", f"--workdir={workdir}", "--host=127.0.0.1", f"--port={port}"]
   args.append("--nowarmup")  # the page asks for 5 frames, not the warmed-up default
   with open(log, "w") as out:
     process = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -304,15 +303,20 @@ def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_pa
     decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
   assert len(decoded) == 5 and decoded[0].shape == (32, 32, 3)
 
-  # A mode this Pipeline lacks says so in its tab.
-  from sora_jax.sampling.pipeline import Pipeline
-
-  if not hasattr(Pipeline, "animate"):
-    driver.find_element("xpath", "//button[@role='tab' and contains(., 'Animate an image')]").click()
-    notice = wait.until(lambda d: d.find_element("css selector", "#animate-unavailable"))
-    assert "is not available: this Pipeline has no animate method" in " ".join(notice.text.split())
-    driver.find_element("xpath", "//button[@role='tab' and contains(., 'Text to video')]").click()
-
   shot = os.environ.get("SORA_JAX_APP_SCREENSHOT")
   time.sleep(0.5)  # let the video element paint its first frame
   driver.save_screenshot(shot or str(tmp_path / "web_app.png"))
+
+  # An unreadable upload in a mode tab is a message in that tab (or, for a Pipeline without the mode, the notice).
+  driver.find_element("xpath", "//button[@role='tab' and contains(., 'Extend a video')]").click()
+  junk = tmp_path / "junk.mp4"
+  junk.write_bytes(b"this is not a video")
+  wait.until(lambda d: d.find_element("css selector", "#extend-video input[type=file]")).send_keys(str(junk))
+  wait.until(lambda d: "junk.mp4" in d.find_element("css selector", "#extend-video").text)
+  driver.find_element("css selector", "#extend-prompt textarea").send_keys(PROMPT)
+  driver.find_element("css selector", "#extend-generate").click()
+  from sora_jax.sampling.pipeline import Pipeline
+
+  expected = "could not be read as a video" if hasattr(Pipeline, "extend") else "this Pipeline has no extend method"
+  wait.until(lambda d: expected in " ".join(d.find_element("css selector", "#extend-status").text.split()))
+  assert "Traceback" not in driver.page_source
