@@ -70,6 +70,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.worker_count = 0  # grain worker processes (0 = in-process).
   c.data.prefetch = 2  # batches prefetched on a background thread.
   c.data.latent_cache_dir = ""  # DiT: cache of VAE latents + text embeddings; "" = <workdir>/latent_cache.
+  c.data.batching = "single"  # DiT: "single" (every clip num_frames x height x width) or "buckets" (below).
+  # DiT, batching="buckets": {"FRAMESxHEIGHTxWIDTH": (probability, batch_size)}, each batch one size drawn with
+  # its probability; batch_size 0 = data.batch_size scaled by tokens against num_frames x height x width
+  # (sora_jax.data.buckets). Clips of a size not in the table are skipped (counted in the log).
+  c.data.buckets = ml_collections.ConfigDict()
 
   # ---------------------------------------------------------------- VAE
   c.vae = ml_collections.ConfigDict()

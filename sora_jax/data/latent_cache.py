@@ -4,7 +4,8 @@ DiT training never runs the VAE (as in maxdiffusion): `build_latent_cache` encod
 every clip of a split with the trained VAE and tokenizes / embeds its caption,
 and writes one ArrayRecord file per split:
 
-  <cache_dir>/<split>.array_record   one msgpack record per clip:
+  <cache_dir>/<split>.array_record   one msgpack record per clip (one size per file; a bucket
+                                     mixture has one file per split and size, `split_name`):
       latent_mean, latent_logvar  float16 [T', H', W', C]  (raw VAE posterior)
       the text fields of `sora_jax.models.text.fields` (float16 where they are float32)
       caption, canonical_caption (str), metadata (color/shape/motion when known)
@@ -35,6 +36,11 @@ _META = "meta.json"
 
 def cache_path(cache_dir: str, split: str) -> str:
   return os.path.join(cache_dir, f"{split}.array_record")
+
+
+def split_name(split: str, size: tuple[int, int, int] | None = None) -> str:
+  """The cache file name of `split` at clip `size` (frames, height, width): 'train_17x32x48' ('train' for None)."""
+  return split if size is None else f"{split}_{'x'.join(str(int(v)) for v in size)}"
 
 
 class LatentCacheSource(grain.RandomAccessDataSource):
@@ -95,8 +101,10 @@ def build_latent_cache(
 
   Args:
     cache_dir: output folder.
-    splits: split name -> random-access source of dicts with 'video' uint8 [T,H,W,3] and 'caption'.
-    encode_fn: jitted `video float32 [B,T,H,W,3] in [-1,1] -> (mean, logvar)` of the VAE.
+    splits: split name -> random-access source of dicts with 'video' uint8 [T,H,W,3] and 'caption'
+      (one clip size per source; several sizes are several entries, named with `split_name`).
+    encode_fn: jitted `video float32 [B,T,H,W,3] in [-1,1] -> (mean, logvar)` of the VAE (compiled
+      once per clip size: every call of a size is padded to `batch_size`).
     text_encoder, text_params: a `sora_jax.models.text.TextEncoder` and its params.
     meta: what identifies this cache (VAE step, encoder, data config); a cache whose
       meta.json equals it is reused.

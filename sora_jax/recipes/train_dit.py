@@ -4,8 +4,9 @@
                                            # config.init_from: start from these weights (or random)
 
 1. The VAE (`restore.restore_vae(config.vae_workdir)`) encodes every clip of the train and
-   eval splits once, and each caption becomes text fields (token ids for a trainable encoder,
-   frozen-encoder embeddings otherwise): the latent cache under <workdir>/latent_cache (or
+   eval splits once (per size of config.data.buckets with data.batching="buckets": `dit_data`),
+   and each caption becomes text fields (token ids for a trainable encoder, frozen-encoder
+   embeddings otherwise): the latent cache under <workdir>/latent_cache (or
    config.data.latent_cache_dir), reused while it matches.
 2. The denoiser (`models.factory.build_denoiser`) starts from `config.init_from` when set (a
    diffusers Wan 2.1 folder read through the Wan weight tables, or a DiT workdir's inference
@@ -26,18 +27,16 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from sora_jax.data import datasets, latent_cache, pipeline
 from sora_jax.diffusion import build_diffusion
 from sora_jax.media import contact_sheet, video_io
 from sora_jax.models import factory
 from sora_jax.models import text as text_lib
-from sora_jax.models import vae as vae_lib
 from sora_jax.models.text import fields
 from sora_jax.models.wan import folder as wan_folder
 from sora_jax.models.wan.transformer import WanTransformer
 from sora_jax.monitoring import plots
+from sora_jax.recipes import dit_data
 from sora_jax.restore import RestoredVAE, restore_params_like, restore_vae
 from sora_jax.sampling import generate as gen
 from sora_jax.training import dit_step, loop
@@ -57,9 +56,8 @@ def train_dit(config, workdir: str):
   text_encoder = text_lib.build_text_encoder(config.text)
   text_params = None if text_encoder.trainable else text_encoder.load_pretrained()
 
-  cache_dir = config.data.latent_cache_dir or os.path.join(workdir, "latent_cache")
-  train_source, eval_source = build_latent_cache(config, cache_dir, vae, text_encoder, text_params)
-  latent_shape = tuple(train_source[0]["latent_mean"].shape)
+  data = dit_data.build_dit_data(config, dit_data.cache_dir_of(config, workdir), vae, text_encoder, text_params)
+  latent_shape = data.latent_shape
 
   denoiser = factory.build_denoiser(config, latent_shape, text_encoder=text_encoder)
   process = build_diffusion(config.diffusion)
@@ -76,22 +74,17 @@ def train_dit(config, workdir: str):
   )
   eval_loss = jax.jit(dit_step.make_eval_loss(denoiser=denoiser, diffusion=process, latent_stats=vae.latent_stats))
   components = gen.Components(denoiser=denoiser, vae=vae.module, process=process, latent_stats=vae.latent_stats)
-  batch_size = config.data.batch_size
   state = loop.train(
     config=config,
     workdir=workdir,
     init_fn=dit_step.make_init_fn(denoiser, tx, ema=config.train.ema_decay > 0),
     train_step=train_step,
-    make_iterator=lambda: pipeline.make_iterator(
-      train_source,
-      batch_size=batch_size,
-      seed=config.seed,
-      worker_count=config.data.worker_count,
-      prefetch=config.data.prefetch,
+    make_iterator=lambda: data.make_train_iterator(config.seed),
+    eval_fn=lambda state, step: dit_data.evaluate_loss(
+      eval_loss, inference_params(state), data, config.train.eval_batches
     ),
-    eval_fn=lambda state, step: evaluate_loss(eval_loss, inference_params(state), eval_source, config),
     sample_fn=make_sample_fn(config, workdir, components, vae, text_params, latent_shape),
-    per_step_counts={"tokens": batch_size * denoiser.num_tokens, "examples": batch_size},
+    per_step_counts=data.mean_counts(),
     desc="train DiT",
     pretrained=pretrained_params(config, denoiser),
   )
@@ -133,41 +126,6 @@ def pretrained_params(config, denoiser: factory.Denoiser):
     return {"dit": wan_folder.load_transformer_params(path, dit, abstract["dit"])}
 
   return load
-
-
-def build_latent_cache(config, cache_dir: str, vae: RestoredVAE, text_encoder, text_params):
-  """(train source, eval source) of the latent cache in `cache_dir`, built by process 0 if it does not match.
-
-  The cache directory must be on storage every host reads.
-  """
-  splits = {s: datasets.load_data_source(config.data, s) for s in (config.data.train_split, config.data.eval_split)}
-  if jax.process_index() == 0:
-    latent_cache.build_latent_cache(
-      cache_dir=cache_dir,
-      splits=splits,
-      encode_fn=jax.jit(lambda v: vae_lib.encode_video(vae.module, vae.params, v)),
-      text_encoder=text_encoder,
-      text_params=text_params,
-      meta=latent_cache.cache_meta(config, config.vae_workdir, vae.step),
-    )
-  multihost_utils.sync_global_devices("latent cache built")
-  return tuple(latent_cache.LatentCacheSource(cache_dir, s) for s in (config.data.train_split, config.data.eval_split))
-
-
-def evaluate_loss(eval_loss, params, eval_source, config) -> dict[str, float]:
-  """Mean of `eval_loss(params, batch, rng)` over the first config.train.eval_batches batches of the eval split."""
-  iterator = pipeline.make_iterator(
-    eval_source, batch_size=config.data.batch_size, seed=0, shuffle=False, num_epochs=1, prefetch=0
-  )
-  totals, n = {}, 0
-  for i, batch in enumerate(iterator):
-    if i >= config.train.eval_batches:
-      break
-    batch = {k: v for k, v in batch.items() if np.asarray(v).dtype.kind not in "USO"}
-    out = jax.device_get(eval_loss(params, batch, jax.random.PRNGKey(i)))
-    totals = {k: totals.get(k, 0.0) + float(v) for k, v in out.items()}
-    n += 1
-  return {k: v / max(n, 1) for k, v in totals.items()}
 
 
 def make_sample_fn(config, workdir: str, components: gen.Components, vae: RestoredVAE, text_params, latent_shape):
