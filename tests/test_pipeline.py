@@ -86,8 +86,11 @@ def test_encode_decode_shapes(pipe):
 @pytest.mark.parametrize(
   "kwargs, match",
   [
-    (dict(num_frames=8), r"num_frames=8 cannot be produced.*valid: \[1, 5, 9"),
-    (dict(height=30), r"multiples of"),
+    (
+      dict(num_frames=8),
+      r"8x32x32 .* cannot be produced: frames must be 1\+4k.*Nearest valid sizes: 5x32x32, 9x32x32$",
+    ),
+    (dict(height=30), r"multiple of 16.*Nearest valid sizes: 9x16x32, 9x32x32$"),
     (dict(guidance_scale=-1.0), r"guidance_scale=-1.0 must be >= 0"),
   ],
 )

@@ -20,6 +20,12 @@ What is timed (inputs are synthetic; no dataset, VAE checkpoint or pretrained we
           AdamW from `config.train`), jitted with the state donated as tools/train_vae.py runs it,
           on one device.
 
+With --buckets (--what=train; 'config' = config.data.buckets, or SIZE=PROBABILITY[:BATCH],...) the train
+step is timed at every bucket's size and batch (one compile each, as in training): a section per bucket
+with tokens, step time, tokens/s and the compiled step's memory, and the probability-weighted step time:
+
+  python tools/benchmark.py --config=configs/dit/demo_sizes.py --what=train --buckets=config --json
+
 Each timed step is run `--warmup` times, then `--steps` times; the median, p10 and p90 are
 reported. FLOPs: the DiT's analytic count (`sora_jax.models.counting`, 2 per multiply-add;
 a train step = 3x forward, recomputation from remat is not counted: this is *model* FLOPs
@@ -78,6 +84,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("frames", 0, "Clip length in pixel frames, 1+4k (default config.data.num_frames).")
   flags.DEFINE_integer("height", 0, "Clip height in pixels (default config.data.height).")
   flags.DEFINE_integer("width", 0, "Clip width in pixels (default config.data.width).")
+  flags.DEFINE_string(
+    "buckets",
+    "",
+    "--what=train: time every bucket of a table, 'config' (config.data.buckets) or '17x32x32=0.5:32,1x32x32=0.5' "
+    "(batch 0 or left out = data.batch_size scaled by tokens).",
+  )
   flags.DEFINE_bool("json", False, "Print one JSON object (every number, device, versions) instead of a table.")
   flags.DEFINE_float(
     "cpu_peak_tflops",
@@ -301,7 +313,41 @@ def benchmark_train(
     "xla_flops_per_device_step": _xla_flops(compiled),
     "loss": last_loss,
   }
+  memory_stats = compiled.memory_analysis()
+  if memory_stats is not None:
+    result["temp_bytes"] = int(memory_stats.temp_size_in_bytes)
+    result["argument_bytes"] = int(memory_stats.argument_size_in_bytes)
   return add_rates(result, 3.0 * forward * setup.batch_size, stats["median_s"], peak)
+
+
+def benchmark_buckets(config, table: str, *, steps: int, warmup: int, peak: dict | None = None) -> dict:
+  """The train step timed at every bucket of a table: {"buckets": {name: {...}}, "mean_step_s", "mean_tokens_per_s"}."""
+  import jax
+
+  from sora_jax.recipes import dit_data
+
+  sections = {}
+  for bucket in dit_data.buckets_for_tool(config, table, multiple=jax.device_count()):
+    frames, height, width = bucket.size
+    one = benchmark_train(
+      config, steps=steps, warmup=warmup, batch=bucket.batch_size, frames=frames, height=height, width=width, peak=peak
+    )
+    keep = ("compile_s", "median_s", "p10_s", "p90_s", "tokens_per_s", "achieved_tflops", "mfu", "temp_bytes")
+    sections[bucket.name] = {
+      "probability": bucket.probability,
+      "batch": bucket.batch_size,
+      "tokens": bucket.tokens,
+      "tokens_per_step": bucket.tokens * bucket.batch_size,
+      **{k: one[k] for k in keep if k in one},
+    }
+  mean_step = sum(b["probability"] * b["median_s"] for b in sections.values())
+  mean_tokens = sum(b["probability"] * b["tokens_per_step"] for b in sections.values())
+  return {
+    "what": "train_buckets",
+    "buckets": sections,
+    "mean_step_s": mean_step,
+    "mean_tokens_per_s": mean_tokens / mean_step,
+  }
 
 
 def benchmark_sample(
@@ -575,6 +621,7 @@ def run(
   cpu_peak_tflops: float = 0.0,
   peak_tflops: float = 0.0,
   config_name: str = "",
+  buckets: str = "",
 ) -> dict:
   """One benchmark as a JSON-ready dict: the timings, rates, shapes, settings and environment."""
   if what not in BENCHMARKS:
@@ -587,9 +634,14 @@ def run(
 
   num_devices = math.prod(mesh_lib.resolve_mesh_shape(config.mesh.shape, jax.device_count())) if what == "train" else 1
   peak = peak_info(num_devices, cpu_peak_tflops, peak_tflops)
-  result = BENCHMARKS[what](
-    config, steps=steps, warmup=warmup, batch=batch, frames=frames, height=height, width=width, peak=peak
-  )
+  if buckets:
+    if what != "train":
+      raise ValueError(f"--buckets times the train step: use it with --what=train, not --what={what}")
+    result = benchmark_buckets(config, buckets, steps=steps, warmup=warmup, peak=peak)
+  else:
+    result = BENCHMARKS[what](
+      config, steps=steps, warmup=warmup, batch=batch, frames=frames, height=height, width=width, peak=peak
+    )
   result.update({k: v for k, v in peak.items() if k not in result})
   result.update(
     config=config_name,
@@ -633,6 +685,7 @@ def main(argv):
     cpu_peak_tflops=f.cpu_peak_tflops,
     peak_tflops=f.peak_tflops,
     config_name=config_flags.get_config_filename(f["config"]),
+    buckets=f.buckets,
   )
   result["overrides"] = config_flags.get_override_values(f["config"])
   if f.json:

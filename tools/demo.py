@@ -116,6 +116,12 @@ def _print_summary(summary: dict, workdir: str, sample_dir: str, sheet: str, eva
       print(line)
     if ev.get("modes"):
       print(f"  prompting modes:   {os.path.join(os.path.dirname(eval_json), 'modes.png')}")
+    for name, size in ev.get("sizes", {}).items():  # a run trained on a bucket table (tools/evaluate.py --sizes)
+      print(
+        f"  size {name:>9}:   all-three {size['accuracy_all']:.1%}  color {size['accuracy_color']:.1%}  "
+        f"shape {size['accuracy_shape']:.1%}  inside {size['framing_inside']:.1%}"
+        + (f"  travel>=35% {size['framing_travel']:.1%}" if size.get("framing_travel") is not None else "")
+      )
   print(f"  dataset sheet:     {os.path.join(workdir, 'dataset.png')}")
   print(f"  samples (mp4/gif): {sample_dir}")
   print(f"  contact sheet:     {sheet}")

@@ -15,6 +15,11 @@ and length from config.text, clip size from config.data unless given):
   python tools/estimate.py --config=configs/dit/wan21.py:14b --frames=81 --height=720 --width=1280 \
       --mesh=1,8,1,1 --memory=sample
 
+A bucket table (--buckets=config for config.data.buckets, or SIZE=PROBABILITY[:BATCH],...) gives a
+section per bucket (tokens, batch size scaled by tokens, FLOPs per step; memory with --mesh):
+
+  python tools/estimate.py --config=configs/dit/demo_sizes.py --buckets=config --json
+
 With --mesh, --memory says which per-device memory: "train" (a train step, the default),
 "sample" (sampling the clip: one guided denoiser step, text encoder and VAE decode) or "both".
 
@@ -56,6 +61,12 @@ _MESH = flags.DEFINE_string(
   "",
   "With --config: per-device memory of the train step on a mesh "
   "'data,fsdp,context,tensor' (e.g. 1,64,1,1), compiled on abstract inputs.",
+)
+_BUCKETS = flags.DEFINE_string(
+  "buckets",
+  "",
+  "With --config: also estimate every bucket of a table, 'config' (config.data.buckets) or "
+  "'17x32x32=0.5:32,1x32x32=0.5' (batch 0 or left out = data.batch_size scaled by tokens).",
 )
 _MEMORY = flags.DEFINE_enum(
   "memory",
@@ -190,6 +201,26 @@ def sample_memory_estimate(config, mesh: str, frames: int, height: int, width: i
   return result
 
 
+def bucket_estimates(setting: dict, config, table: str, mesh: str = "") -> dict:
+  """{bucket: {probability, tokens, batch_size, train_flops_per_step (+ memory with --mesh)}} of a bucket table."""
+  from sora_jax.recipes import dit_data
+
+  out = {}
+  for bucket in dit_data.buckets_for_tool(config, table):
+    frames, height, width = bucket.size
+    one = estimate(setting, frames, height, width, bucket.batch_size)
+    out[bucket.name] = {
+      "probability": bucket.probability,
+      "tokens": one["tokens"],
+      "batch_size": bucket.batch_size,
+      "tokens_per_step": one["tokens"] * bucket.batch_size,
+      "train_flops_per_step": one["train_flops_per_step"],
+    }
+    if mesh:
+      out[bucket.name]["memory"] = memory_estimate(config, mesh, frames, height, width, bucket.batch_size)
+  return out
+
+
 def _mesh_shape(mesh: str) -> tuple[int, ...]:
   try:
     return tuple(int(s) for s in mesh.split(","))
@@ -211,6 +242,13 @@ def _print_table(result: dict) -> None:
   for name, value in result["macs_by_part"].items():
     if value:
       print(f"  MACs    {name:<40s} {value:>16,.0f}")
+  for name, b in result.get("buckets", {}).items():
+    print(
+      f"bucket {name:>10}  p={b['probability']:.2f}  {b['tokens']} tokens x batch {b['batch_size']} = "
+      f"{b['tokens_per_step']} tokens/step, {b['train_flops_per_step']:.3e} train FLOPs/step"
+    )
+    for line in b.get("memory", {}).get("summary", []):
+      print("  " + line)
   for key in ("memory", "sample_memory"):
     for line in result.get(key, {}).get("summary", []):
       print(line)
@@ -232,6 +270,10 @@ def main(argv):
         result["memory"] = memory_estimate(*clip)
       if _MEMORY.value in ("sample", "both"):
         result["sample_memory"] = sample_memory_estimate(*clip)
+    if _BUCKETS.value:
+      if not _CONFIG.value:
+        raise ValueError("--buckets needs --config (the table's batch sizes scale data.batch_size)")
+      result["buckets"] = bucket_estimates(setting, _CONFIG.value, _BUCKETS.value, _MESH.value)
   except (ValueError, NotImplementedError) as e:
     sys.exit(f"error: {e}")
   if _JSON.value:

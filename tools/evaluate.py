@@ -13,6 +13,10 @@ r"""Evaluate a trained workdir: prompt adherence, VAE reconstruction, DiT eval l
   extend_backward, connect, loop and edit on held-out clips, each with the issue's criteria
   (sora_jax/evaluation/conditioning_eval.py): one section per mode under "modes" in eval.json,
   and <out>/modes.png (the first clip of every mode, given frames outlined in orange).
+* Sizes (--sizes; default: the sizes the run trained on when it used a bucket table):
+  adherence and framing (object wholly inside the frame, moving objects travel >= 35 %)
+  per size, a JSON section each under "sizes", and <out>/sizes.png with one sample of
+  every size side by side. Any producible size works, e.g. --sizes=25x32x32,17x48x48.
 
 Writes <out>/eval.json, <out>/summary.png (bars + confusion matrices) and
 <out>/samples.png (a contact sheet of the first generated videos).
@@ -35,6 +39,13 @@ _BATCH = flags.DEFINE_integer("batch_size", 16, "Prompts per sampling call.")
 _SEED = flags.DEFINE_integer("seed", 1234, "Noise seed of the first video.")
 _VAE_SPLIT = flags.DEFINE_string("vae_split", "test", "Held-out split for VAE PSNR/SSIM.")
 _VAE_CLIPS = flags.DEFINE_integer("vae_clips", 64, "Clips of that split for VAE PSNR/SSIM (0 = all).")
+_SIZES = flags.DEFINE_string(
+  "sizes",
+  "auto",
+  "Sizes FRAMESxHEIGHTxWIDTH to measure adherence and framing at, comma-separated (e.g. "
+  "17x32x32,17x32x48,1x32x32); 'auto' = the run's bucket table (none for a one-size run); '' = none.",
+)
+_SIZE_PROMPTS = flags.DEFINE_integer("size_prompts", 0, "Prompts per size for --sizes (0 = all 105, 21 for images).")
 _SKIP_ADHERENCE = flags.DEFINE_bool("skip_adherence", False, "Only VAE / loss metrics (non-shapes data).")
 _MODES = flags.DEFINE_list(
   "modes",
@@ -83,6 +94,28 @@ def evaluate_prompting_modes(pipe, out: str) -> dict:
   return modes
 
 
+def evaluate_sizes(pipe, out: str, result: dict) -> None:
+  """result["sizes"]: a section per size of --sizes, and <out>/sizes.png (one sample of each side by side)."""
+  from sora_jax.data import buckets
+  from sora_jax.evaluation import adherence
+  from sora_jax.media import contact_sheet
+
+  if _SIZES.value == "auto":
+    trained = buckets.trained_sizes(pipe.config)
+    sizes = trained if len(trained) > 1 else []
+  else:
+    sizes = buckets.parse_sizes(_SIZES.value)
+  if not sizes:
+    return
+  sections = adherence.evaluate_sizes(
+    pipe, sizes, batch_size=_BATCH.value, seed=_SEED.value, max_prompts=_SIZE_PROMPTS.value, **_SAMPLING.overrides()
+  )
+  firsts = sections.pop("videos")
+  result["sizes"] = sections
+  captions = [f"{name} all {s['accuracy_all']:.0%} inside {s['framing_inside']:.0%}" for name, s in sections.items()]
+  contact_sheet.save_sizes_sheet(os.path.join(out, "sizes.png"), list(firsts.values()), captions)
+
+
 def main(argv):
   del argv
   from sora_jax import Pipeline
@@ -117,6 +150,7 @@ def main(argv):
     contact_sheet.save_contact_sheet(os.path.join(out, "samples.png"), videos[:shown], captions)
     if _MODES.value:
       result["modes"] = evaluate_prompting_modes(pipe, out)
+    evaluate_sizes(pipe, out, result)
   result["seconds"] = round(time.time() - start, 1)
 
   with open(os.path.join(out, "eval.json"), "w") as f:

@@ -193,3 +193,16 @@ class BucketMixture:
       close = getattr(it, "close", None)
       if close is not None:
         close()
+
+
+def trained_sizes(config) -> list[Size]:
+  """The clip sizes a run trained on: its bucket table's (data.batching="buckets") or its one size."""
+  data = config.data
+  if data.get("batching", "single") == "buckets" and data.get("buckets", None):
+    return list(parse_table(data.buckets))
+  return [(int(data.num_frames), int(data.height), int(data.width))]
+
+
+def parse_sizes(text: str) -> list[Size]:
+  """'17x32x32,1x32x32' -> [(17, 32, 32), (1, 32, 32)]."""
+  return [parse_size(part) for part in text.split(",") if part.strip()]

@@ -114,3 +114,62 @@ def plot_summary(result: dict[str, Any], out_png: str | os.PathLike) -> str:
   fig.savefig(out_png, dpi=100)
   plt.close(fig)
   return os.fspath(out_png)
+
+
+def image_prompts() -> list[str]:
+  """The 21 colour x shape prompts of an image (a 1-frame clip): 'a red circle'."""
+  return [f"{shapes.article(c)} {c} {s}" for c in shapes.COLORS for s in shapes.SHAPES]
+
+
+def evaluate_sizes(
+  pipe,
+  sizes: Sequence[tuple[int, int, int]],
+  *,
+  batch_size: int = 16,
+  seed: int = 0,
+  max_prompts: int = 0,
+  **sample_kwargs,
+) -> dict[str, Any]:
+  """Adherence and framing at each (frames, height, width): one JSON-able section per size, plus one video each.
+
+  Videos use the 105 canonical prompts, images (1 frame) the 21 colour x shape ones (their motion reads
+  "still"); `max_prompts` > 0 takes every k-th prompt so that many remain (a quicker estimate). Framing
+  (`shapes_analyzer.framing`): the fraction of clips whose object is wholly inside every frame, and of
+  moving-prompt clips whose object travels >= MIN_TRAVEL of the frame.
+
+  Returns:
+    {"TxHxW": {"size", "num_videos", "accuracy_color", "accuracy_shape", "accuracy_motion", "accuracy_all",
+     "framing_inside", "framing_travel", "mean_travel"}, ...} and "videos": {"TxHxW": uint8 [T, H, W, 3] (first
+     prompt's sample; not JSON)}.
+  """
+  out: dict[str, Any] = {}
+  firsts: dict[str, np.ndarray] = {}
+  for frames, height, width in sizes:
+    name = f"{frames}x{height}x{width}"
+    prompts = image_prompts() if frames == 1 else all_prompts()
+    if max_prompts and max_prompts < len(prompts):
+      prompts = prompts[:: -(-len(prompts) // max_prompts)]
+    result = evaluate_adherence(
+      pipe,
+      prompts,
+      batch_size=batch_size,
+      seed=seed,
+      num_frames=frames,
+      height=height,
+      width=width,
+      **sample_kwargs,
+    )
+    videos = result.pop("videos")
+    framed = [analyzer.framing(v) for v in videos]
+    moving = [
+      f for f, r in zip(framed, result["per_prompt"]) if analyzer.expected_attributes(r["prompt"])["motion"] != "still"
+    ]
+    section = {"size": [frames, height, width], "num_videos": result["num_videos"]}
+    section.update({k: v for k, v in result.items() if k.startswith("accuracy_")})
+    section["framing_inside"] = float(np.mean([f["inside"] for f in framed]))
+    section["framing_travel"] = float(np.mean([f["travels_enough"] for f in moving])) if moving else None
+    section["mean_travel"] = float(np.mean([f["travel"] for f in moving])) if moving else None
+    out[name] = section
+    firsts[name] = videos[0]
+  out["videos"] = firsts
+  return out

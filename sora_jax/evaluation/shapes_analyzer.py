@@ -308,3 +308,49 @@ def confusion_matrix(predicted: Sequence[str | None], expected: Sequence[str], a
   for p, e in zip(predicted, expected):
     matrix[index[e], index.get(p, len(labels))] += 1
   return matrix
+
+
+# A moving object must cross at least this fraction of the frame along its direction (issue 16's framing target;
+# the dataset's clips travel >= 40 %).
+MIN_TRAVEL = 0.35
+# A frame whose object touches the frame edge is cut off when its shape reads worse than this template IoU
+# (whole rendered shapes touching the edge score >= 0.94; shapes shifted 25 % out of the frame: median 0.68) or
+# its area is under this fraction of the clip's largest (a clipped moving object loses area).
+CUT_OFF_IOU = 0.9
+CUT_OFF_AREA = 0.85
+
+
+def _touches_edge(frame: np.ndarray) -> bool:
+  brightness = frame.astype(np.float32).max(axis=-1) / 255.0
+  level = float(ndimage.median_filter(brightness, size=3, mode="constant").max())
+  mask = _largest_component(brightness > 0.5 * level)
+  return bool(mask[0].any() or mask[-1].any() or mask[:, 0].any() or mask[:, -1].any())
+
+
+def framing(video: np.ndarray, analysis: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Whether the object is framed: wholly inside in every frame, and how far a moving one travels.
+
+  Args:
+    video: uint8 [T, H, W, 3].
+    analysis: `analyze_video(video)` when already computed.
+  Returns:
+    {"inside": an object in every frame and none cut off by the frame edge (touching it with a shape that
+     reads badly, CUT_OFF_IOU, or with less area than the clip's largest, CUT_OFF_AREA),
+     "travel": |displacement| along the read motion's axis as a fraction of the frame (0 if still / an image),
+     "travels_enough": travel >= MIN_TRAVEL (True when the read motion is still)}.
+  """
+  video = np.asarray(video)
+  analysis = analysis if analysis is not None else analyze_video(video)
+  measures = [measure_frame(frame) for frame in video]
+  inside = all(m is not None for m in measures)
+  if inside:
+    largest = max(m.area for m in measures)
+    for frame, m in zip(video, measures):
+      poor = max(m.shape_iou.values()) < CUT_OFF_IOU or m.area < CUT_OFF_AREA * largest
+      if poor and _touches_edge(frame):
+        inside = False
+        break
+  motion = analysis.get("motion")
+  moving = motion in ("left", "right", "up", "down")
+  travel = float(abs(analysis["features"]["displacement"][0 if motion in ("left", "right") else 1])) if moving else 0.0
+  return {"inside": inside, "travel": travel, "travels_enough": (not moving) or travel >= MIN_TRAVEL}

@@ -265,3 +265,29 @@ def save_comparison_sheet(
       originals, reconstructions, captions, max_frames=max_frames, scale=scale, font_size=font_size
     ),
   )
+
+
+def make_sizes_image(clips: Sequence[np.ndarray], captions: Sequence[str], *, max_frames: int = 5, scale: int = 3):
+  """Clips of different sizes side by side, as uint8 [H, W, 3]: one column per clip (up to `max_frames` evenly
+  spaced frames top to bottom, its caption below), columns top-aligned. clips: uint8 [T_i, H_i, W_i, 3]."""
+  captions = _check_captions(captions, len(clips))
+  if not clips:
+    raise ValueError("need at least one clip")
+  columns = []
+  for i, (clip, caption) in enumerate(zip(clips, captions)):
+    frames = select_frames(check_frames(clip, f"clips[{i}]"), max_frames)
+    labels = [""] * (len(frames) - 1) + [caption]
+    columns.append(make_grid_image(list(frames[:, None]), labels, scale=scale))
+  height = max(c.shape[0] for c in columns)
+  sheet = np.empty((height, sum(c.shape[1] for c in columns), 3), np.uint8)
+  sheet[:] = BACKGROUND
+  x = 0
+  for column in columns:
+    sheet[: column.shape[0], x : x + column.shape[1]] = column
+    x += column.shape[1]
+  return sheet
+
+
+def save_sizes_sheet(path: str | os.PathLike, clips: Sequence[np.ndarray], captions: Sequence[str], **kwargs) -> Path:
+  """Writes `make_sizes_image(clips, captions, **kwargs)` as a PNG; returns the path."""
+  return _save_png(path, make_sizes_image(clips, captions, **kwargs))

@@ -72,6 +72,23 @@ def resolve_buckets(config, vae_cfg, multiple: int | None = None) -> list[bucket
   )
 
 
+def buckets_for_tool(config, table: str, multiple: int = 1) -> list[buckets_lib.Bucket]:
+  """The buckets a tool's --buckets names: "config" (config.data.buckets) or a table "17x32x32=0.5:32,1x32x32=0.5"
+  (batch 0 or left out = data.batch_size scaled by tokens), sized with config.vae and config.dit."""
+  source = config.data.get("buckets", None) if table == "config" else table
+  if not source:
+    raise ValueError(
+      "--buckets=config but the config has no data.buckets table; pass one, e.g. 17x32x32=0.5,1x32x32=0.5"
+    )
+  return buckets_lib.resolve_buckets(
+    buckets_lib.parse_table(source),
+    base_batch=int(config.data.batch_size),
+    base_size=base_size(config),
+    tokens_of=tokens_fn(config.vae, tuple(config.dit.patch_size)),
+    multiple=multiple,
+  )
+
+
 def describe(buckets: list[buckets_lib.Bucket]) -> str:
   return ", ".join(f"{b.name}: p={b.probability:.2f} batch={b.batch_size} tokens={b.tokens}" for b in buckets)
 

@@ -41,6 +41,7 @@ from sora_jax.monitoring.progress import progress_bar
 from sora_jax.sampling import conditioning as conditioning_lib
 from sora_jax.sampling import generate as gen
 from sora_jax.sampling import prompt_expander as expanders
+from sora_jax.sampling import sizes
 from sora_jax.sampling.conditioning import Condition
 
 OUTPUT_TYPES = ("uint8", "float", "latent")
@@ -139,20 +140,17 @@ class Pipeline:
     return self.vae_config.vae.spatial_factor * self.components.denoiser.dit.patch_size[1]
 
   def _latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-    tf, pt = self.temporal_factor, self.components.denoiser.dit.patch_size[0]
-    if num_frames < 1 or (num_frames - 1) % tf or ((num_frames - 1) // tf + 1) % pt:
-      valid = [n for n in range(1, 8 * tf + 2) if (n - 1) % tf == 0 and ((n - 1) // tf + 1) % pt == 0][:6]
-      raise ValueError(
-        f"num_frames={num_frames} cannot be produced: the causal VAE makes 1+{tf}k frames"
-        f"{f' with 1+k divisible by the patch {pt}' if pt > 1 else ''}; valid: {valid}, ..."
-      )
-    m = self.pixel_multiple
-    if height < m or width < m or height % m or width % m:
-      raise ValueError(
-        f"height={height}, width={width} cannot be produced: both must be positive multiples "
-        f"of {m} (VAE spatial factor {self.vae_config.vae.spatial_factor} x DiT patch "
-        f"{self.components.denoiser.dit.patch_size[1]}), e.g. {m * max(1, height // m)}"
-      )
+    """(T', H', W', C) of a clip size; a size the VAE and patching cannot produce is a ValueError naming the
+    nearest valid sizes (sampling/sizes.py), raised before any work."""
+    vae_cfg = self.vae_config.vae
+    sizes.check_size(
+      num_frames,
+      height,
+      width,
+      temporal_factor=vae_cfg.temporal_factor,
+      spatial_factor=vae_cfg.spatial_factor,
+      patch_size=self.components.denoiser.dit.patch_size,
+    )
     return vae_lib.latent_shape(self.vae_config.vae, num_frames, height, width)
 
   # ------------------------------------------------------------------ sampling
