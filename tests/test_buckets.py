@@ -179,3 +179,27 @@ def test_dit_data_resolves_the_config_table():
   config.data.batching = "packed"
   with pytest.raises(ValueError, match="batching"):
     dit_data.resolve_buckets(config, config.vae)
+
+
+def test_mixture_state_survives_an_orbax_checkpoint(cache, tmp_path):
+  """The loop saves `iterator.get_state()` with the checkpoint; a restored run continues with the same batches."""
+  from sora_jax.training import checkpointing
+
+  path, _ = cache
+  first = _mixture(path, seed=5)
+  for _ in range(5):
+    next(first)
+  state = {"w": jnp.arange(3.0)}
+  with checkpointing.Checkpointer(str(tmp_path)) as ckpt:
+    ckpt.save(5, state, data_state=first.get_state(), force=True)
+  expected = [next(first) for _ in range(4)]
+  first.close()
+  with checkpointing.Checkpointer(str(tmp_path)) as ckpt:
+    _, data_state = ckpt.restore(jax.eval_shape(lambda: state))
+  resumed = _mixture(path, seed=5)
+  resumed.set_state(data_state)
+  for want in expected:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["latent_mean"], want["latent_mean"])
+    np.testing.assert_array_equal(got["caption"], want["caption"])
+  resumed.close()

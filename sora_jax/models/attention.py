@@ -114,8 +114,13 @@ def heads_major(impl: str) -> bool:
   return resolve_impl(impl) in ("einsum", "chunked")
 
 
+def _expand_mask(mask):
+  """[B, L] (per key) or [B, N, L] (per query and key, e.g. packed segments) -> broadcastable to [B, H, N, L]."""
+  return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
+
+
 def _einsum_attention(q, k, v, mask):
-  """Softmax attention in the heads-major layout: q [B, H, N, K], k/v [B, H, L, K], mask [B, L] or None.
+  """Softmax attention in the heads-major layout: q [B, H, N, K], k/v [B, H, L, K], mask [B, L], [B, N, L] or None.
 
   Logits, softmax statistics and the AV accumulation are float32; the result has q's dtype.
   Rows whose keys are all masked come out as the mean of v (the caller zeroes them).
@@ -124,7 +129,7 @@ def _einsum_attention(q, k, v, mask):
   q = (q.astype(jnp.float32) * scale).astype(q.dtype)
   logits = jnp.einsum("bhnk,bhlk->bhnl", q, k, preferred_element_type=jnp.float32)
   if mask is not None:
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(_expand_mask(mask), logits, jnp.finfo(jnp.float32).min)
   # Softmax is invariant to the shift, so the row max needs no gradient: no [N, L] reductions backwards.
   row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   weights = jnp.exp(logits - row_max)  # unnormalised, in (0, 1]; the max is 1
@@ -134,14 +139,16 @@ def _einsum_attention(q, k, v, mask):
 
 
 def _jax_nn_attention(q, k, v, mask, implementation):
-  """jax.nn.dot_product_attention on [B, N, H, K] inputs; mask [B, L] bool or None."""
+  """jax.nn.dot_product_attention on [B, N, H, K] inputs; mask [B, L] or [B, N, L] bool, or None."""
   if mask is None:
     return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+  if implementation == "cudnn" and mask.ndim == 3:
+    raise ValueError("attention_impl='cudnn' takes key padding only, not per-query masks (packed segments)")
   if implementation == "cudnn":
     # cuDNN takes padding as key lengths; text is right-padded, so the mask is a prefix of True.
     lengths = jnp.sum(mask, axis=-1, dtype=jnp.int32)
     return jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
-  return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :], implementation=implementation)
+  return jax.nn.dot_product_attention(q, k, v, mask=_expand_mask(mask), implementation=implementation)
 
 
 def _chunked_attention(q, k, v, mask, chunk_size):
@@ -152,12 +159,22 @@ def _chunked_attention(q, k, v, mask, chunk_size):
   pad = num_chunks * chunk_size - n
   q = jnp.pad(q, ((0, 0), (0, 0), (0, pad), (0, 0)))
   chunks = jnp.moveaxis(q.reshape(b, h, num_chunks, chunk_size, d), 2, 0)
+  if mask is not None and mask.ndim == 3:  # per-query rows travel with their queries
+    mask_rows = jnp.pad(mask, ((0, 0), (0, pad), (0, 0)), constant_values=True)
+    mask_rows = jnp.moveaxis(mask_rows.reshape(b, num_chunks, chunk_size, -1), 1, 0)
 
-  @jax.checkpoint
-  def attend(q_chunk):
-    return _einsum_attention(q_chunk, k, v, mask)
+    @jax.checkpoint
+    def attend_rows(args):
+      return _einsum_attention(args[0], k, v, args[1])
 
-  out = jax.lax.map(attend, chunks)  # [num_chunks, B, H, chunk, K]
+    out = jax.lax.map(attend_rows, (chunks, mask_rows))
+  else:
+
+    @jax.checkpoint
+    def attend(q_chunk):
+      return _einsum_attention(q_chunk, k, v, mask)
+
+    out = jax.lax.map(attend, chunks)  # [num_chunks, B, H, chunk, K]
   out = jnp.moveaxis(out, 0, 2).reshape(b, h, num_chunks * chunk_size, d)
   return out[:, :, :n]
 
@@ -175,7 +192,7 @@ def dot_product_attention(
   query_chunk_size: int = 1024,
   layout: str = "bnhk",
 ) -> jax.Array:
-  """Softmax attention; q [B, N, H, K], k/v [B, L, H, K], mask [B, L] (True = attend) -> [B, N, H, K].
+  """Softmax attention; q [B, N, H, K], k/v [B, L, H, K], mask [B, L] or [B, N, L] (True = attend) -> [B, N, H, K].
 
   With layout="bhnk" inputs and output are heads-major instead: q [B, H, N, K], k/v [B, H, L, K]
   (what `Attention` passes to the "einsum" and "chunked" implementations, which work in it).
@@ -185,8 +202,10 @@ def dot_product_attention(
   if layout not in ("bnhk", "bhnk"):
     raise ValueError(f"layout must be 'bnhk' or 'bhnk', got {layout!r}")
   key_length = k.shape[1] if layout == "bnhk" else k.shape[2]
-  if mask is not None and mask.shape != (k.shape[0], key_length):
-    raise ValueError(f"attention mask must be [B, L] = {(k.shape[0], key_length)}, got {mask.shape}")
+  query_length = q.shape[1] if layout == "bnhk" else q.shape[2]
+  allowed = ((k.shape[0], key_length), (k.shape[0], query_length, key_length))
+  if mask is not None and mask.shape not in allowed:
+    raise ValueError(f"attention mask must be [B, L] = {allowed[0]} or [B, N, L] = {allowed[1]}, got {mask.shape}")
   wants = "bhnk" if impl in ("einsum", "chunked") else "bnhk"
   if layout != wants:
     q, k, v = (jnp.transpose(t, _TO_HEADS_MAJOR) for t in (q, k, v))
@@ -199,8 +218,23 @@ def dot_product_attention(
   if layout != wants:
     out = jnp.transpose(out, _TO_HEADS_MAJOR)
   if mask is not None:
-    out = jnp.where(jnp.any(mask, axis=-1)[:, None, None, None], out, jnp.zeros_like(out))
+    if mask.ndim == 2:
+      out = jnp.where(jnp.any(mask, axis=-1)[:, None, None, None], out, jnp.zeros_like(out))
+    else:  # [B, N] rows with no key
+      rows = jnp.any(mask, axis=-1)
+      rows = rows[:, :, None, None] if layout == "bnhk" else rows[:, None, :, None]
+      out = jnp.where(rows, out, jnp.zeros_like(out))
   return out
+
+
+def segment_mask(query_segments: jax.Array, key_segments: jax.Array) -> jax.Array:
+  """Packed sequences (NaViT): bool [B, N, L], True where query n and key l belong to the same clip.
+
+  query_segments int [B, N], key_segments int [B, L]: each token's clip id within its row; ids < 0 mark padding
+  (attends to nothing, is attended by nothing).
+  """
+  same = query_segments[:, :, None] == key_segments[:, None, :]
+  return same & (query_segments[:, :, None] >= 0) & (key_segments[:, None, :] >= 0)
 
 
 class Attention(nn.Module):
@@ -233,8 +267,13 @@ class Attention(nn.Module):
     context: jax.Array | None = None,
     context_mask: jax.Array | None = None,
     rope: tuple[jax.Array, jax.Array] | None = None,
+    segment_ids: tuple[jax.Array, jax.Array] | None = None,
   ) -> jax.Array:
-    """x [B, N, D] -> [B, N, D] (float32)."""
+    """x [B, N, D] -> [B, N, D] (float32).
+
+    segment_ids: (query ids int [B, N], key ids int [B, L]) of packed sequences: a token attends only to
+    tokens of its own clip (`segment_mask`), combined with `context_mask`.
+    """
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"hidden_size {width} is not divisible by num_heads {self.num_heads}")
@@ -269,9 +308,12 @@ class Attention(nn.Module):
     q = constrain(q, "activation_length")
     k_length = "activation_length" if context is None else "activation_text_length"
     k, v = constrain(k, k_length), constrain(v, k_length)
-    out = dot_product_attention(
-      q, k, v, context_mask, impl=self.impl, query_chunk_size=self.query_chunk_size, layout=layout
-    )
+    mask = context_mask
+    if segment_ids is not None:
+      mask = segment_mask(*segment_ids)
+      if context_mask is not None:
+        mask = mask & context_mask[:, None, :]
+    out = dot_product_attention(q, k, v, mask, impl=self.impl, query_chunk_size=self.query_chunk_size, layout=layout)
     out = constrain(out, "activation_length")
     out_init = nn.initializers.zeros_init() if self.zero_init_output else xavier((0, 1), 2)
     return linear(

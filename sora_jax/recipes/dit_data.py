@@ -178,8 +178,8 @@ class DiTData:
 def build_dit_data(config, cache_dir: str, vae, text_encoder, text_params) -> DiTData:
   """Encodes (process 0) or reuses the latent cache of every bucket; the cache dir must be on shared storage."""
   buckets = resolve_buckets(config, vae.config.vae)
-  if len(buckets) > 1 or config.data.get("batching", "single") != "single":
-    log.info("bucket batching: %s", describe(buckets))
+  if jax.process_index() == 0 and config.data.get("batching", "single") != "single":
+    print(f"bucket batching: {describe(buckets)}", flush=True)
   train_split, eval_split = config.data.train_split, config.data.eval_split
   if jax.process_index() == 0:
     splits = {**dataset_sources(config, train_split, buckets), **dataset_sources(config, eval_split, buckets)}
