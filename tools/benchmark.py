@@ -322,12 +322,11 @@ def benchmark_train(
 
 def benchmark_buckets(config, table: str, *, steps: int, warmup: int, peak: dict | None = None) -> dict:
   """The train step timed at every bucket of a table: {"buckets": {name: {...}}, "mean_step_s", "mean_tokens_per_s"}."""
-  import jax
 
   from sora_jax.recipes import dit_data
 
   sections = {}
-  for bucket in dit_data.buckets_for_tool(config, table, multiple=jax.device_count()):
+  for bucket in dit_data.buckets_for_tool(config, table, multiple=dit_data.batch_multiple(config)):
     frames, height, width = bucket.size
     one = benchmark_train(
       config, steps=steps, warmup=warmup, batch=bucket.batch_size, frames=frames, height=height, width=width, peak=peak

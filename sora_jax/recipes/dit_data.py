@@ -30,6 +30,7 @@ from sora_jax.data import buckets as buckets_lib
 from sora_jax.data import datasets, latent_cache, pipeline
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.patchify import num_tokens
+from sora_jax.sharding import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ def tokens_fn(vae_cfg, patch_size):
 def resolve_buckets(config, vae_cfg, multiple: int | None = None) -> list[buckets_lib.Bucket]:
   """The run's buckets: config.data.buckets (batching="buckets") or the one base size (batching="single").
 
-  Batch sizes of 0 are scaled by tokens; `multiple` (default: the device count, which the data x fsdp
-  axes and the process count divide) is what every batch size must be a multiple of.
+  Batch sizes of 0 are scaled by tokens; `multiple` (default: `batch_multiple`, the mesh's data x fsdp
+  ways and the process count) is what every batch size must be a multiple of.
   """
   batching = config.data.get("batching", "single")
   if batching not in buckets_lib.BATCHINGS:
@@ -68,8 +69,14 @@ def resolve_buckets(config, vae_cfg, multiple: int | None = None) -> list[bucket
     base_batch=int(config.data.batch_size),
     base_size=base_size(config),
     tokens_of=tokens_of,
-    multiple=multiple or jax.device_count(),
+    multiple=multiple or batch_multiple(config),
   )
+
+
+def batch_multiple(config) -> int:
+  """What every bucket's global batch must be a multiple of: the mesh's data x fsdp ways and the process count."""
+  shape = mesh_lib.resolve_mesh_shape(config.mesh.shape, jax.device_count())
+  return math.lcm(shape[0] * shape[1], jax.process_count())
 
 
 def buckets_for_tool(config, table: str, multiple: int = 1) -> list[buckets_lib.Bucket]:
