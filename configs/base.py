@@ -71,10 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.prefetch = 2  # batches prefetched on a background thread.
   c.data.latent_cache_dir = ""  # DiT: cache of VAE latents + text embeddings; "" = <workdir>/latent_cache.
   c.data.batching = "single"  # DiT: "single" (every clip num_frames x height x width) or "buckets" (below).
-  # DiT, batching="buckets": {"FRAMESxHEIGHTxWIDTH": (probability, batch_size)}, each batch one size drawn with
-  # its probability; batch_size 0 = data.batch_size scaled by tokens against num_frames x height x width
-  # (sora_jax.data.buckets). Clips of a size not in the table are skipped (counted in the log).
-  c.data.buckets = ml_collections.ConfigDict()
+  # DiT, batching="buckets": the bucket table "FRAMESxHEIGHTxWIDTH=PROBABILITY:BATCH,...", e.g.
+  # "17x32x32=0.5:0,1x32x32=0.5:0" (configs write it as a dict {"17x32x32": (0.5, 0)} through
+  # sora_jax.data.buckets.format_table); each batch is one size drawn with its probability; BATCH 0 =
+  # data.batch_size scaled by tokens against num_frames x height x width. Clips of other sizes are skipped.
+  c.data.buckets = ""
 
   # ---------------------------------------------------------------- VAE
   c.vae = ml_collections.ConfigDict()

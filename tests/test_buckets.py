@@ -55,6 +55,7 @@ def cache(tmp_path_factory):
 def test_table_parses_both_forms_and_scales_batches_by_tokens():
   table = buckets.parse_table({"17x32x32": (2, 0), "17x32x48": (1, 0), "1x32x32": (1, 0), "33x32x32": (0, 8)})
   assert table == buckets.parse_table("17x32x32=2:0,17x32x48=1,1x32x32=1:0,33x32x32=0:8")
+  assert buckets.parse_table(buckets.format_table(table)) == table
   assert table[(17, 32, 32)] == (0.5, 0) and table[(33, 32, 32)] == (0.0, 8)
   tokens = {(17, 32, 32): 20, (17, 32, 48): 30, (1, 32, 32): 4, (33, 32, 32): 36}
   resolved = buckets.resolve_buckets(
@@ -171,7 +172,8 @@ def test_a_jitted_step_compiles_once_per_bucket(cache):
 def test_dit_data_resolves_the_config_table():
   config = base.get_config()
   config.data.batching = "buckets"
-  config.data.buckets = {"17x32x32": (0.5, 0), "1x32x32": (0.25, 0), "17x32x48": (0.25, 16)}
+  config.data.buckets = buckets.format_table({"17x32x32": (0.5, 0), "1x32x32": (0.25, 0), "17x32x48": (0.25, 16)})
+  assert config.data.buckets == "17x32x32=0.5:0,1x32x32=0.25:0,17x32x48=0.25:16"
   config.data.batch_size = 32
   resolved = {b.name: (b.batch_size, b.tokens) for b in dit_data.resolve_buckets(config, config.vae, multiple=2)}
   # demo VAE geometry (4x time, 8x space) and patch (1, 2, 2): 5x2x2 = 20 tokens; an image 1x2x2 = 4 -> 5x batch.
@@ -203,3 +205,17 @@ def test_mixture_state_survives_an_orbax_checkpoint(cache, tmp_path):
     np.testing.assert_array_equal(got["latent_mean"], want["latent_mean"])
     np.testing.assert_array_equal(got["caption"], want["caption"])
   resumed.close()
+
+
+def test_a_bucket_config_survives_config_json():
+  """Pipeline.from_pretrained reads config.json back onto configs/base.py: the table must merge."""
+  import json
+
+  from configs.dit import demo_sizes
+  from sora_jax import configuration
+
+  config = demo_sizes.get_config("17x32x32=0.5,1x32x32=0.25:64,17x32x48=0.25")
+  restored = configuration.merge_saved_config(json.loads(json.dumps(config.to_dict())))
+  assert restored.data.batching == "buckets" and restored.data.buckets == config.data.buckets
+  assert buckets.parse_table(restored.data.buckets)[(1, 32, 32)] == (0.25, 64)
+  assert buckets.trained_sizes(restored) == [(17, 32, 32), (1, 32, 32), (17, 32, 48)]

@@ -38,7 +38,8 @@ TINY_DIT = [
   "--config.train.checkpoint_every=100",
   "--config.sample.num_steps=2",
 ]
-# 9x32x32 is the base (4 clips a batch, 18 tokens each); 9x32x48 gets 4 x 18/27 -> 2, images 4 x 18/4 -> 18.
+# 9x32x32 is the base (4 clips a batch, 3x2x2 = 12 tokens each); 9x32x48 (18 tokens) gets 4 x 12/18 -> 2,
+# images (4 tokens) 4 x 12/4 = 12.
 TABLE = "configs/dit/demo_sizes.py:9x32x32=0.5,9x32x48=0.25,1x32x32=0.25"
 
 
@@ -74,7 +75,7 @@ def test_bucket_training_caches_every_size_and_logs_each_bucket(workdir):
   for split in ("train", "validation"):
     for size in ("9x32x32", "9x32x48", "1x32x32"):
       assert (cache / f"{split}_{size}.array_record").exists()
-  assert "9x32x32: p=0.50 batch=4 tokens=18" in log and "1x32x32: p=0.25 batch=18 tokens=4" in log
+  assert "9x32x32: p=0.50 batch=4 tokens=12" in log and "1x32x32: p=0.25 batch=12 tokens=4" in log
   metrics = (root / "dit" / "metrics.jsonl").read_text()
   assert '"eval/loss_9x32x48"' in metrics and '"eval/loss_1x32x32"' in metrics
 

@@ -34,7 +34,5 @@ BUCKETS = {
 def get_config(table: str = ""):
   c = demo.get_config()
   c.data.batching = "buckets"
-  # Stored in the normalised form {"TxHxW": (probability, batch_size)}; parse_table checks it.
-  parsed = buckets.parse_table(table or BUCKETS)
-  c.data.buckets = {buckets.size_name(size): value for size, value in parsed.items()}
+  c.data.buckets = buckets.format_table(table or BUCKETS)  # checked; the string form config.json keeps
   return c

@@ -2,9 +2,11 @@
 
 The table (Open-Sora style, keyed by "TxHxW" in pixels and frames):
 
+    BUCKETS = {"17x32x32": (0.4, 32), "17x32x48": (0.2, 0), "1x32x32": (0.1, 0)}
+    #          size         probability, batch size (0 = scaled by tokens)
     config.data.batching = "buckets"
-    config.data.buckets = {"17x32x32": (0.4, 32), "17x32x48": (0.2, 0), "1x32x32": (0.1, 0)}
-    #                      size         probability, batch size (0 = scaled by tokens)
+    config.data.buckets = format_table(BUCKETS)   # "17x32x32=0.5714285714285714:32,..." (a string field, so
+                                                  # --config.data.buckets=... overrides it and config.json keeps it)
 
 A batch size of 0 is `data.batch_size` scaled by the size's DiT tokens against the base
 size (data.num_frames x height x width), so every step costs about the same: a 1-frame
@@ -91,6 +93,11 @@ def parse_table(table: Mapping[str, Any] | str) -> dict[Size, tuple[float, int]]
   if total <= 0:
     raise ValueError(f"bucket probabilities sum to {total}; at least one must be > 0")
   return {size: (p / total, b) for size, (p, b) in out.items()}
+
+
+def format_table(table: Mapping[str, Any] | str) -> str:
+  """A bucket table in the string form config.data.buckets holds: "17x32x32=0.5:0,1x32x32=0.5:0" (normalised)."""
+  return ",".join(f"{size_name(size)}={prob!r}:{batch}" for size, (prob, batch) in parse_table(table).items())
 
 
 @dataclasses.dataclass(frozen=True)

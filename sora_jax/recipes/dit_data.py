@@ -63,7 +63,10 @@ def resolve_buckets(config, vae_cfg, multiple: int | None = None) -> list[bucket
     return [buckets_lib.Bucket(size, 1.0, int(config.data.batch_size), tokens_of(size))]
   table = config.data.get("buckets", None)
   if not table:
-    raise ValueError('config.data.batching="buckets" needs config.data.buckets = {"TxHxW": (probability, batch_size)}')
+    raise ValueError(
+      'config.data.batching="buckets" needs a table: config.data.buckets = "17x32x32=0.5:0,1x32x32=0.5:0" '
+      "(SIZE=PROBABILITY:BATCH, batch 0 = scaled by tokens; configs/dit/demo_sizes.py writes one as a dict)"
+    )
   return buckets_lib.resolve_buckets(
     buckets_lib.parse_table(table),
     base_batch=int(config.data.batch_size),
