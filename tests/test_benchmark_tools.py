@@ -358,3 +358,17 @@ def test_vs_diffusers_cli_rejects_unknown_peers():
     timeout=120,
   )
   assert proc.returncode != 0 and "jit" in proc.stderr
+
+
+def test_train_benchmark_times_every_bucket_of_a_table(bench):
+  config = _tiny_config("data.num_frames=5", "data.height=8", "data.width=8", "data.batch_size=8", *LEAN)
+  result = bench.run(config, "train", steps=1, warmup=0, buckets="5x8x8=0.5:0,1x8x8=0.5:0")
+  sections = result["buckets"]
+  # 5x8x8 -> latent 3x4x4 -> 3x2x2 = 12 tokens at the base batch 8; an image 1x2x2 = 4 tokens -> batch 24
+  assert {k: (v["tokens"], v["batch"]) for k, v in sections.items()} == {"5x8x8": (12, 8), "1x8x8": (4, 24)}
+  for section in sections.values():
+    assert section["median_s"] > 0 and section["tokens_per_step"] == 96 and section["compile_s"] > 0
+  mean = 0.5 * sections["5x8x8"]["median_s"] + 0.5 * sections["1x8x8"]["median_s"]
+  assert result["mean_step_s"] == pytest.approx(mean)
+  with pytest.raises(ValueError, match="--what=train"):
+    bench.run(config, "sample", steps=1, warmup=0, buckets="5x8x8=1")
