@@ -219,3 +219,47 @@ def test_a_bucket_config_survives_config_json():
   assert restored.data.batching == "buckets" and restored.data.buckets == config.data.buckets
   assert buckets.parse_table(restored.data.buckets)[(1, 32, 32)] == (0.25, 64)
   assert buckets.trained_sizes(restored) == [(17, 32, 32), (1, 32, 32), (17, 32, 48)]
+
+
+def test_each_bucket_gets_the_timestep_shift_of_its_own_token_count():
+  """The train step reads tokens from the batch's latent shape, so each bucket's compile uses its own shift."""
+  from sora_jax.diffusion import build_diffusion
+  from sora_jax.models import factory
+  from sora_jax.models.text import fields
+  from sora_jax.training import dit_step
+  from sora_jax.training.optimizer import make_optimizer
+
+  config = base.get_config()
+  config.dit.update(dict(depth=1, hidden_size=32, num_heads=2, mlp_dim=64))
+  config.text.update(dict(encoder="small", max_length=16, width=32, depth=1, num_heads=2))
+  config.diffusion.update(dict(shift=0.0, base_shift_tokens=4, max_shift_tokens=64, max_shift=3.0))
+  flow = build_diffusion(config.diffusion)
+  seen = []
+
+  class Recording:
+    kind = "flow"
+
+    def loss(self, model_fn, x0, cond, rng, num_tokens, **kwargs):
+      seen.append((x0.shape[1:4], num_tokens, flow.shift_for(num_tokens)))
+      return flow.loss(model_fn, x0, cond, rng, num_tokens=num_tokens, **kwargs)
+
+  denoiser = factory.build_denoiser(config, (3, 4, 4, 4))
+  stats = {"mean": np.zeros(4, np.float32), "std": np.ones(4, np.float32)}
+  _, loss_fn = dit_step.make_train_step(
+    denoiser=denoiser,
+    diffusion=Recording(),
+    latent_stats=stats,
+    null_fields=fields.null_text_fields(denoiser.text_encoder, None),
+    cfg_dropout=0.0,
+    tx=make_optimizer(config.train),
+    ema_decay=0.0,
+  )
+  params = denoiser.init(jax.random.PRNGKey(0))
+  params = jax.tree.map(lambda x: getattr(x, "value", x), params, is_leaf=lambda x: hasattr(x, "value"))
+  text = fields.text_fields(denoiser.text_encoder, None, ["a red circle"] * 2)
+  for shape in ((3, 4, 4), (1, 4, 4), (9, 8, 8)):  # 12, 4 and 144 tokens
+    batch = {"latent_mean": jnp.zeros((2, *shape, 4)), "latent_logvar": jnp.zeros((2, *shape, 4)), **text}
+    jax.jit(loss_fn)(params, batch, jax.random.PRNGKey(1))
+  assert [(s, n) for s, n, _ in seen] == [((3, 4, 4), 12), ((1, 4, 4), 4), ((9, 8, 8), 144)]
+  shifts = [shift for _, _, shift in seen]
+  assert shifts[1] == 1.0 and 1.0 < shifts[0] < shifts[2] == 3.0, shifts
