@@ -138,3 +138,38 @@ def test_errors():
     jax.eval_shape(lambda p: model.apply({"params": p}, *_inputs()), lora.merge_trees(base, wrong))
   with pytest.raises(ValueError, match="has no module in the base params"):
     lora.merge_trees(base, {"blockz": adapters["blocks"]})
+
+
+def test_lora_file_round_trip_and_errors(tmp_path):
+  from safetensors.numpy import save_file
+
+  from sora_jax.models import lora_format
+
+  _, model, _, base, adapters = _setup("dit", True)
+  trained = _noisy(adapters, 6, 0.1)
+  written = lora_format.save_lora(str(tmp_path / "ours"), trained, rank=3, alpha=6.0)
+  loaded, info = lora_format.load_lora(written, base)
+  assert info["rank"] == 3 and info["alpha"] == 6.0
+  want = jax.tree.map(np.asarray, trained)
+  for p in lora.adapter_paths(want):
+    got, ref = lora._get(loaded, p), lora._get(want, p)
+    np.testing.assert_allclose(got["lora_A"], ref["lora_A"], rtol=1e-6)
+    np.testing.assert_allclose(got["lora_B"], ref["lora_B"] * 2.0, rtol=1e-6)  # alpha / rank folded in
+  tensors = lora_format.to_state_dict(trained)
+  assert tensors["transformer.blocks.1.attn1.to_q.lora_A.weight"].shape == (3, 32)
+  assert tensors["transformer.blocks.1.attn1.to_out.0.lora_A.weight"].shape == (3, 32)
+  assert tensors["transformer.blocks.0.ffn.net.0.proj.lora_B.weight"].shape == (64, 3)
+
+  bad = dict(tensors)
+  bad["transformer.blocks.0.attn1.to_q.lora_A.weight"] = np.zeros((3, 31), np.float32)  # wrong in-features
+  bad["transformer.blocks.0.attn1.to_k.lora_B.weight"] = np.zeros((32, 2), np.float32)  # wrong rank
+  bad["transformer.blocks.5.attn1.to_q.lora_A.weight"] = np.zeros((3, 32), np.float32)  # no such layer
+  bad["transformer.proj_out.lora_A.weight"] = np.zeros((3, 32), np.float32)  # not a block projection
+  save_file(bad, str(tmp_path / "bad.safetensors"))
+  with pytest.raises(ValueError) as err:
+    lora_format.load_lora(str(tmp_path / "bad.safetensors"), base)
+  message = str(err.value)
+  for needle in ("proj_out.lora_A", "to_q.lora_A.weight (3, 31)", "to_k.lora_B.weight (32, 2)", "layer 5"):
+    assert needle in message
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    lora_format.load_lora(str(tmp_path / "nothing.safetensors"), base)
