@@ -1,6 +1,8 @@
 """LoRA adapters (models/lora.py): on our DiT and the Wan transformer, scanned or not; init == base,
 fused == unfused, scale 0 == base, several LoRAs combined, sharding names, errors."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -173,3 +175,60 @@ def test_lora_file_round_trip_and_errors(tmp_path):
     assert needle in message
   with pytest.raises(FileNotFoundError, match="does not exist"):
     lora_format.load_lora(str(tmp_path / "nothing.safetensors"), base)
+
+
+def test_a_lora_step_trains_only_the_adapters():
+  """make_lora_train_step: the adapters (and their optimizer state / EMA) change, the frozen base
+  params are bit-identical, and the optimizer state holds nothing of the base."""
+  from configs import base as base_config
+  from sora_jax.diffusion import build_diffusion
+  from sora_jax.models import factory
+  from sora_jax.models.text import fields
+  from sora_jax.sharding import partitioning
+  from sora_jax.training import dit_step
+  from sora_jax.training.optimizer import make_optimizer
+
+  config = base_config.get_config()
+  config.dit.update(dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64))
+  config.text.update(dict(encoder="small", max_length=32, width=32, depth=1, num_heads=2))
+  config.train.update(dict(learning_rate=1e-2, warmup_steps=0, lr_schedule="constant"))
+  config.lora.update(dict(rank=2, alpha=4.0, dropout=0.1, targets="attention"))
+  latent = (3, 4, 4, 4)
+  denoiser = factory.build_denoiser(config, latent)
+  frozen = _noisy(partitioning.unbox(denoiser.init(jax.random.key(1))), 7, 0.05)
+  lora_denoiser = dataclasses.replace(
+    denoiser, dit=lora.LoraModel(denoiser.dit, lora.LoraSpec.from_config(config.lora))
+  )
+  tx = make_optimizer(config.train)
+  state = partitioning.unbox(dit_step.make_lora_init_fn(lora_denoiser, tx, ema=True)(jax.random.key(0)))
+  assert set(state.params) == {"dit"} and not jax.tree.leaves(lora.split_adapters(state.params["dit"])[0])
+  assert lora.count(state.params) == 2 * 2 * 4 * (32 * 2 + 2 * 32)  # layers x self/cross x q,k,v,out x (A + B)
+  n_opt = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.opt_state) if np.ndim(x) > 0)
+  assert n_opt == 2 * lora.count(state.params)  # Adam's two moments of the adapters, nothing of the base
+  step = dit_step.make_lora_train_step(
+    denoiser=lora_denoiser,
+    diffusion=build_diffusion(config.diffusion),
+    latent_stats={"mean": jnp.zeros(4), "std": jnp.ones(4)},
+    null_fields=fields.null_text_fields(denoiser.text_encoder, None),
+    cfg_dropout=0.1,
+    tx=tx,
+    ema_decay=0.9,
+  )
+  ids, mask = denoiser.text_encoder.tokenize(["an orange diamond moving left", "a red circle staying still"])
+  rng = np.random.default_rng(0)
+  batch = {
+    "latent_mean": rng.normal(size=(2, *latent)).astype(np.float32),
+    "latent_logvar": np.full((2, *latent), -8.0, np.float32),
+    "text_ids": ids,
+    "text_mask": mask,
+  }
+  before_base = jax.tree.map(np.array, frozen)
+  before = jax.tree.map(np.array, state.params)
+  step = jax.jit(step)
+  new_state, metrics = step(state, batch, jax.random.key(3), frozen)
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  # B = 0 at init, so the first step's gradient reaches lora_B only; the second moves lora_A too
+  new_state, _ = step(new_state, batch, jax.random.key(4), frozen)
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, frozen), before_base)
+  changed = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != b)), new_state.params, before)
+  assert all(jax.tree.leaves(changed))  # every lora_A and lora_B moved

@@ -162,19 +162,22 @@ class LoraModel:
   Args:
     base: the linen module.
     spec: rank / alpha / dropout / targets. `init` creates adapters on `spec.targets`.
+    dropout_rng: a key for lora dropout (training); None = no dropout. Under nn.scan every layer
+      draws the same mask (the rng is broadcast over the stacked layers).
     scale: the multiplier of the low-rank path (default spec.scale = alpha / rank); 1.0 for a
       combination of loaded LoRAs whose scales are already folded into lora_B (`combine`).
   """
 
-  def __init__(self, base: nn.Module, spec: LoraSpec, scale: float | None = None):
+  def __init__(self, base: nn.Module, spec: LoraSpec, scale: float | None = None, dropout_rng: jax.Array | None = None):
     if isinstance(base, LoraModel):
       raise ValueError("this module already has LoRA adapters (LoraModel of a LoraModel)")
     self.base = base
     self.spec = spec
     self.scale = spec.scale if scale is None else float(scale)
+    self.dropout_rng = dropout_rng
 
   def __getattr__(self, name):
-    if name in ("base", "spec", "scale"):  # not set yet (during unpickling): no recursion
+    if name in ("base", "spec", "scale", "dropout_rng"):  # not set yet (during unpickling): no recursion
       raise AttributeError(name)
     return getattr(self.base, name)
 
@@ -244,6 +247,8 @@ class LoraModel:
       return self.base.init(rngs, *args, **kwargs)
 
   def apply(self, variables, *args, **kwargs):
+    if self.dropout_rng is not None and self.spec.dropout > 0 and "rngs" not in kwargs:
+      kwargs["rngs"] = {DROPOUT_RNG: self.dropout_rng}
     with nn.intercept_methods(self._intercept):
       return self.base.apply(variables, *args, **kwargs)
 
