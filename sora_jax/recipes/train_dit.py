@@ -15,6 +15,11 @@
    (the same compiled sampler the Pipeline uses), Orbax checkpoints; re-running resumes.
 3. <workdir>/loss_curve.png: train and eval loss against minutes.
 
+With config.lora.rank > 0 the run trains LoRA adapters only (`models/lora.py`): the base is
+config.init_from (frozen, read onto the mesh once, passed to every step, never checkpointed);
+the state, checkpoints and EMA hold the adapters; <workdir>/lora/pytorch_lora_weights.safetensors
+is the result in the PEFT/diffusers format. `Pipeline.from_pretrained(workdir)` restores base + adapters.
+
 This module sits above `sampling/` (the periodic samples are real sampler output); training
 itself (`training/`) never imports the sampler.
 """
@@ -32,7 +37,7 @@ from jax.experimental import multihost_utils
 from sora_jax.data import datasets, latent_cache, pipeline
 from sora_jax.diffusion import build_diffusion
 from sora_jax.media import contact_sheet, video_io
-from sora_jax.models import factory
+from sora_jax.models import factory, lora_format
 from sora_jax.models import lora as lora_lib
 from sora_jax.models import text as text_lib
 from sora_jax.models import vae as vae_lib
@@ -114,6 +119,11 @@ def train_dit(config, workdir: str):
     frozen=frozen,
   )
   if jax.process_index() == 0:
+    if frozen is not None:  # the adapters as a PEFT/diffusers LoRA file too (Pipeline.load_lora, diffusers)
+      adapters = jax.device_get(inference_params(state)["dit"])
+      spec = denoiser.dit.spec
+      path = lora_format.save_lora(os.path.join(workdir, "lora"), adapters, rank=spec.rank, alpha=spec.alpha)
+      print(f"LoRA ({lora_lib.count(adapters)} parameters): {path}")
     plot_loss_curve(workdir)
   return state
 
@@ -168,9 +178,13 @@ def lora_base_params(config, denoiser: factory.Denoiser, mesh) -> dict[str, Any]
     raise ValueError(
       f"config.init_from={path!r} is a LoRA run itself: start from its base ({path}/config.json init_from)"
     )
+  dtype = config.lora.base_dtype
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"lora.base_dtype={dtype!r} is not one of float32, bfloat16")
   rules = partitioning.logical_rules(config)
   abstract, _ = partitioning.abstract_state(denoiser.init, mesh, rules, jax.random.key(0))
-  return pretrained_params(config, denoiser)(abstract)
+  params = pretrained_params(config, denoiser)(abstract)
+  return params if dtype == "float32" else jax.tree.map(lambda x: x.astype(dtype), params)
 
 
 def with_frozen(state, frozen) -> Any:
