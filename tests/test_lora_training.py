@@ -1,6 +1,9 @@
-"""LoRA fine-tuning end to end with the real tools: a tiny base run (tools/train_vae.py + train_dit.py),
-then tools/train_dit.py --config.lora.rank=4 --config.init_from=<base>: only adapters are checkpointed,
-the run resumes, the Pipeline restores base + adapters, and load_lora / set_lora_scale / fuse_lora agree."""
+"""LoRA fine-tuning end to end with the real tools (issue 18), on the session's tiny trained workdir (conftest.py).
+
+tools/train_dit.py --config=configs/dit/lora_demo.py --config.lora.rank=4 --config.init_from=<that DiT>: only
+adapters are checkpointed (plus the config pointing to the base), the run resumes, the Pipeline restores
+base + adapters, and load_lora / set_lora_scale / fuse_lora agree.
+"""
 
 import json
 import os
@@ -9,51 +12,27 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import DATA, REPO, TINY_DIT
 
 pytestmark = pytest.mark.slow
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = [
-  "--config.data.num_train=8",
-  "--config.data.num_validation=4",
-  "--config.data.num_test=4",
-  "--config.data.batch_size=4",
-  "--config.data.num_frames=9",
-]
-TINY_VAE = [
-  "--config.vae.base_channels=8",
-  "--config.vae.channel_multipliers=(1,1,1,1)",
-  "--config.vae.num_res_blocks=1",
-  "--config.vae.mid_attention=False",
-  "--config.vae_loss.latent_stats_batches=1",
-  "--config.train.steps=1",
-]
-TINY_DIT = [
-  "--config.dit.depth=1",
-  "--config.dit.variant=",
-  "--config.train.eval_batches=1",
-  "--config.sample.num_steps=1",
-]
+
+def _run_lora_tool_expecting_failure(*args):
+  env = dict(os.environ, XLA_FLAGS="")
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
 
 
-def _run_tool(*args, ok=True):
-  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user has
-  result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
-  if ok:
-    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-  return result
-
-
-def _lora_args(root, steps):
+def _lora_args(root, lora_dir, steps):
   return [
     "tools/train_dit.py",
     "--config=configs/dit/lora_demo.py",
-    f"--workdir={root / 'lora'}",
+    f"--workdir={lora_dir}",
     f"--config.init_from={root / 'dit'}",
     f"--config.vae_workdir={root / 'vae'}",
     f"--config.data.data_dir={root / 'data'}",
     *DATA,
     *TINY_DIT,
+    "--config.sample.num_steps=1",
     "--config.lora.rank=4",
     f"--config.train.steps={steps}",
     "--config.train.checkpoint_every=2",
@@ -64,28 +43,20 @@ def _lora_args(root, steps):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("lora")
-  data = DATA + [f"--config.data.data_dir={root / 'data'}"]
-  _run_tool("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
-  base = [
-    f"--workdir={root / 'dit'}",
-    *data,
-    *TINY_DIT,
-    "--config.train.steps=2",
-    f"--config.vae_workdir={root / 'vae'}",
-  ]
-  _run_tool("tools/train_dit.py", "--config=configs/dit/demo.py", *base)
-  _run_tool(*_lora_args(root, steps=2))
-  return root
+def runs(workdir, run_tool, tmp_path_factory):
+  """(base workdir, LoRA workdir): a 2-step LoRA run (the lora_demo config) on the session's tiny DiT."""
+  lora_dir = tmp_path_factory.mktemp("lora") / "run"
+  run_tool(*_lora_args(workdir, lora_dir, steps=2))
+  return workdir, lora_dir
 
 
-def test_checkpoints_hold_only_adapters_and_resume(runs):
+def test_lora_checkpoints_hold_only_adapters_and_resume(runs, run_tool):
   from sora_jax.training import checkpointing
 
-  config = json.loads((runs / "lora" / "config.json").read_text())
+  runs, lora_dir = runs
+  config = json.loads((lora_dir / "config.json").read_text())
   assert config["lora"]["rank"] == 4 and config["init_from"] == str(runs / "dit")  # the pointer to the base
-  with checkpointing.Checkpointer(str(runs / "lora")) as ckpt:
+  with checkpointing.Checkpointer(str(lora_dir)) as ckpt:
     assert ckpt.latest_step() == 2
     saved = ckpt.saved_tree(2)
   leaves = []
@@ -99,22 +70,23 @@ def test_checkpoints_hold_only_adapters_and_resume(runs):
 
   walk(saved["params"])
   assert leaves and all(p[-1] in ("lora_A", "lora_B") for p in leaves), leaves[:5]
-  assert os.path.exists(runs / "lora" / "lora" / "pytorch_lora_weights.safetensors")
+  assert os.path.exists(lora_dir / "lora" / "pytorch_lora_weights.safetensors")
   # resume: two more steps from the step-2 checkpoint
-  _run_tool(*_lora_args(runs, steps=4))
-  records = [json.loads(line) for line in (runs / "lora" / "metrics.jsonl").read_text().splitlines()]
+  run_tool(*_lora_args(runs, lora_dir, steps=4))
+  records = [json.loads(line) for line in (lora_dir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # steps 3, 4 continue the run
-  with checkpointing.Checkpointer(str(runs / "lora")) as ckpt:
+  with checkpointing.Checkpointer(str(lora_dir)) as ckpt:
     assert ckpt.latest_step() == 4
 
 
-def test_pipeline_restores_base_with_adapters(runs):
+def test_lora_pipeline_restores_base_with_adapters(runs):
   from sora_jax import Pipeline
 
+  runs, lora_dir = runs
   prompts = ["an orange diamond moving left", "a red circle moving up"]
   args = dict(num_steps=2, seed=0, output_type="float")
-  base = Pipeline.from_pretrained(str(runs / "dit"))
-  pipe = Pipeline.from_pretrained(str(runs / "lora"))
+  base = Pipeline.from_pretrained(str(runs))
+  pipe = Pipeline.from_pretrained(str(lora_dir))
   assert list(pipe.loras) == ["lora"]
   with_lora = pipe(prompts, **args)
   base_out = base(prompts, **args)
@@ -126,16 +98,16 @@ def test_pipeline_restores_base_with_adapters(runs):
   pipe.set_lora_scale(0.0)
   np.testing.assert_allclose(pipe(prompts, **args), base_out, atol=1e-6)  # scale 0: the base model
   # the exported PEFT file, loaded onto the base pipeline, is the same LoRA
-  base.load_lora(str(runs / "lora" / "lora"), scale=1.0)
+  base.load_lora(str(lora_dir / "lora"), scale=1.0)
   np.testing.assert_allclose(base(prompts, **args), with_lora, atol=1e-5)
   with pytest.raises(ValueError, match="is loaded already"):
-    base.load_lora(str(runs / "lora" / "lora"))
+    base.load_lora(str(lora_dir / "lora"))
   with pytest.raises(ValueError, match="no LoRA named"):
     base.set_lora_scale(0.5, name="nope")
 
 
 def test_lora_run_needs_a_base(runs, tmp_path):
-  args = _lora_args(runs, steps=1)
+  args = _lora_args(runs[0], tmp_path / "x", steps=1)
   args = [a for a in args if not a.startswith(("--config.init_from", "--workdir"))]
-  result = _run_tool(*args, f"--workdir={tmp_path / 'x'}", "--config.init_from=", ok=False)
+  result = _run_lora_tool_expecting_failure(*args, f"--workdir={tmp_path / 'x'}", "--config.init_from=")
   assert result.returncode != 0 and "set --config.init_from" in result.stderr
