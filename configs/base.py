@@ -156,6 +156,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Projections that get adapters: "attention" (self + cross: query, key, value, out), "mlp" (fc1, fc2),
   # "self_attention", "cross_attention", "query", "key", "value", "out", "fc1", "fc2" or e.g. "self_attention.query".
   c.lora.targets = "attention,mlp"
+  c.lora.compute = "low_rank"  # "low_rank": + (x @ A) @ B (never forms A @ B; big models) or "merged":
+  # x @ (W + A @ B) (one matmul; faster for small models on CPU). Same outputs.
   c.lora.base_dtype = "float32"  # the frozen base's weights: "float32" or "bfloat16" (half the memory).
 
   # ---------------------------------------------------------------- diffusion

@@ -62,6 +62,7 @@ def _setup(name, scan, rank=3, alpha=6.0, targets="attention,mlp"):
 def test_init_is_base_and_fused_equals_unfused(name, scan):
   module, model, _, base, adapters = _setup(name, scan)
   zero = lora.LoraModel(module, model.spec, scale=0.0)
+  merged = lora.LoraModel(module, dataclasses.replace(model.spec, compute="merged"))
   trained = _noisy(adapters, 2, 0.1)
 
   @jax.jit
@@ -73,6 +74,7 @@ def test_init_is_base_and_fused_equals_unfused(name, scan):
       lora=model.apply({"params": lora.merge_trees(base, trained)}, x, t, cond),
       fused=module.apply({"params": fused}, x, t, cond),
       scale0=zero.apply({"params": lora.merge_trees(base, trained)}, x, t, cond),
+      merged=merged.apply({"params": lora.merge_trees(base, trained)}, x, t, cond),
     )
 
   y = jax.device_get(outputs(*_inputs()))
@@ -80,6 +82,7 @@ def test_init_is_base_and_fused_equals_unfused(name, scan):
   assert np.abs(y["lora"] - y["base"]).max() > 1e-2  # the adapters do something
   np.testing.assert_allclose(y["fused"], y["lora"], atol=ATOL)
   np.testing.assert_array_equal(y["scale0"], y["base"])  # scale 0: the base model again
+  np.testing.assert_allclose(y["merged"], y["lora"], atol=ATOL)  # lora.compute="merged": same function
   fused = lora.fuse(lora.merge_trees(base, trained), model.scale)
   assert jax.tree.structure(fused) == jax.tree.structure(base)
 
