@@ -142,14 +142,23 @@ def make_init_fn(denoiser: Denoiser, tx, ema: bool):
 
 
 def make_lora_train_step(
-  *, denoiser: Denoiser, diffusion, latent_stats, null_fields, cfg_dropout: float, tx, ema_decay: float
+  *,
+  denoiser: Denoiser,
+  diffusion,
+  latent_stats,
+  null_fields,
+  cfg_dropout: float,
+  tx,
+  ema_decay: float,
+  conditioning=None,
 ):
   """`train_step(state, batch, rng, base) -> (state, metrics)` of a LoRA run (`models/lora.py`).
 
   `denoiser.dit` is a `LoraModel`; `state.params` holds only the adapters ({"dit": lora_A / lora_B
   tree}); `base` is the frozen params ({"dit", "text"?}). Gradients, optimizer state and EMA
   exist for the adapters only; the base is read (it may be bfloat16) and never updated. With
-  lora.dropout > 0 the adapters' inputs get dropout drawn from the step's rng.
+  lora.dropout > 0 the adapters' inputs get dropout drawn from the step's rng. The loss is
+  `make_train_step`'s (conditioning types included).
   """
   from sora_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
 
@@ -164,6 +173,7 @@ def make_lora_train_step(
       cfg_dropout=cfg_dropout,
       tx=tx,
       ema_decay=ema_decay,
+      conditioning=conditioning,
     )
 
     def adapter_loss(adapters):
