@@ -5,7 +5,7 @@ Variant configs (configs/vae/*.py, configs/dit/*.py, configs/image/*.py) start f
 
   python tools/train_vae.py --config=configs/vae/demo.py --workdir=runs/demo/vae --config.train.steps=100
 
-Sections: data, vae, vae_loss, text, dit, diffusion, train, mesh, sample, distributed.
+Sections: data, vae, vae_loss, text, dit, lora, diffusion, train, mesh, sample, distributed.
 """
 
 import ml_collections
@@ -153,6 +153,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.dit.scan_layers = True  # one compiled block under nn.scan, params stacked on a "layers" axis.
   c.dit.remat_policy = "none"  # "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable".
   c.dit.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params/optimizer, f32 accumulation.
+
+  # ---------------------------------------------------------------- LoRA (sora_jax/models/lora.py)
+  c.lora = ml_collections.ConfigDict()
+  c.lora.rank = 0  # > 0: train only low-rank adapters on the DiT in config.init_from (frozen base); 0 = off.
+  c.lora.alpha = 0.0  # the adapters' output is scaled by alpha / rank; 0 = alpha = rank (scale 1).
+  c.lora.dropout = 0.0  # dropout on the adapters' input while training.
+  # Projections that get adapters: "attention" (self + cross: query, key, value, out), "mlp" (fc1, fc2),
+  # "self_attention", "cross_attention", "query", "key", "value", "out", "fc1", "fc2" or e.g. "self_attention.query".
+  c.lora.targets = "attention,mlp"
+  c.lora.compute = "low_rank"  # "low_rank": + (x @ A) @ B (never forms A @ B; big models) or "merged":
+  # x @ (W + A @ B) (one matmul; faster for small models on CPU). Same outputs.
+  c.lora.base_dtype = "float32"  # the frozen base's weights: "float32" or "bfloat16" (half the memory).
 
   # ---------------------------------------------------------------- diffusion
   c.diffusion = ml_collections.ConfigDict()

@@ -78,6 +78,9 @@ class RestoredTextToVideo:
     workdir: the DiT workdir.
     step: the DiT checkpoint step restored.
     mesh: the mesh everything is placed on.
+    lora: for a LoRA run, (adapters, scale): its trained adapters ({"dit": lora_A / lora_B tree}) and
+      their scale alpha / rank; `params` are then the base's (config.init_from) and `denoiser` the
+      base model. None otherwise.
   """
 
   denoiser: factory.Denoiser
@@ -89,6 +92,7 @@ class RestoredTextToVideo:
   workdir: str
   step: int
   mesh: jax.sharding.Mesh
+  lora: Any = None
 
 
 def single_device_mesh() -> jax.sharding.Mesh:
@@ -191,9 +195,32 @@ def _is_workdir(path: str) -> bool:
   return any(os.path.exists(os.path.join(path, *sub, checkpointing.CONFIG_FILENAME)) for sub in (("dit",), ()))
 
 
+def _restore_lora_workdir(dit_dir: str, config, *, mesh, step: int | None, use_ema: bool) -> RestoredTextToVideo:
+  """A LoRA run: its base (config.init_from, a workdir or a Wan folder) restored, plus the run's adapters."""
+  from sora_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+
+  base_path = config.init_from
+  if not os.path.isabs(base_path) and not os.path.exists(base_path):
+    base_path = os.path.join(os.path.dirname(dit_dir), base_path)
+  if not os.path.exists(base_path):
+    raise FileNotFoundError(f"{dit_dir} is a LoRA run on {config.init_from!r} (config.init_from), which does not exist")
+  base = restore_text_to_video(base_path, mesh=mesh, use_ema=use_ema)
+  spec = lora_lib.LoraSpec.from_config(config.lora)
+  model = lora_lib.LoraModel(base.denoiser.dit, spec)
+  lora_denoiser = dataclasses.replace(base.denoiser, dit=model)
+
+  def init_fn(rng):
+    return {"dit": lora_lib.split_adapters(lora_denoiser.init(rng)["dit"])[1]}
+
+  adapters, step = _restore_params(dit_dir, config, init_fn, mesh=mesh, step=step, use_ema=use_ema, replicate=False)
+  return dataclasses.replace(base, config=config, workdir=dit_dir, step=step, lora=(adapters, spec.scale))
+
+
 def _restore_workdir(path: str, *, mesh, step: int | None, use_ema: bool) -> RestoredTextToVideo:
   dit_dir, vae_dir = resolve_workdirs(path)
   config = checkpointing.load_config_from_workdir(dit_dir)
+  if "lora" in config and config.lora.rank > 0:
+    return _restore_lora_workdir(dit_dir, config, mesh=mesh, step=step, use_ema=use_ema)
   # The VAE and a frozen text encoder are small: a full copy on every device of the mesh.
   vae = restore_vae(vae_dir, mesh=mesh, replicate=True)
   data = config.data

@@ -19,6 +19,10 @@ from sora_jax.sampling import prompt_expander as pe
     ("a cyan circle moving left", "a cyan circle moving left"),
     ("", "a white circle staying still"),
     ("un cercle qui monte", "a white circle staying still"),  # nothing recognised -> all defaults
+    # the new concepts a LoRA teaches (orange, diamond): "an" before a vowel, as the dataset writes it
+    ("an orange rhombus drifting to the left", "an orange diamond moving left"),
+    ("tangerine ball falls", "an orange circle moving down"),
+    ("a blue diamond", "a blue diamond staying still"),
   ],
 )
 def test_expands_synonyms_order_and_missing_parts(prompt, expected):
@@ -36,7 +40,7 @@ def test_every_dataset_paraphrase_expands_to_its_canonical_caption():
 
 def test_every_canonical_caption_is_a_fixed_point():
   expander = pe.ShapesPromptExpander()
-  for caption in shapes.all_canonical_captions():
+  for caption in shapes.all_canonical_captions() + shapes.new_concept_captions():
     assert expander(caption) == caption
 
 

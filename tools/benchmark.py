@@ -158,17 +158,17 @@ def time_calls(fn, steps: int, warmup: int) -> list[float]:
   return times
 
 
-def time_train_steps(compiled, state, batch, rng, steps: int, warmup: int) -> tuple[list[float], float]:
-  """Times a compiled (state, batch, rng) -> (state, metrics) step that donates its state.
+def time_train_steps(compiled, state, batch, rng, steps: int, warmup: int, frozen=()) -> tuple[list[float], float]:
+  """Times a compiled (state, batch, rng[, frozen]) -> (state, metrics) step that donates its state.
 
   Each call feeds the previous call's state back in (the donated input is gone). Returns the
-  timed durations and the last step's loss.
+  timed durations and the last step's loss. `frozen`: a LoRA step's base params, as (params,).
   """
   losses = []
 
   def step():
     nonlocal state
-    state, metrics = compiled(state, batch, rng)
+    state, metrics = compiled(state, batch, rng, *frozen)
     losses.append(metrics["loss"])
     return state, metrics
 
@@ -239,9 +239,10 @@ def add_rates(result: dict, flops_per_step: float | None, seconds: float, peak: 
 
 def _dit_forward_flops(setup) -> float:
   """Forward FLOPs (2 per multiply-add) of one example."""
-  from sora_jax.models import counting
+  from sora_jax.models import counting, lora
 
-  flops = counting.count_flops(setup.dit, setup.latent_shape[:3], text_length=setup.text_encoder.max_length)
+  dit = lora.unwrap(setup.dit)
+  flops = counting.count_flops(dit, setup.latent_shape[:3], text_length=setup.text_encoder.max_length)
   return flops["forward_flops"]
 
 
@@ -291,10 +292,13 @@ def benchmark_train(
   compiled, _ = memory.compile_train_step(setup, config, mesh)
   compile_s = time.perf_counter() - start
   state, _ = partitioning.init_sharded_state(setup.init_fn, mesh, rules, jax.random.key(config.seed))
+  frozen = ()
+  if setup.frozen_init_fn is not None:  # a LoRA step (config.lora.rank > 0): random base weights, frozen
+    frozen = (partitioning.init_sharded_state(setup.frozen_init_fn, mesh, rules, jax.random.key(config.seed))[0],)
   batch_arrays = partitioning.shard_batch(setup.synthetic_batch(config.seed), mesh)
   rng = jax.random.key(config.seed + 1)
   with partitioning.use_mesh(mesh, rules):
-    times, last_loss = time_train_steps(compiled, state, batch_arrays, rng, steps, warmup)
+    times, last_loss = time_train_steps(compiled, state, batch_arrays, rng, steps, warmup, frozen)
   stats = summarize(times)
   peak = peak or peak_info(mesh.devices.size)
   forward = _dit_forward_flops(setup)

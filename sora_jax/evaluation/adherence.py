@@ -25,6 +25,17 @@ def all_prompts() -> list[str]:
   return shapes.all_canonical_captions()
 
 
+# Named prompt sets tools/evaluate.py scores (--prompt_sets): the 105 default captions, and the 55
+# with a new concept (orange, diamond) that a LoRA fine-tune (configs/dit/lora_demo.py) teaches.
+PROMPT_SETS = {"canonical": all_prompts, "new_concepts": shapes.new_concept_captions}
+
+
+def prompt_set(name: str) -> list[str]:
+  if name not in PROMPT_SETS:
+    raise ValueError(f"unknown prompt set {name!r}; choose from {', '.join(PROMPT_SETS)}")
+  return PROMPT_SETS[name]()
+
+
 def evaluate_adherence(
   pipe,
   prompts: Sequence[str] | None = None,

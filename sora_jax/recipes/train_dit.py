@@ -16,12 +16,18 @@
    (the same compiled sampler the Pipeline uses), Orbax checkpoints; re-running resumes.
 3. <workdir>/loss_curve.png: train and eval loss against minutes.
 
+With config.lora.rank > 0 the run trains LoRA adapters only (`models/lora.py`): the base is
+config.init_from (frozen, read onto the mesh once, passed to every step, never checkpointed);
+the state, checkpoints and EMA hold the adapters; <workdir>/lora/pytorch_lora_weights.safetensors
+is the result in the PEFT/diffusers format. `Pipeline.from_pretrained(workdir)` restores base + adapters.
+
 This module sits above `sampling/` (the periodic samples are real sampler output); training
 itself (`training/`) never imports the sampler.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -30,16 +36,19 @@ import numpy as np
 
 from sora_jax.diffusion import build_diffusion
 from sora_jax.media import contact_sheet, video_io
-from sora_jax.models import factory
+from sora_jax.models import factory, lora_format
+from sora_jax.models import lora as lora_lib
 from sora_jax.models import text as text_lib
 from sora_jax.models.text import fields
 from sora_jax.models.wan import folder as wan_folder
 from sora_jax.models.wan.transformer import WanTransformer
 from sora_jax.monitoring import plots
 from sora_jax.recipes import dit_data
-from sora_jax.restore import RestoredVAE, restore_params_like, restore_vae
+from sora_jax.restore import RestoredVAE, resolve_workdirs, restore_params_like, restore_vae
 from sora_jax.sampling import generate as gen
-from sora_jax.training import dit_step, loop
+from sora_jax.sharding import mesh as mesh_lib
+from sora_jax.sharding import partitioning
+from sora_jax.training import checkpointing, dit_step, loop
 from sora_jax.training.optimizer import make_optimizer
 from sora_jax.training.train_state import inference_params
 
@@ -62,8 +71,7 @@ def train_dit(config, workdir: str):
   denoiser = factory.build_denoiser(config, latent_shape, text_encoder=text_encoder)
   process = build_diffusion(config.diffusion)
   tx = make_optimizer(config.train)
-  train_step, _ = dit_step.make_train_step(
-    denoiser=denoiser,
+  step_args = dict(
     diffusion=process,
     latent_stats=vae.latent_stats,
     null_fields=fields.null_text_fields(text_encoder, text_params),
@@ -72,23 +80,43 @@ def train_dit(config, workdir: str):
     ema_decay=config.train.ema_decay,
     conditioning=config.train.conditioning,
   )
+  ema = config.train.ema_decay > 0
+  mesh, frozen, pretrained = None, None, pretrained_params(config, denoiser)
+  if lora_lib.enabled(config):  # train adapters only; the base (config.init_from) is frozen, read once
+    mesh = mesh_lib.make_mesh(config.mesh)
+    frozen, pretrained = lora_base_params(config, denoiser, mesh), None
+    denoiser = dataclasses.replace(
+      denoiser, dit=lora_lib.LoraModel(denoiser.dit, lora_lib.LoraSpec.from_config(config.lora))
+    )
+    train_step = dit_step.make_lora_train_step(denoiser=denoiser, **step_args)
+    init_fn = dit_step.make_lora_init_fn(denoiser, tx, ema=ema)
+  else:
+    train_step, _ = dit_step.make_train_step(denoiser=denoiser, **step_args)
+    init_fn = dit_step.make_init_fn(denoiser, tx, ema=ema)
   eval_loss = jax.jit(dit_step.make_eval_loss(denoiser=denoiser, diffusion=process, latent_stats=vae.latent_stats))
   components = gen.Components(denoiser=denoiser, vae=vae.module, process=process, latent_stats=vae.latent_stats)
   state = loop.train(
     config=config,
     workdir=workdir,
-    init_fn=dit_step.make_init_fn(denoiser, tx, ema=config.train.ema_decay > 0),
+    init_fn=init_fn,
     train_step=train_step,
     make_iterator=lambda: data.make_train_iterator(config.seed),
     eval_fn=lambda state, step: dit_data.evaluate_loss(
-      eval_loss, inference_params(state), data, config.train.eval_batches
+      eval_loss, with_frozen(state, frozen), data, config.train.eval_batches
     ),
-    sample_fn=make_sample_fn(config, workdir, components, vae, text_params, latent_shape),
+    sample_fn=make_sample_fn(config, workdir, components, vae, text_params, latent_shape, frozen=frozen),
     per_step_counts=data.mean_counts(),
-    desc="train DiT",
-    pretrained=pretrained_params(config, denoiser),
+    desc="train DiT (LoRA)" if frozen is not None else "train DiT",
+    pretrained=pretrained,
+    mesh=mesh,
+    frozen=frozen,
   )
   if jax.process_index() == 0:
+    if frozen is not None:  # the adapters as a PEFT/diffusers LoRA file too (Pipeline.load_lora, diffusers)
+      adapters = jax.device_get(inference_params(state)["dit"])
+      spec = denoiser.dit.spec
+      path = lora_format.save_lora(os.path.join(workdir, "lora"), adapters, rank=spec.rank, alpha=spec.alpha)
+      print(f"LoRA ({lora_lib.count(adapters)} parameters): {path}")
     plot_loss_curve(workdir)
   return state
 
@@ -128,7 +156,39 @@ def pretrained_params(config, denoiser: factory.Denoiser):
   return load
 
 
-def make_sample_fn(config, workdir: str, components: gen.Components, vae: RestoredVAE, text_params, latent_shape):
+def lora_base_params(config, denoiser: factory.Denoiser, mesh) -> dict[str, Any]:
+  """The frozen base of a LoRA run: `config.init_from`'s params ({"dit", "text"?}) placed on `mesh` by the
+  run's logical rules. Raises ValueError when init_from is empty or is itself a LoRA run."""
+  path = config.init_from
+  if not path:
+    raise ValueError(
+      f"lora.rank={config.lora.rank} trains adapters on a pretrained model: set --config.init_from to a DiT "
+      f"workdir (e.g. runs/demo) or a diffusers Wan 2.1 folder"
+    )
+  if not wan_folder.is_wan_folder(path) and lora_lib.enabled(
+    checkpointing.load_config_from_workdir(resolve_workdirs(path)[0])
+  ):
+    raise ValueError(
+      f"config.init_from={path!r} is a LoRA run itself: start from its base ({path}/config.json init_from)"
+    )
+  dtype = config.lora.base_dtype
+  if dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"lora.base_dtype={dtype!r} is not one of float32, bfloat16")
+  rules = partitioning.logical_rules(config)
+  abstract, _ = partitioning.abstract_state(denoiser.init, mesh, rules, jax.random.key(0))
+  params = pretrained_params(config, denoiser)(abstract)
+  return params if dtype == "float32" else jax.tree.map(lambda x: x.astype(dtype), params)
+
+
+def with_frozen(state, frozen) -> Any:
+  """The params a state samples / evaluates with: its inference params, plus a LoRA run's frozen base."""
+  params = inference_params(state)
+  return params if frozen is None else lora_lib.merge_trees(frozen, params)
+
+
+def make_sample_fn(
+  config, workdir: str, components: gen.Components, vae: RestoredVAE, text_params, latent_shape, frozen=None
+):
   """`sample_fn(state, step, writer)` for the loop: config.sample.prompts through the compiled sampler,
   written as <workdir>/samples/step_<step>.png (contact sheet) and .gif (the clips side by side)."""
   generate = gen.make_generate_fn(
@@ -138,7 +198,7 @@ def make_sample_fn(config, workdir: str, components: gen.Components, vae: Restor
   text_encoder = components.denoiser.text_encoder
 
   def sample_fn(state: Any, step: int, writer) -> None:
-    params = dict(inference_params(state), vae=vae.params)
+    params = dict(with_frozen(state, frozen), vae=vae.params)
     prompt_fields = fields.text_fields(text_encoder, text_params, prompts)
     null = fields.text_fields(text_encoder, text_params, [config.sample.negative_prompt])
     seeds = np.arange(len(prompts), dtype=np.int32)

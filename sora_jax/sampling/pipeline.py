@@ -28,6 +28,8 @@ power of two, so calling with a new batch size rarely recompiles.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Callable, Sequence
 
 import jax
@@ -35,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax import restore
+from sora_jax.models import lora as lora_lib
+from sora_jax.models import lora_format
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.text import fields
 from sora_jax.monitoring.progress import progress_bar
@@ -83,6 +87,11 @@ class Pipeline:
     self.prompt_expander = prompt_expander or expanders.IdentityExpander()
     self._compiled: dict = {}
     self._ticker = gen.StepTicker()
+    self._base_dit_params = params["dit"]  # LoRAs are applied on top of these (load_lora / fuse_lora)
+    self._base_model = lora_lib.unwrap(components.denoiser.dit)
+    self._lora_model = lora_lib.LoraModel(self._base_model, lora_lib.LoraSpec(rank=1, alpha=1.0), scale=1.0)
+    self._loras: dict[str, list] = {}  # name -> [adapters (alpha / rank folded in), scale]
+    self._lora_fused = False
 
   # ------------------------------------------------------------------ loading
   @classmethod
@@ -119,7 +128,7 @@ class Pipeline:
       prompt_expander = "shapes" if config.data.dataset == "shapes" else "none"
     if isinstance(prompt_expander, str):
       prompt_expander = expanders.get_expander(prompt_expander)
-    return cls(
+    pipe = cls(
       components=components,
       params=dict(restored.params, vae=restored.vae.params),
       text_params=restored.text_params,
@@ -128,6 +137,83 @@ class Pipeline:
       mesh=restored.mesh,
       prompt_expander=prompt_expander,
     )
+    if restored.lora is not None:  # a LoRA run: its base with the trained adapters applied (unfused)
+      adapters, scale = restored.lora
+      pipe._add_lora(os.path.basename(os.path.normpath(restored.workdir)), adapters["dit"], scale, 1.0)
+    return pipe
+
+  # ------------------------------------------------------------------ LoRA
+  def load_lora(self, path: str, scale: float = 1.0, name: str | None = None) -> str:
+    """Loads a PEFT/diffusers-format LoRA (a .safetensors file or a folder holding one, e.g. written by
+    `WanPipeline.save_lora_weights`, PEFT, or `tools/train_dit.py --config.lora.rank=...`'s export) on
+    top of the current model, with its own `scale` (the adapter's output x scale x alpha / rank).
+
+    Several LoRAs can be loaded; they add up. Returns the LoRA's name (default: the file name).
+    Raises ValueError listing the keys that do not fit this model (unknown modules, shapes, ranks).
+    """
+    adapters, info = lora_format.load_lora(path, self._base_dit_params)
+    name = name or os.path.splitext(os.path.basename(os.path.normpath(info["file"])))[0]
+    if name in self._loras:
+      raise ValueError(f"a LoRA named {name!r} is loaded already ({sorted(self._loras)}); pass another name=")
+    return self._add_lora(name, adapters, 1.0, scale)
+
+  def _add_lora(self, name: str, adapters, unit_scale: float, scale: float) -> str:
+    self._loras[name] = [adapters, unit_scale, float(scale)]
+    self._apply_loras()
+    return name
+
+  @property
+  def loras(self) -> dict[str, float]:
+    """The loaded LoRAs and their scales."""
+    return {name: entry[2] for name, entry in self._loras.items()}
+
+  def set_lora_scale(self, scale: float, name: str | None = None) -> None:
+    """Sets the scale of the LoRA `name` (default: every loaded LoRA); 0 = the base model."""
+    names = list(self._loras) if name is None else [name]
+    unknown = [n for n in names if n not in self._loras]
+    if unknown or not self._loras:
+      raise ValueError(f"no LoRA named {unknown or name!r} is loaded; loaded: {sorted(self._loras) or 'none'}")
+    for n in names:
+      self._loras[n][2] = float(scale)
+    self._apply_loras()
+
+  def unload_lora(self, name: str | None = None) -> None:
+    """Removes the LoRA `name` (default: all of them)."""
+    if name is not None and name not in self._loras:
+      raise ValueError(f"no LoRA named {name!r} is loaded; loaded: {sorted(self._loras) or 'none'}")
+    for n in list(self._loras) if name is None else [name]:
+      del self._loras[n]
+    self._apply_loras()
+
+  def fuse_lora(self) -> None:
+    """Merges the loaded LoRAs into the weights (kernel + sum of scale x A @ B): sampling then costs what
+    the base model costs. `unfuse_lora` restores the separate adapters (exactly: the base is kept)."""
+    if not self._loras:
+      raise ValueError("no LoRA is loaded: load_lora(path) first")
+    self._lora_fused = True
+    self._apply_loras()
+
+  def unfuse_lora(self) -> None:
+    self._lora_fused = False
+    self._apply_loras()
+
+  def _apply_loras(self) -> None:
+    """Rebuilds params["dit"] and the DiT module from the base and the loaded LoRAs."""
+    active = [(adapters, unit * scale) for adapters, unit, scale in self._loras.values()]
+    base = self._base_dit_params
+    if not active:
+      model, dit_params = self._base_model, base
+    else:
+      combined = lora_lib.combine(active)
+      if self._lora_fused:
+        model, dit_params = self._base_model, lora_lib.fuse(lora_lib.merge_trees(base, combined), 1.0)
+      else:
+        model, dit_params = self._lora_model, lora_lib.merge_trees(base, combined)
+    self.params = dict(self.params, dit=dit_params)
+    denoiser = self.components.denoiser
+    if denoiser.dit is not model:  # compiled samplers hold the module; new params alone reuse them
+      self.components = dataclasses.replace(self.components, denoiser=dataclasses.replace(denoiser, dit=model))
+      self._compiled = {}
 
   # ------------------------------------------------------------------ shapes
   @property

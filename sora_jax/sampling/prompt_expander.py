@@ -17,6 +17,8 @@ import re
 from collections.abc import Callable
 from typing import Protocol
 
+from sora_jax.data import shapes
+
 
 class PromptExpander(Protocol):
   def __call__(self, prompt: str) -> str: ...
@@ -67,6 +69,10 @@ COLOR_WORDS = {
   "white": "white",
   "ivory": "white",
   "snow": "white",
+  # the new concepts (shapes' new_concepts set, a LoRA fine-tune: configs/dit/lora_demo.py)
+  "orange": "orange",
+  "tangerine": "orange",
+  "amber": "orange",
 }
 SHAPE_WORDS = {
   "circle": "circle",
@@ -89,6 +95,10 @@ SHAPE_WORDS = {
   "triangles": "triangle",
   "pyramid": "triangle",
   "wedge": "triangle",
+  "diamond": "diamond",
+  "diamonds": "diamond",
+  "rhombus": "diamond",
+  "lozenge": "diamond",
 }
 MOTION_PHRASES = {
   "not moving": "still",
@@ -155,10 +165,8 @@ MOTION_WORDS = {
 
 
 def canonical_caption(color: str, shape: str, motion: str) -> str:
-  """The canonical form of DESIGN.md §4."""
-  if motion == "still":
-    return f"a {color} {shape} staying still"
-  return f"a {color} {shape} moving {motion}"
+  """The canonical form of DESIGN.md §4 ("an" before a vowel: "an orange diamond moving left")."""
+  return shapes.canonical_caption_from(color, shape, motion)
 
 
 class ShapesPromptExpander:

@@ -180,16 +180,18 @@ def init_sharded_state(init_fn: Callable[..., Any], mesh: Mesh, rules: Rules, *a
   return state, shardings
 
 
-def jit_sharded_step(step_fn: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
+def jit_sharded_step(step_fn: Callable, state_shardings: Any, mesh: Mesh, frozen_shardings: Any = None) -> Callable:
   """`jax.jit` of a step `(state, batch, rng) -> (state, metrics)` with its shardings.
 
   The state keeps `state_shardings` and is donated (updated in place), the batch is split over
   ('data', 'fsdp'), the rng and the metrics are replicated. Trace (call or lower) it under
-  `use_mesh(mesh, rules)` so the modules' logical constraints resolve.
+  `use_mesh(mesh, rules)` so the modules' logical constraints resolve. With `frozen_shardings`
+  the step is `(state, batch, rng, frozen)`: frozen weights (a LoRA's base) that are read, not donated.
   """
+  extra = () if frozen_shardings is None else (frozen_shardings,)
   return jax.jit(
     step_fn,
-    in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+    in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh), *extra),
     out_shardings=(state_shardings, replicated(mesh)),
     donate_argnums=0,
   )

@@ -15,6 +15,7 @@ posterior and (mean_c, std_c) the VAE's per-channel latent statistics.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -138,3 +139,63 @@ def make_init_fn(denoiser: Denoiser, tx, ema: bool):
     ema: keep EMA params (the DiT samples from them by default).
   """
   return lambda rng: create_train_state(denoiser.init(rng), tx, ema=ema)
+
+
+def make_lora_train_step(
+  *,
+  denoiser: Denoiser,
+  diffusion,
+  latent_stats,
+  null_fields,
+  cfg_dropout: float,
+  tx,
+  ema_decay: float,
+  conditioning=None,
+):
+  """`train_step(state, batch, rng, base) -> (state, metrics)` of a LoRA run (`models/lora.py`).
+
+  `denoiser.dit` is a `LoraModel`; `state.params` holds only the adapters ({"dit": lora_A / lora_B
+  tree}); `base` is the frozen params ({"dit", "text"?}). Gradients, optimizer state and EMA
+  exist for the adapters only; the base is read (it may be bfloat16) and never updated. With
+  lora.dropout > 0 the adapters' inputs get dropout drawn from the step's rng. The loss is
+  `make_train_step`'s (conditioning types included).
+  """
+  from sora_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+
+  def train_step(state, batch, rng, base):
+    rng, rng_dropout = jax.random.split(rng)
+    model = lora_lib.LoraModel(denoiser.dit.base, denoiser.dit.spec, dropout_rng=rng_dropout)
+    _, loss_fn = make_train_step(
+      denoiser=dataclasses.replace(denoiser, dit=model),
+      diffusion=diffusion,
+      latent_stats=latent_stats,
+      null_fields=null_fields,
+      cfg_dropout=cfg_dropout,
+      tx=tx,
+      ema_decay=ema_decay,
+      conditioning=conditioning,
+    )
+
+    def adapter_loss(adapters):
+      return loss_fn(lora_lib.merge_trees(base, adapters), batch, rng)
+
+    (loss, aux), grads = jax.value_and_grad(adapter_loss, has_aux=True)(state.params)
+    new_state = state.apply_gradients(grads, tx, ema_decay)
+    metrics = {"loss": loss, "grad_norm": _global_norm(grads), **loss_terms(aux)}
+    return new_state, metrics
+
+  return train_step
+
+
+def make_lora_init_fn(denoiser: Denoiser, tx, ema: bool):
+  """`init_fn(rng) -> TrainState` of a LoRA run: params {"dit": adapters only} (lora_B = 0), logically boxed.
+
+  The base weights `denoiser.init` also creates are dropped (under jit their init is compiled away).
+  """
+  from sora_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
+
+  def init_fn(rng):
+    _, adapters = lora_lib.split_adapters(denoiser.init(rng)["dit"])
+    return create_train_state({"dit": adapters}, tx, ema=ema)
+
+  return init_fn

@@ -158,6 +158,7 @@ class _Run:
   step_rng: jax.Array
   counts: dict[str, float]
   desc: str
+  frozen: tuple = ()
 
 
 def train(
@@ -174,6 +175,7 @@ def train(
   writer: Any = None,
   desc: str = "train",
   pretrained: Callable[[Any], Any] | None = None,
+  frozen: Any = None,
 ) -> Any:
   """Trains for `config.train.steps` steps (resuming from `workdir`), returns the final state.
 
@@ -196,6 +198,8 @@ def train(
     desc: the progress bar's label.
     pretrained: abstract params (ShapeDtypeStructs with the run's shardings) -> the params a
       fresh run starts from (e.g. weights read from a diffusers folder); a resumed run ignores it.
+    frozen: weights the step reads but does not train (a LoRA run's base params, jax.Arrays placed
+      on `mesh`): passed as `train_step(state, batch, rng, frozen)`, never donated nor checkpointed.
   Returns:
     The state after the last step (sharded jax.Arrays).
   Raises:
@@ -207,7 +211,8 @@ def train(
   log.info("mesh: %s", mesh_lib.describe(mesh))
   init_rng = jax.random.key(config.seed + _INIT_SEED_OFFSET)
   abstract, shardings = partitioning.abstract_state(init_fn, mesh, rules, init_rng)
-  jitted_step = partitioning.jit_sharded_step(train_step, shardings, mesh)
+  frozen_shardings = None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen)
+  jitted_step = partitioning.jit_sharded_step(train_step, shardings, mesh, frozen_shardings)
 
   # Closing the checkpointer waits for in-flight async saves, also when a step raises.
   with checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt:
@@ -234,6 +239,7 @@ def train(
         step_rng=jax.random.key(config.seed + _STEP_SEED_OFFSET),
         counts=dict(per_step_counts or {}),
         desc=desc,
+        frozen=() if frozen is None else (frozen,),
       )
       with partitioning.use_mesh(mesh, rules):
         return _run_steps(run, state, step)
@@ -313,7 +319,7 @@ def _run_steps(run: _Run, state: Any, step: int) -> Any:
       log.warning("the data iterator ended at step %d (before train.steps=%d); stopping.", progress.step, total)
       break
     batch = partitioning.shard_batch(numpy_batch, run.mesh)
-    state, metrics = run.jitted_step(state, batch, jax.random.fold_in(run.step_rng, progress.step))
+    state, metrics = run.jitted_step(state, batch, jax.random.fold_in(run.step_rng, progress.step), *run.frozen)
     progress.step += 1
     progress.pending.append(metrics)
     bar.update(1)

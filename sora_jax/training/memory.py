@@ -40,12 +40,14 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 
 from sora_jax.configuration import from_dict, to_json
 from sora_jax.diffusion import build_diffusion
 from sora_jax.models import factory
+from sora_jax.models import lora as lora_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.text import fields
 from sora_jax.sharding import mesh as mesh_lib
@@ -75,12 +77,15 @@ class DiTTrainSetup:
     init_fn: rng -> TrainState with logically boxed params (`dit_step.make_init_fn`).
     train_step: (state, batch, rng) -> (state, metrics) (`dit_step.make_train_step`).
     batch_size: global batch B.
+    frozen_init_fn: a LoRA run's (config.lora.rank > 0): rng -> the frozen base params (boxed, in
+      config.lora.base_dtype); the step is then (state, batch, rng, frozen) and the state holds adapters.
   """
 
   denoiser: factory.Denoiser
   init_fn: Callable
   train_step: Callable
   batch_size: int
+  frozen_init_fn: Callable | None = None
 
   @property
   def dit(self) -> Any:
@@ -155,13 +160,20 @@ def build_dit_train_setup(
   denoiser = factory.build_denoiser(config, latent_shape_of(config, frames, height, width))
   tx = make_optimizer(config.train)
   init_fn = dit_step.make_init_fn(denoiser, tx, ema=config.train.ema_decay > 0)
+  frozen_init_fn = None
+  if lora_lib.enabled(config):  # adapters train; the base is a frozen argument of the step
+    frozen_init_fn = lora_base_init_fn(denoiser, config.lora.base_dtype)
+    denoiser = dataclasses.replace(
+      denoiser, dit=lora_lib.LoraModel(denoiser.dit, lora_lib.LoraSpec.from_config(config.lora))
+    )
+    init_fn = dit_step.make_lora_init_fn(denoiser, tx, ema=config.train.ema_decay > 0)
   channels = denoiser.latent_shape[-1]
   latent_stats = {"mean": np.zeros((channels,), np.float32), "std": np.ones((channels,), np.float32)}
   null_fields = {
     k: np.ones(shape, dtype) if k == "text_mask" else np.zeros(shape, dtype)
     for k, (shape, dtype) in fields.field_specs(denoiser.text_encoder).items()
   }
-  train_step, _ = dit_step.make_train_step(
+  step_args = dict(
     denoiser=denoiser,
     diffusion=build_diffusion(config.diffusion),
     latent_stats=latent_stats,
@@ -171,7 +183,26 @@ def build_dit_train_setup(
     ema_decay=config.train.ema_decay,
     conditioning=config.train.conditioning,
   )
-  return DiTTrainSetup(denoiser=denoiser, init_fn=init_fn, train_step=train_step, batch_size=batch_size)
+  if frozen_init_fn is not None:
+    train_step = dit_step.make_lora_train_step(**step_args)
+  else:
+    train_step, _ = dit_step.make_train_step(**step_args)
+  return DiTTrainSetup(
+    denoiser=denoiser, init_fn=init_fn, train_step=train_step, batch_size=batch_size, frozen_init_fn=frozen_init_fn
+  )
+
+
+def lora_base_init_fn(denoiser: factory.Denoiser, dtype: str) -> Callable:
+  """rng -> the (boxed) params of `denoiser` cast to `dtype`: the shapes of a LoRA run's frozen base."""
+
+  def init(rng):
+    return jax.tree.map(
+      lambda x: x.replace_boxed(x.value.astype(dtype)) if isinstance(x, nn.Partitioned) else x.astype(dtype),
+      denoiser.init(rng),
+      is_leaf=lambda x: isinstance(x, nn.Partitioned),
+    )
+
+  return init
 
 
 def _shard_bytes(tree: Any) -> int:
@@ -217,10 +248,14 @@ def compile_train_step(
   abstract_batch = {
     k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding) for k, (shape, dtype) in setup.batch_shapes().items()
   }
+  frozen, frozen_shardings = (), None
+  if setup.frozen_init_fn is not None:
+    abstract_frozen, frozen_shardings = partitioning.abstract_state(setup.frozen_init_fn, mesh, rules, rng)
+    frozen = (abstract_frozen,)
   with partitioning.use_mesh(mesh, rules):
-    jitted = partitioning.jit_sharded_step(setup.train_step, shardings, mesh)
-    compiled = jitted.lower(abstract_state, abstract_batch, rng).compile(compiler_options=compiler_options)
-  return compiled, {"state": abstract_state, "batch": abstract_batch}
+    jitted = partitioning.jit_sharded_step(setup.train_step, shardings, mesh, frozen_shardings)
+    compiled = jitted.lower(abstract_state, abstract_batch, rng, *frozen).compile(compiler_options=compiler_options)
+  return compiled, {"state": abstract_state, "batch": abstract_batch, "frozen": frozen[0] if frozen else None}
 
 
 def _estimate_in_process(config, frames, height, width, mesh_shape, batch_size) -> dict:
@@ -236,12 +271,14 @@ def _estimate_in_process(config, frames, height, width, mesh_shape, batch_size) 
     "optimizer_bytes": _shard_bytes(state.opt_state),
     "ema_bytes": _shard_bytes(state.ema_params) if state.ema_params is not None else 0,
     "batch_bytes": _shard_bytes(abstract["batch"]),
+    "frozen_bytes": _shard_bytes(abstract["frozen"]) if abstract["frozen"] is not None else 0,
     "temp_bytes": int(stats.temp_size_in_bytes),
     "argument_bytes": int(stats.argument_size_in_bytes),
     "output_bytes": int(stats.output_size_in_bytes),
     "alias_bytes": int(stats.alias_size_in_bytes),
   }
   result["state_bytes"] = result["params_bytes"] + result["optimizer_bytes"] + result["ema_bytes"]
+  result["lora_rank"] = int(config.lora.rank) if lora_lib.enabled(config) else 0
   result["peak_bytes"] = (
     result["argument_bytes"] + result["output_bytes"] - result["alias_bytes"] + result["temp_bytes"]
   )
@@ -308,8 +345,11 @@ def estimate_train_memory(
     frames, height, width: clip size in pixels (default config.data.*).
     mesh_shape: explicit sizes of (data, fsdp, context, tensor); their product is the device count.
     batch_size: global batch (default config.data.batch_size); must divide over data x fsdp.
+  With config.lora.rank > 0 it is a LoRA step: params / optimizer / EMA are the adapters', and
+  frozen_bytes the frozen base (in config.lora.base_dtype), an argument of the step.
+
   Returns:
-    A JSON-ready dict of per-device bytes: params_bytes, optimizer_bytes, ema_bytes, state_bytes,
+    A JSON-ready dict of per-device bytes: params_bytes, optimizer_bytes, ema_bytes, state_bytes, frozen_bytes,
     batch_bytes, temp_bytes (activations, gradients, workspace), peak_bytes; plus method
     ("compiled" on this machine's devices, or "compiled_virtual_cpu"), platform, mesh_shape,
     num_devices, batch_size, latent_shape, tokens, frames, height, width, dtype, remat_policy.
@@ -349,7 +389,11 @@ def summary_lines(result: dict) -> list[str]:
     f"batch {result['batch_size']}, {result['tokens']} tokens/example, {result['method']} "
     f"({result['platform']})"
   ]
-  for key in ("params_bytes", "optimizer_bytes", "ema_bytes", "batch_bytes", "temp_bytes", "peak_bytes"):
+  keys = ("params_bytes", "optimizer_bytes", "ema_bytes", "batch_bytes", "temp_bytes", "peak_bytes")
+  if result.get("lora_rank"):  # params = the adapters; the frozen base is counted apart
+    lines[0] += f", LoRA rank {result['lora_rank']}"
+    keys = ("frozen_bytes",) + keys
+  for key in keys:
     lines.append(f"  {key.removesuffix('_bytes'):<10s} {gib(result[key]):>10.3f} GiB")
   return lines
 
