@@ -366,6 +366,14 @@ class Pipeline:
     num_frames = num_frames or self.config.data.num_frames
     if num_frames <= t0:
       raise ValueError(f"num_frames={num_frames} must exceed the {t0} input frames to extend them")
+    tf = self.temporal_factor
+    if not backward and (t0 - 1) % tf:
+      raise ValueError(
+        f"extend forwards takes 1+{tf}k input frames (whole latent frames from frame 0: "
+        f"1, {1 + tf}, {1 + 2 * tf}, ...); got {t0}"
+      )
+    if backward and t0 % tf:
+      raise ValueError(f"extend backward takes a multiple of {tf} input frames ({tf}, {2 * tf}, ...); got {t0}")
     condition = Condition(videos, num_frames - t0 if backward else 0)
     return self._with_frames(
       prompts, [condition], videos, num_frames, num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs
