@@ -338,12 +338,7 @@ class Pipeline:
         raise ValueError("Condition strength < 1 needs a flow-matching model (diffusion.kind='flow'); use 1.0")
     first_step = 0
     if source is not None:
-      first_step = num_steps - int(num_steps * edit_strength)
-      if first_step >= num_steps:
-        raise ValueError(
-          f"strength={edit_strength} with num_steps={num_steps} runs no step: raise strength or num_steps "
-          f"(strength x num_steps must be >= 1)"
-        )
+      first_step = num_steps - max(1, int(num_steps * edit_strength))  # at least one step runs
     if expand_prompts:
       prompts = [self.prompt_expander(p) for p in prompts]
     negative = cfg.sample.negative_prompt if negative_prompt is None else negative_prompt
@@ -452,6 +447,14 @@ class Pipeline:
     num_frames = num_frames or self.config.data.num_frames
     if num_frames <= t0:
       raise ValueError(f"num_frames={num_frames} must exceed the {t0} input frames to extend them")
+    tf = self.temporal_factor
+    if not backward and (t0 - 1) % tf:
+      raise ValueError(
+        f"extend forwards takes 1+{tf}k input frames (whole latent frames from frame 0: "
+        f"1, {1 + tf}, {1 + 2 * tf}, ...); got {t0}"
+      )
+    if backward and t0 % tf:
+      raise ValueError(f"extend backward takes a multiple of {tf} input frames ({tf}, {2 * tf}, ...); got {t0}")
     condition = Condition(videos, num_frames - t0 if backward else 0)
     return self._with_frames(
       prompts, [condition], videos, num_frames, num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs
@@ -548,7 +551,7 @@ class Pipeline:
     """SDEdit: re-noise clips uint8 [B, T, H, W, 3] to `strength` and denoise them under the new prompts.
 
     As diffusers' video-to-video: `strength` in (0, 1] is the fraction of the num_steps-step
-    trajectory that runs (the last int(strength x num_steps) steps), starting from the clip's
+    trajectory that runs (the last max(1, int(strength x num_steps)) steps), starting from the clip's
     latents noised to that point (1 = ignore the clip). Lower keeps more of the source (layout,
     motion); higher follows the prompt more.
     """
