@@ -89,7 +89,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 3x cheaper; time is then mixed at the coarser levels); () = 3 everywhere.
   c.vae.mid_attention = True  # spatial self-attention in the middle block.
   c.vae.norm = "rms"  # "rms" (per-position RMS norm, as Wan 2.1) or "none" (small CPU configs learn faster).
-  c.vae.dtype = "float32"  # compute dtype ("float32" or "bfloat16"); params stay float32.
+  c.vae.dtype = "float32"  # compute dtype: "float32", "bfloat16" or "auto" (bf16 iff native bf16 dots; hardware.py).
   c.vae.remat = False  # rematerialise residual blocks in the backward pass.
   c.vae.temporal_downsample = ()  # wan2.1: which of the downsamplings also halve time, e.g. (False, True, True).
   c.vae.decoder_base_channels = 0  # wan2.1: the decoder's base width (0 = base_channels).
@@ -146,7 +146,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dit.query_chunk_size = 1024  # "chunked": queries per chunk.
   c.dit.scan_layers = True  # one compiled block under nn.scan, params stacked on a "layers" axis.
   c.dit.remat_policy = "none"  # "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable".
-  c.dit.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params/optimizer, f32 accumulation.
+  c.dit.dtype = "float32"  # compute dtype; "bfloat16" keeps f32 params/optimizer, f32 accumulation; "auto" =
+  # bfloat16 only where the hardware has native bf16 dot products (sora_jax/hardware.py), else float32.
 
   # ---------------------------------------------------------------- diffusion
   c.diffusion = ml_collections.ConfigDict()

@@ -35,7 +35,7 @@ from sora_jax.models import embeddings, variants
 from sora_jax.models import patchify as patchify_lib
 from sora_jax.models import rope as rope_lib
 from sora_jax.models.attention import ATTENTION_IMPLS, Attention, linear, xavier
-from sora_jax.models.dtypes import DTYPES
+from sora_jax.models.dtypes import DTYPE_NAMES, compute_dtype, resolve_name
 
 REMAT_POLICIES = {
   "none": None,
@@ -322,14 +322,14 @@ class DiT(nn.Module):
       "modulation": MODULATIONS,
       "attention_impl": ATTENTION_IMPLS,
       "remat_policy": tuple(REMAT_POLICIES),
-      "dtype": tuple(DTYPES),
+      "dtype": DTYPE_NAMES,
     }
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise ValueError(f"dit.{field}={getattr(self, field)!r} is not one of {', '.join(allowed)}")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"dit.hidden_size={self.hidden_size} must be divisible by dit.num_heads={self.num_heads}")
-    if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+    if self.attention_impl == "cudnn" and resolve_name(self.dtype, "dit.dtype") != "bfloat16":
       raise ValueError(
         "dit.attention_impl='cudnn' runs in bfloat16: also set dit.dtype='bfloat16' (or use attention_impl='xla')"
       )
@@ -429,7 +429,7 @@ class DiT(nn.Module):
     del deterministic  # no dropout; CFG dropout is done by the caller (null label / null text)
     self.check_settings()
     self._check_inputs(x, t, cond)
-    dtype = DTYPES[self.dtype]  # checked by check_settings
+    dtype = compute_dtype(self.dtype, "dit.dtype")  # "auto": bf16 only with native bf16 dot products
     width = self.hidden_size
 
     tokens, grid = patchify_lib.patchify(x, self.patch_size)

@@ -109,24 +109,19 @@ def parse_settings(text: str) -> list[str]:
   return items
 
 
-def cpu_has_amx_bf16() -> bool:
-  """Whether this x86 CPU exposes AMX-BF16 (the matrix unit that makes bf16 matmuls several times faster)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      return "amx_bf16" in f.read()
-  except OSError:
-    return False
-
-
 def default_ours_settings() -> list[str]:
   """Our settings to compare, the one expected to be fastest on this CPU first (the headline).
 
-  bfloat16 compute (f32 accumulation) wins only where the CPU has AMX-BF16; without it (e.g. a
-  VM that hides AMX) XLA's bf16 matmuls are slower than float32 ones. Unrolled layers
-  (scan_layers=False) measured ~15 % faster than nn.scan on CPU (no per-layer slicing of
+  bfloat16 compute (f32 accumulation) only where this CPU has native bf16 dot products
+  (AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo by `sora_jax.hardware`: what
+  dit.dtype="auto" picks); without them XLA emulates bf16 dots and float32 is faster. Unrolled
+  layers (scan_layers=False) measured ~15 % faster than nn.scan on CPU (no per-layer slicing of
   stacked params and stacking of residuals); the scanned variant is kept for reference.
   """
-  fast, slow = ("bfloat16", "float32") if cpu_has_amx_bf16() else ("float32", "bfloat16")
+  from sora_jax import hardware
+
+  fast = hardware.auto_compute_dtype(backend="cpu")
+  slow = "float32" if fast == "bfloat16" else "bfloat16"
   return [
     f"dit.dtype={fast};dit.scan_layers=False",
     f"dit.dtype={fast};dit.scan_layers=True",
@@ -175,6 +170,7 @@ def ours_benchmarks(spec: dict) -> tuple[dict, dict]:
   import flax.linen as nn
   import jax
 
+  from sora_jax import hardware
   from sora_jax.models import counting
   from sora_jax.models import vae as vae_lib
   from sora_jax.sharding import mesh as mesh_lib
@@ -184,6 +180,7 @@ def ours_benchmarks(spec: dict) -> tuple[dict, dict]:
   frames = 1 + 4 * (SHAPE["latent_frames"] - 1)
   size = 8 * SHAPE["latent_size"]
   benches, info = {}, {"jax_version": jax.__version__, "devices": jax.device_count()}
+  info["auto_dtype"] = hardware.auto_compute_dtype()
   for index, text in enumerate(spec["ours"]):
     config = ours_config(parse_settings(text))
     setup = memory.build_dit_train_setup(config, frames=frames, height=size, width=size)
@@ -450,6 +447,8 @@ def compare(times: dict[str, list[float]], num_ours: int) -> dict:
 
 def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
   """Starts both workers, alternates timed rounds, returns the `compare` result plus worker info."""
+  from sora_jax import hardware
+
   load_start = os.getloadavg()[0]
   kinds = ["ours"] + (["diffusers"] if spec["peers"] or not spec["skip_vae"] else [])
   workers = {kind: Worker(kind, spec) for kind in kinds}
@@ -470,10 +469,10 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
   result["machine"] = {
     "cpu_count": os.cpu_count(),
     "cpus_used": cpus,
-    "amx_bf16": cpu_has_amx_bf16(),
     "loadavg_1min_start": load_start,
     "loadavg_1min_end": os.getloadavg()[0],
   }
+  result["hardware"] = hardware.record(with_jax=False)  # CPU model, avx512_bf16 / amx_bf16, load, XLA_FLAGS
   if max(load_start, os.getloadavg()[0]) > 1.5 * os.cpu_count():
     print(
       f"warning: the machine was busy (1-min load {load_start:.1f} -> {os.getloadavg()[0]:.1f} on "
@@ -494,6 +493,9 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
 
 
 def _print_table(result: dict) -> None:
+  from sora_jax import hardware
+
+  print(f"machine: {hardware.describe(result['hardware'])} (at the end: {result['machine']['loadavg_1min_end']:.2f})")
   print(f"{'benchmark':<28s} {'median s':>9s} {'p10 s':>9s} {'p90 s':>9s}")
   for name, med in result["medians_s"].items():
     print(f"{name:<28s} {med:>9.4f} {result['p10_s'][name]:>9.4f} {result['p90_s'][name]:>9.4f}")

@@ -40,7 +40,7 @@ from sora_jax.models import patchify as patchify_lib
 from sora_jax.models import rope as rope_lib
 from sora_jax.models.attention import ATTENTION_IMPLS, dot_product_attention, heads_major, linear, xavier
 from sora_jax.models.dit import REMAT_POLICIES, TOKEN_AXES, Mlp, Modulation, layer_norm
-from sora_jax.models.dtypes import DTYPES
+from sora_jax.models.dtypes import DTYPE_NAMES, compute_dtype, resolve_name
 
 ARCHITECTURE = "wan2.1"
 TIME_FREQUENCIES = embeddings.TIMESTEP_FEATURES  # diffusers' freq_dim (256 in every Wan 2.1 config)
@@ -331,7 +331,7 @@ class WanTransformer(nn.Module):
 
   def check_settings(self) -> None:
     """Raises ValueError naming the wrong setting and the allowed values."""
-    choices = {"attention_impl": ATTENTION_IMPLS, "remat_policy": tuple(REMAT_POLICIES), "dtype": tuple(DTYPES)}
+    choices = {"attention_impl": ATTENTION_IMPLS, "remat_policy": tuple(REMAT_POLICIES), "dtype": DTYPE_NAMES}
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise ValueError(f"dit.{field}={getattr(self, field)!r} is not one of {', '.join(allowed)}")
@@ -342,7 +342,7 @@ class WanTransformer(nn.Module):
       raise ValueError(f"dit.mlp_dim={self.mlp_dim} must be set for the Wan architecture (1.3B: 8960, 14B: 13824)")
     if self.text_dim <= 0:
       raise ValueError("the Wan transformer needs text_dim > 0 (the text encoder width; umT5-XXL: 4096)")
-    if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+    if self.attention_impl == "cudnn" and resolve_name(self.dtype, "dit.dtype") != "bfloat16":
       raise ValueError("dit.attention_impl='cudnn' runs in bfloat16: also set dit.dtype='bfloat16'")
 
   def _check_inputs(self, x, t, cond) -> None:
@@ -398,7 +398,7 @@ class WanTransformer(nn.Module):
     del deterministic  # no dropout
     self.check_settings()
     self._check_inputs(x, t, cond)
-    dtype = DTYPES[self.dtype]
+    dtype = compute_dtype(self.dtype, "dit.dtype")
     width = self.hidden_size
 
     tokens, grid = patchify_lib.patchify(x, self.patch_size)
