@@ -93,6 +93,12 @@ def define_flags() -> None:
   flags.DEFINE_enum("vae_dtype", "float32", ["float32", "bfloat16"], "Compute dtype of our VAE.")
   flags.DEFINE_bool("skip_vae", False, "Only the DiT train step.")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+  flags.DEFINE_multi_string(
+    "xla_flags",
+    None,
+    "XLA flag sets to compare (repeat the flag; e.g. --xla_flags= --xla_flags=--xla_cpu_use_onednn=true): "
+    "one of our workers per set, alternated like everything else; results named '<benchmark>@xla<j>'.",
+  )
   flags.DEFINE_enum("worker", "", ["", "ours", "diffusers"], "Internal: run as a worker process.")
   flags.DEFINE_string("spec", "", "Internal: the worker's JSON settings.")
 
@@ -362,12 +368,14 @@ def serve(kind: str, spec: dict) -> None:
 class Worker:
   """A worker subprocess speaking the line protocol; its logs go to a temporary file."""
 
-  def __init__(self, kind: str, spec: dict):
+  def __init__(self, kind: str, spec: dict, xla_flags: str | None = None):
     env = dict(os.environ)
     # One real device per worker: virtual CPU devices (tests set 8) would split the cores.
     env["XLA_FLAGS"] = " ".join(
       f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
     )
+    if xla_flags is not None:  # --xla_flags: this worker's own set, on top of the environment's
+      env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {xla_flags}".strip()
     env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
     self.kind = kind
     self.log = tempfile.NamedTemporaryFile("w+", prefix=f"vs_diffusers_{kind}_", suffix=".log", delete=False)
@@ -450,17 +458,28 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
   from sora_jax import hardware
 
   load_start = os.getloadavg()[0]
-  kinds = ["ours"] + (["diffusers"] if spec["peers"] or not spec["skip_vae"] else [])
-  workers = {kind: Worker(kind, spec) for kind in kinds}
+  flag_sets = spec.get("xla_flag_sets") or []
+  workers = {}
+  if flag_sets:  # one "ours" worker per XLA flag set; its benchmarks are named "<name>@xla<j>"
+    for j, flag_set in enumerate(flag_sets):
+      workers[f"ours@xla{j}"] = Worker("ours", spec, xla_flags=flag_set)
+  else:
+    workers["ours"] = Worker("ours", spec)
+  if spec["peers"] or not spec["skip_vae"]:
+    workers["diffusers"] = Worker("diffusers", spec)
   try:
-    ready = {kind: w.receive() for kind, w in workers.items()}
-    owner = {name: kind for kind, msg in ready.items() for name in msg["ready"]}
+    ready = {key: w.receive() for key, w in workers.items()}
+    owner = {}  # benchmark name -> (worker key, the worker's own name for it)
+    for key, msg in ready.items():
+      for name in msg["ready"]:
+        owner[name + key[4:] if key.startswith("ours@") else name] = (key, name)
     names = sorted(owner, key=lambda n: (not n.startswith("ours"), n))
     times = {name: [] for name in names}
     rounds = max(1, -(-steps // round_steps))
     for order in schedule(names, rounds):
       for name in order:
-        times[name] += workers[owner[name]].run(name, round_steps)
+        key, own = owner[name]
+        times[name] += workers[key].run(own, round_steps)
   finally:
     for w in workers.values():
       w.close()
@@ -486,6 +505,7 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
     rounds=rounds,
     round_steps=round_steps,
     ours_settings=spec["ours"],
+    xla_flag_sets=flag_sets,
     info={kind: msg["info"] for kind, msg in ready.items()},
     times_s=times,
   )
@@ -530,6 +550,7 @@ def main(argv):
     "warmup": f.warmup,
     "cpus": cpus,
     "threads": f.threads or len(cpus) or os.cpu_count(),
+    "xla_flag_sets": list(f.xla_flags or []),
   }
   result = run_comparison(spec, f.steps, f.round_steps)
   if f.json:
