@@ -125,10 +125,11 @@ def cached_blocks(
 
 
 def in_cfg_window(t_model: jax.Array, window: tuple[float, float] | None, num_timesteps: float = 1000.0) -> Any:
-  """Whether guidance runs at model time t_model [B] (one scalar: the first example's; all share t)."""
+  """Whether guidance runs at model time t_model ([B], or per frame / token: the largest, i.e. the generated
+  frames' noise level; held conditioning frames sit at 0): one scalar for the whole batch."""
   if window is None:
     return True
-  t = t_model.reshape(-1)[0] / num_timesteps
+  t = jnp.max(t_model) / num_timesteps
   return (t >= window[0]) & (t <= window[1])
 
 

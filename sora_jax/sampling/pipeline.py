@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax import restore
+from sora_jax.diffusion import block_cache
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.text import fields
 from sora_jax.monitoring.progress import progress_bar
@@ -82,6 +83,7 @@ class Pipeline:
     self.prompt_expander = prompt_expander or expanders.IdentityExpander()
     self._compiled: dict = {}
     self._ticker = gen.StepTicker()
+    self.last_stats: dict = {}  # of the last __call__: forwards per video, model calls, cached calls
 
   # ------------------------------------------------------------------ loading
   @classmethod
@@ -172,6 +174,8 @@ class Pipeline:
     latents: np.ndarray | None = None,
     output_type: str = "uint8",
     conditions: Sequence[Condition] = (),
+    cache: dict | block_cache.CacheConfig | None = None,
+    cfg_window: Sequence[float] | None = None,
   ) -> np.ndarray:
     """Generates one video per prompt -> np.uint8 [B, T, H, W, 3] (see `output_type`).
 
@@ -189,6 +193,11 @@ class Pipeline:
     `progress=True` shows a bar over denoising steps. `output_type`: "uint8" (frames),
     "float" (frames as float32 in [0, 1], diffusers' "np") or "latent" (the sampled
     normalised latents [B, T', H', W', C], what `decode` takes).
+    `cache` (default: config sample.cache): the block cache, {"threshold": 0.1, "warmup_steps": 2,
+    "max_cached": 3} or a `block_cache.CacheConfig` (threshold 0 = off); `cfg_window` (default: config
+    sample.cfg_window): (lo, hi), guidance only while the noise level t is in [lo, hi], () = always.
+    After the call, `self.last_stats` holds the work done: "forwards_per_video" (full-network
+    forwards, cond + uncond), "model_calls" and "cached_calls".
     """
     return self._generate(
       prompts,
@@ -244,6 +253,10 @@ class Pipeline:
       raise ValueError(f"num_steps={num_steps} must be >= 1")
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+    cache_cfg = cfg.sample.get("cache") if cache is None else cache
+    if not isinstance(cache_cfg, block_cache.CacheConfig):
+      cache_cfg = block_cache.CacheConfig.from_config(cache_cfg)
+    window = block_cache.check_cfg_window(cfg.sample.get("cfg_window", ()) if cfg_window is None else cfg_window)
     latent_shape = self._latent_shape(num_frames, height, width)
     conditions = list(conditions or ())
     canvas = None
@@ -282,7 +295,7 @@ class Pipeline:
       src = self._encode_canvas(source, batch)
       extra["source"] = jnp.asarray(np.concatenate([src, np.zeros((padded - batch, *latent_shape), np.float32)]))
     mode = "frames" if canvas is not None else ("edit" if source is not None else "text")
-    key = (sampler, num_steps, latent_shape, output_type, mode, first_step)
+    key = (sampler, num_steps, latent_shape, output_type, mode, first_step, cache_cfg, window)
     if key not in self._compiled:
       self._compiled[key] = gen.make_generate_fn(
         self.components,
@@ -293,6 +306,9 @@ class Pipeline:
         return_latents=output_type == "latent",
         frames="float" if output_type == "float" else "uint8",
         first_step=first_step,
+        cache=cache_cfg,
+        cfg_window=window,
+        return_stats=True,
       )
     evals = gen.model_evals(sampler, num_steps - first_step)
     self._ticker.bar = progress_bar(total=evals, desc=f"sampling {batch} x {sampler}") if progress else None
@@ -305,7 +321,13 @@ class Pipeline:
       if self._ticker.bar is not None:
         self._ticker.bar.close()
       self._ticker.bar = None
-    return np.asarray(out[1] if output_type == "latent" else out)[:batch]
+    *out, stats = out
+    self.last_stats = {
+      "forwards_per_video": float(np.mean(np.asarray(stats["forwards"])[:batch])),
+      "model_calls": int(stats["model_calls"]),
+      "cached_calls": int(stats["cached_calls"]),
+    }
+    return np.asarray(out[1] if output_type == "latent" else out[0])[:batch]
 
   # ------------------------------------------------------------------ images and videos as prompts
   def animate(
