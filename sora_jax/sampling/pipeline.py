@@ -214,6 +214,8 @@ class Pipeline:
       latents=latents,
       output_type=output_type,
       conditions=conditions,
+      cache=cache,
+      cfg_window=cfg_window,
     )
 
   def _generate(
@@ -235,6 +237,8 @@ class Pipeline:
     conditions=(),
     source=None,
     edit_strength=None,
+    cache=None,
+    cfg_window=None,
   ) -> np.ndarray:
     """`__call__` with given frames (`conditions`) or an SDEdit `source` clip re-noised to `edit_strength`."""
     if isinstance(prompts, str):
