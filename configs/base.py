@@ -95,7 +95,7 @@ def get_config() -> ml_collections.ConfigDict:
   # 3x cheaper; time is then mixed at the coarser levels); () = 3 everywhere.
   c.vae.mid_attention = True  # spatial self-attention in the middle block.
   c.vae.norm = "rms"  # "rms" (per-position RMS norm, as Wan 2.1) or "none" (small CPU configs learn faster).
-  c.vae.dtype = "float32"  # compute dtype ("float32" or "bfloat16"); params stay float32.
+  c.vae.dtype = "float32"  # compute dtype: "float32", "bfloat16" or "auto" (bf16 iff native bf16 dots; hardware.py).
   c.vae.remat = False  # rematerialise residual blocks in the backward pass.
   c.vae.temporal_downsample = ()  # wan2.1: which of the downsamplings also halve time, e.g. (False, True, True).
   c.vae.decoder_base_channels = 0  # wan2.1: the decoder's base width (0 = base_channels).
@@ -152,7 +152,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.dit.query_chunk_size = 1024  # "chunked": queries per chunk.
   c.dit.scan_layers = True  # one compiled block under nn.scan, params stacked on a "layers" axis.
   c.dit.remat_policy = "none"  # "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable".
-  c.dit.dtype = "float32"  # compute dtype; "bfloat16" keeps float32 params/optimizer, f32 accumulation.
+  c.dit.dtype = "float32"  # compute dtype; "bfloat16" keeps f32 params/optimizer, f32 accumulation; "auto" =
+  # bfloat16 only where the hardware has native bf16 dot products (sora_jax/hardware.py), else float32.
+  c.dit.fused_ops = True  # LayerNorm+modulation, GELU and bf16 matmuls with hand-written backward passes
+  # (sora_jax/models/fused.py; equal to the op-by-op form to float32 rounding). False = op by op (A/B).
 
   # ---------------------------------------------------------------- LoRA (sora_jax/models/lora.py)
   c.lora = ml_collections.ConfigDict()
@@ -205,6 +208,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.999
   c.train.grad_clip = 1.0  # global-norm clip; 0 = off.
   c.train.grad_accum_steps = 1  # micro-batches per optimizer step.
+  c.train.fused_optimizer = True  # clip + AdamW as one elementwise update per tensor (training/optimizer.py;
+  # same state and result as the optax chain); False = the optax chain (A/B).
   c.train.ema_decay = 0.999  # DiT EMA of params; 0 = off.
   c.train.log_every = 50
   c.train.eval_every = 1000
@@ -236,6 +241,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.sample.num_steps = 30
   c.sample.guidance_scale = 4.0
   c.sample.negative_prompt = ""
+  # Sampling that does less work (sora_jax/diffusion/block_cache.py); both off by default.
+  c.sample.cache = ml_collections.ConfigDict()
+  c.sample.cache.threshold = 0.0  # First-Block-Cache: reuse blocks 1..L-1's residual while the first block's
+  # residual changed less than this (relative L1) since the last full call; 0 = off (the plain sampler).
+  c.sample.cache.warmup_steps = 2  # model calls at the start that always run every block.
+  c.sample.cache.max_cached = 3  # at most this many cached calls in a row.
+  c.sample.cfg_window = ()  # (lo, hi): classifier-free guidance only while the noise level t is in [lo, hi]
+  # (t = 1 pure noise, 0 clean); the conditional branch alone elsewhere (half the work); () = every step.
   c.sample.prompts = (
     "a red circle moving left",
     "a blue square moving up",

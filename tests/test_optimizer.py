@@ -104,3 +104,43 @@ def test_train_state_without_ema_and_with_logical_boxes():
   plain = nn.meta.unbox(state)
   new = step(plain, {"w": jnp.ones((4, 2))})
   assert int(new.step) == 1 and new.ema_params is None
+
+
+@pytest.mark.parametrize("grad_clip, weight_decay", [(0.0, 0.0), (1.0, 0.1), (100.0, 0.0)])
+def test_fused_adamw_equals_the_optax_chain(grad_clip, weight_decay):
+  """Same state pytree (checkpoints restore either way) and the same params after 6 updates, to float32
+  rounding: the fused update computes the same expressions in one pass (rtol 1e-5 absorbs b^k computed
+  as a float power and the clip's g * (c / |g|) for optax's (g / |g|) * c)."""
+  cfg = _train_cfg(grad_clip=grad_clip, weight_decay=weight_decay, learning_rate=0.01, warmup_steps=3)
+  fused_tx = optimizer.make_optimizer(cfg)
+  cfg.fused_optimizer = False
+  optax_tx = optimizer.make_optimizer(cfg)
+  key = jax.random.key(0)
+  params = {"w": jax.random.normal(key, (4, 3)), "b": jnp.zeros((3,)), "s": jnp.ones(())}
+  states = [fused_tx.init(params), optax_tx.init(params)]
+  assert jax.tree.structure(states[0]) == jax.tree.structure(states[1])
+  current = [params, params]
+  for step in range(6):
+    grads = jax.tree.map(lambda p, s=step: 3.0 * jax.random.normal(jax.random.fold_in(key, s), p.shape), params)
+    for i, tx in enumerate((fused_tx, optax_tx)):
+      updates, states[i] = jax.jit(tx.update)(grads, states[i], current[i])
+      current[i] = optax.apply_updates(current[i], updates)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), current[0], current[1])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9), states[0], states[1])
+  assert not np.allclose(current[0]["w"], params["w"])  # it did move
+
+
+def test_fused_adamw_needs_params_and_accumulates_like_optax():
+  tx = optimizer.make_optimizer(_train_cfg())
+  params = {"w": jnp.ones((2,))}
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update({"w": jnp.ones((2,))}, tx.init(params))
+  cfg = _train_cfg(grad_accum_steps=2, grad_clip=1.0, warmup_steps=0, lr_schedule="constant", learning_rate=0.1)
+  accum = optimizer.make_optimizer(cfg)
+  state = accum.init(params)
+  grads = [{"w": jnp.array([1.0, -3.0])}, {"w": jnp.array([3.0, 1.0])}]
+  updates, state = accum.update(grads[0], state, params)
+  np.testing.assert_array_equal(updates["w"], 0.0)  # a micro-batch: accumulated only
+  updates, state = accum.update(grads[1], state, params)
+  # The mean gradient [2, -1] (norm sqrt(5) > 1: clipped, direction kept); Adam's first step is -lr * sign.
+  np.testing.assert_allclose(updates["w"], [-0.1, 0.1], rtol=1e-4)

@@ -37,6 +37,25 @@ def test_deterministic_by_seed_and_seeds_differ(pipe):
   assert np.abs(a.astype(int) - c.astype(int)).max() > 0
 
 
+def test_cache_and_cfg_window_do_less_work_and_are_counted(pipe):
+  prompt = ["a red circle moving left"]
+  plain = pipe(prompt, num_steps=6, seed=1, output_type="latent")
+  assert pipe.last_stats == {"forwards_per_video": 12.0, "model_calls": 6, "cached_calls": 0}
+  # threshold 0 / the full window: the plain sampler, exactly.
+  same = pipe(prompt, num_steps=6, seed=1, output_type="latent", cache={"threshold": 0.0}, cfg_window=(0.0, 1.0))
+  np.testing.assert_array_equal(same, plain)
+  # A threshold no change reaches: reuse whenever the guards allow (calls 2-4), then the window halves the rest.
+  fewer = pipe(prompt, num_steps=6, seed=1, output_type="latent", cache={"threshold": 1e9, "max_cached": 3})
+  depth = pipe.components.denoiser.dit.depth
+  assert pipe.last_stats["cached_calls"] == 3
+  assert pipe.last_stats["forwards_per_video"] == pytest.approx(2 * (3 + 3 / depth))
+  assert fewer.shape == plain.shape and not np.array_equal(fewer, plain)
+  pipe(prompt, num_steps=6, seed=1, cfg_window=(0.5, 1.0))
+  assert 6 < pipe.last_stats["forwards_per_video"] < 12
+  with pytest.raises(ValueError, match="cfg_window"):
+    pipe(prompt, num_steps=2, cfg_window=(0.9, 0.1))
+
+
 def test_a_prompt_does_not_depend_on_its_batch(pipe):
   alone = pipe(["a white square moving down"], num_steps=2, seed=3)
   batched = pipe(["a white square moving down", "a cyan circle moving up", "x"], num_steps=2, seed=3)

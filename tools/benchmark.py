@@ -596,11 +596,14 @@ BENCHMARKS = {
 
 
 def environment() -> dict:
-  """Device and library versions for the JSON record."""
+  """Device, library versions and the hardware record (CPU model, avx512_bf16 / amx_bf16, load) for the JSON."""
   import flax
   import jax
 
+  from sora_jax import hardware
+
   return {
+    "hardware": hardware.record(),
     "device_kind": jax.devices()[0].device_kind,
     "platform": jax.devices()[0].platform,
     "device_count": jax.device_count(),
@@ -658,6 +661,12 @@ def run(
   return result
 
 
+def hardware_line(rec: dict) -> str:
+  from sora_jax import hardware
+
+  return f"{hardware.describe(rec)}; dtype 'auto' = {rec['auto_dtype']}"
+
+
 def _print_table(result: dict) -> None:
   def fmt(v):
     if isinstance(v, float):
@@ -670,6 +679,7 @@ def _print_table(result: dict) -> None:
       print(f"{key:<28s} {fmt(value)}")
   env = result["environment"]
   print(f"{'environment':<28s} jax {env['jax_version']}, {env['device_count']} x {env['device_kind']}")
+  print(f"{'hardware':<28s} {hardware_line(env['hardware'])}")
 
 
 def main(argv):

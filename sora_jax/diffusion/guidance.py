@@ -103,6 +103,12 @@ def cfg_model_fn(model_fn: ModelFn, cond: Any, uncond: Any, scale) -> Callable[[
   return guided
 
 
+def stack_conditions(cond: Any, uncond: Any) -> Any:
+  """cond [B, ...] and uncond (one example, batch 1 or B) -> [2B, ...]: the batch `cfg_model_fn` runs."""
+  uncond = _match_structure(cond, uncond, "uncond")
+  return jax.tree.map(lambda c, u: jnp.concatenate([jnp.asarray(c), u], axis=0), cond, uncond)
+
+
 def conditional_model_fn(model_fn: ModelFn, cond: Any) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """Unguided `fn(x_t, t_model) = model_fn(x_t, t_model, cond)` (one forward of B; same as scale 1)."""
   return lambda x_t, t_model: model_fn(x_t, t_model, cond)

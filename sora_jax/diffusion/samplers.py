@@ -387,6 +387,23 @@ def initial_state(noise: jax.Array, keys: jax.Array | None = None, sampler: str 
   return SamplerState(x, jnp.zeros_like(x), keys)
 
 
+def _stateful_step(model_fn, process, sampler: str, conditioning=None):
+  """The step of `sampler` for a stateful `model_fn(x, t, aux) -> (prediction, aux)` (the block cache): the
+  aux state is threaded through however many model calls a step makes; step((state, aux), inp) -> (state, aux)."""
+
+  def step(carry, inp):
+    state, aux = carry
+    box = [aux]
+
+    def fn(x, t):
+      pred, box[0] = model_fn(x, t, box[0])
+      return pred
+
+    return sampling_step(fn, process, sampler, conditioning)(state, inp), box[0]
+
+  return step
+
+
 @functools.partial(jax.jit, static_argnames=("model_fn", "process", "sampler", "keep_all"))
 def _scan(
   model_fn: GuidedFn,
@@ -395,20 +412,31 @@ def _scan(
   rng: jax.Array | None,
   conditioning: cond_lib.FrameConditioning | None,
   start: jax.Array | None,
+  model_state: Any = None,
   *,
   process,
   sampler: str,
   keep_all: bool,
 ):
-  step = sampling_step(model_fn, process, sampler, conditioning)
   keys = ancestral_keys(noise, rng) if sampler in STOCHASTIC else None
+  init = initial_state(noise if start is None else start, keys, sampler)
+  if model_state is None:
+    step = sampling_step(model_fn, process, sampler, conditioning)
 
-  def body(state, inp):
-    state = step(state, inp)
-    return state, (state.x if keep_all else None)
+    def body(state, inp):
+      state = step(state, inp)
+      return state, (state.x if keep_all else None)
 
-  state, xs = jax.lax.scan(body, initial_state(noise if start is None else start, keys, sampler), inputs)
-  return state.x, xs
+    state, xs = jax.lax.scan(body, init, inputs)
+    return state.x, xs, None
+  step = _stateful_step(model_fn, process, sampler, conditioning)
+
+  def stateful_body(carry, inp):
+    carry = step(carry, inp)
+    return carry, (carry[0].x if keep_all else None)
+
+  (state, model_state), xs = jax.lax.scan(stateful_body, (init, model_state), inputs)
+  return state.x, xs, model_state
 
 
 def sample(
@@ -424,6 +452,7 @@ def sample(
   conditioning: cond_lib.FrameConditioning | None = None,
   first_step: int = 0,
   source: jax.Array | None = None,
+  model_state: Any = None,
 ) -> Any:
   """Integrates from `noise` [B, ...] to data with `num_steps` steps of `sampler`.
 
@@ -442,8 +471,12 @@ def sample(
     first_step: SDEdit: start at point `first_step` of the num_steps-step grid from `source`
       [B, ...] noised to it (x = alpha source + sigma noise) and run the remaining steps.
     source: the clean data that `first_step` > 0 starts from.
+    model_state: a stateful model: `model_fn(x_t, t_model, state) -> (prediction, state)` with this
+      initial state (a pytree in the scan carry, e.g. the block cache of `block_cache.py`); None
+      (default) = the plain `model_fn(x_t, t_model)`.
   Returns:
-    x0 float32 [B, ...], or (x0, intermediates) when return_every > 0.
+    x0 float32 [B, ...], or (x0, intermediates) when return_every > 0; with model_state, the
+    final model state is appended: (x0, state) or (x0, intermediates, state).
   """
   if return_every < 0:
     raise ValueError(f"return_every={return_every} must be >= 0 (0 = final sample only)")
@@ -457,9 +490,19 @@ def sample(
     start = alpha * jnp.asarray(source, jnp.float32) + sigma * jnp.asarray(noise, jnp.float32)
   if conditioning is not None:
     cond_lib.check(conditioning, jnp.shape(noise), process)
-  x, xs = _scan(
-    model_fn, noise, inputs, rng, conditioning, start, process=process, sampler=sampler, keep_all=return_every > 0
+  x, xs, final_state = _scan(
+    model_fn,
+    noise,
+    inputs,
+    rng,
+    conditioning,
+    start,
+    model_state,
+    process=process,
+    sampler=sampler,
+    keep_all=return_every > 0,
   )
-  if return_every > 0:
-    return x, xs[return_every - 1 :: return_every]
-  return x
+  out = (x, xs[return_every - 1 :: return_every]) if return_every > 0 else (x,)
+  if model_state is not None:
+    out = (*out, final_state)
+  return out[0] if len(out) == 1 else out

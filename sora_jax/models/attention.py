@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sora_jax.models import fused as fused_lib
 from sora_jax.models import rope as rope_lib
 
 Initializer = Callable[..., jax.Array]
@@ -54,6 +55,7 @@ def linear(
   dtype: Any,
   kernel_init: Initializer,
   name: str,
+  fused: bool = False,
 ) -> nn.Einsum:
   """A projection `einsum(inputs, kernel) + bias` with partitioned float32 params.
 
@@ -63,8 +65,10 @@ def linear(
     kernel_axes / bias_axes: logical axis names (configs/base.py) of kernel and
       bias; bias_axes=None means no bias.
     dtype: compute dtype; inputs and params are cast to it, accumulation is float32.
+    fused: a `fused.FusedEinsum` (same params): the backward matmuls also run in `dtype` with float32
+      accumulation and the weight gradient stays float32 (see models/fused.py); equal for float32.
   """
-  return nn.Einsum(
+  return (fused_lib.FusedEinsum if fused else nn.Einsum)(
     shape=tuple(shape),
     einsum_str=einsum_str,
     use_bias=bias_axes is not None,
@@ -119,7 +123,14 @@ def _expand_mask(mask):
   return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
 
 
-def _einsum_attention(q, k, v, mask):
+def _dot(spec: str, a, b, fused: bool):
+  """einsum with float32 accumulation in the inputs' dtype; `fused`: also backwards (`fused.mixed_einsum`)."""
+  if fused:
+    return fused_lib.mixed_einsum(spec, a, b, b.dtype)
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _einsum_attention(q, k, v, mask, fused: bool = False):
   """Softmax attention in the heads-major layout: q [B, H, N, K], k/v [B, H, L, K], mask [B, L], [B, N, L] or None.
 
   Logits, softmax statistics and the AV accumulation are float32; the result has q's dtype.
@@ -127,14 +138,14 @@ def _einsum_attention(q, k, v, mask):
   """
   scale = q.shape[-1] ** -0.5
   q = (q.astype(jnp.float32) * scale).astype(q.dtype)
-  logits = jnp.einsum("bhnk,bhlk->bhnl", q, k, preferred_element_type=jnp.float32)
+  logits = _dot("bhnk,bhlk->bhnl", q, k, fused)
   if mask is not None:
     logits = jnp.where(_expand_mask(mask), logits, jnp.finfo(jnp.float32).min)
   # Softmax is invariant to the shift, so the row max needs no gradient: no [N, L] reductions backwards.
   row_max = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
   weights = jnp.exp(logits - row_max)  # unnormalised, in (0, 1]; the max is 1
   denominator = jnp.sum(weights, axis=-1, keepdims=True)  # >= 1
-  out = jnp.einsum("bhnl,bhlk->bhnk", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  out = _dot("bhnl,bhlk->bhnk", weights.astype(v.dtype), v, fused)
   return (out / denominator).astype(q.dtype)
 
 
@@ -151,7 +162,7 @@ def _jax_nn_attention(q, k, v, mask, implementation):
   return jax.nn.dot_product_attention(q, k, v, mask=_expand_mask(mask), implementation=implementation)
 
 
-def _chunked_attention(q, k, v, mask, chunk_size):
+def _chunked_attention(q, k, v, mask, chunk_size, fused: bool = False):
   """Heads-major `_einsum_attention` computed `chunk_size` queries at a time (pads the last chunk)."""
   b, h, n, d = q.shape
   chunk_size = max(1, min(chunk_size, n))
@@ -165,14 +176,14 @@ def _chunked_attention(q, k, v, mask, chunk_size):
 
     @jax.checkpoint
     def attend_rows(args):
-      return _einsum_attention(args[0], k, v, args[1])
+      return _einsum_attention(args[0], k, v, args[1], fused)
 
     out = jax.lax.map(attend_rows, (chunks, mask_rows))
   else:
 
     @jax.checkpoint
     def attend(q_chunk):
-      return _einsum_attention(q_chunk, k, v, mask)
+      return _einsum_attention(q_chunk, k, v, mask, fused)
 
     out = jax.lax.map(attend, chunks)  # [num_chunks, B, H, chunk, K]
   out = jnp.moveaxis(out, 0, 2).reshape(b, h, num_chunks * chunk_size, d)
@@ -191,12 +202,14 @@ def dot_product_attention(
   impl: str = "xla",
   query_chunk_size: int = 1024,
   layout: str = "bnhk",
+  fused: bool = False,
 ) -> jax.Array:
   """Softmax attention; q [B, N, H, K], k/v [B, L, H, K], mask [B, L] or [B, N, L] (True = attend) -> [B, N, H, K].
 
   With layout="bhnk" inputs and output are heads-major instead: q [B, H, N, K], k/v [B, H, L, K]
   (what `Attention` passes to the "einsum" and "chunked" implementations, which work in it).
-  Rows whose keys are all masked return zeros (not an average of padding).
+  Rows whose keys are all masked return zeros (not an average of padding). `fused`: the "einsum" and
+  "chunked" matmuls run their backward in the inputs' dtype too (`fused.mixed_einsum`).
   """
   impl = resolve_impl(impl)
   if layout not in ("bnhk", "bhnk"):
@@ -210,9 +223,9 @@ def dot_product_attention(
   if layout != wants:
     q, k, v = (jnp.transpose(t, _TO_HEADS_MAJOR) for t in (q, k, v))
   if impl == "chunked":
-    out = _chunked_attention(q, k, v, mask, query_chunk_size)
+    out = _chunked_attention(q, k, v, mask, query_chunk_size, fused)
   elif impl == "einsum":
-    out = _einsum_attention(q, k, v, mask)
+    out = _einsum_attention(q, k, v, mask, fused)
   else:
     out = _jax_nn_attention(q, k, v, mask, "cudnn" if impl == "cudnn" else "xla")
   if layout != wants:
@@ -250,6 +263,7 @@ class Attention(nn.Module):
     qk_norm: RMSNorm on queries and keys (per head) before RoPE.
     zero_init_output: output projection starts at zero (cross-attention in a
       DiT block, so the block is the identity at initialisation).
+    fused: projections through `fused.FusedEinsum` (bf16 backward matmuls; see `linear`).
   """
 
   num_heads: int
@@ -258,6 +272,7 @@ class Attention(nn.Module):
   impl: str = "xla"
   query_chunk_size: int = 1024
   zero_init_output: bool = False
+  fused: bool = False
 
   @nn.compact
   def __call__(
@@ -286,6 +301,7 @@ class Attention(nn.Module):
       bias_axes=("heads", "kv"),
       dtype=self.dtype,
       kernel_init=xavier(0, (1, 2)),
+      fused=self.fused,
     )
     source = x if context is None else context
     q = linear(**in_proj, name="query")(x)
@@ -313,7 +329,9 @@ class Attention(nn.Module):
       mask = segment_mask(*segment_ids)
       if context_mask is not None:
         mask = mask & context_mask[:, None, :]
-    out = dot_product_attention(q, k, v, mask, impl=self.impl, query_chunk_size=self.query_chunk_size, layout=layout)
+    out = dot_product_attention(
+      q, k, v, mask, impl=self.impl, query_chunk_size=self.query_chunk_size, layout=layout, fused=self.fused
+    )
     out = constrain(out, "activation_length")
     out_init = nn.initializers.zeros_init() if self.zero_init_output else xavier((0, 1), 2)
     return linear(
@@ -324,4 +342,5 @@ class Attention(nn.Module):
       dtype=self.dtype,
       kernel_init=out_init,
       name="out",
+      fused=self.fused,
     )(out)

@@ -31,11 +31,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from sora_jax.diffusion import block_cache as block_cache_lib
 from sora_jax.models import embeddings, variants
+from sora_jax.models import fused as fused_lib
 from sora_jax.models import patchify as patchify_lib
 from sora_jax.models import rope as rope_lib
 from sora_jax.models.attention import ATTENTION_IMPLS, Attention, linear, xavier
-from sora_jax.models.dtypes import DTYPES
+from sora_jax.models.dtypes import DTYPE_NAMES, compute_dtype, resolve_name
 
 REMAT_POLICIES = {
   "none": None,
@@ -79,11 +81,31 @@ def expand_to_tokens(mods: jax.Array, num_tokens: int) -> jax.Array:
   return jnp.repeat(mods, num_tokens // groups, axis=1)
 
 
+def per_token(v: jax.Array) -> jax.Array:
+  """A modulation vector [B, D] (per example) -> [B, 1, D]; [B, N, D] (per token) unchanged."""
+  return v[:, None, :] if v.ndim == 2 else v
+
+
+def norm_modulate(x: jax.Array, shift: jax.Array, scale: jax.Array, fused: bool, epsilon: float = NORM_EPS):
+  """LN(x) * (1 + scale) + shift with shift / scale [B, D] or [B, N, D]; `fused`: `fused.layer_norm_modulate`
+  (one pass backwards, fewer saved tensors), else the op-by-op form (equal to float32 rounding)."""
+  shift, scale = per_token(shift), per_token(scale)
+  if fused:
+    return fused_lib.layer_norm_modulate(x, shift, scale, epsilon)
+  return layer_norm(x, epsilon) * (1.0 + scale) + shift
+
+
+def gelu(x: jax.Array, fused: bool) -> jax.Array:
+  """GELU (tanh); `fused`: with the hand-written backward of `fused.gelu_tanh`."""
+  return fused_lib.gelu_tanh(x) if fused else nn.gelu(x, approximate=True)
+
+
 class Mlp(nn.Module):
   """[B, N, D] -> Linear(D, mlp_dim) -> GELU(tanh) -> Linear(mlp_dim, D)."""
 
   mlp_dim: int
   dtype: Any = jnp.float32
+  fused: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -96,9 +118,10 @@ class Mlp(nn.Module):
       dtype=self.dtype,
       kernel_init=xavier(0, 1),
       name="fc1",
+      fused=self.fused,
     )(x)
     h = nn.with_logical_constraint(h, ("activation_batch", "activation_length", "activation_mlp"))
-    h = nn.gelu(h, approximate=True)
+    h = gelu(h, self.fused)
     return linear(
       (self.mlp_dim, width),
       "bnm,md->bnd",
@@ -107,6 +130,7 @@ class Mlp(nn.Module):
       dtype=self.dtype,
       kernel_init=xavier(0, 1),
       name="fc2",
+      fused=self.fused,
     )(h)
 
 
@@ -122,6 +146,7 @@ class Modulation(nn.Module):
   width: int
   mode: str = "per_block"
   dtype: Any = jnp.float32
+  fused: bool = False
 
   @nn.compact
   def __call__(self, cond: jax.Array) -> jax.Array:
@@ -141,6 +166,7 @@ class Modulation(nn.Module):
       dtype=self.dtype,
       kernel_init=nn.initializers.zeros_init(),
       name="adaln",
+      fused=self.fused,
     )(cond)
 
 
@@ -163,6 +189,7 @@ class DiTBlock(nn.Module):
   attention_impl: str = "xla"
   query_chunk_size: int = 1024
   scanned: bool = False
+  fused: bool = False
 
   @nn.compact
   def __call__(self, x, cond, rope, text, text_mask):
@@ -173,15 +200,17 @@ class DiTBlock(nn.Module):
       dtype=self.dtype,
       impl=self.attention_impl,
       query_chunk_size=self.query_chunk_size,
+      fused=self.fused,
     )
     if cond.ndim == (2 if self.modulation == "per_block" else 3):  # one timestep per example: [B, D] / [B, 6, D]
       cond = cond[:, None]
-    mods = expand_to_tokens(Modulation(6, width, self.modulation, self.dtype, name="modulation")(cond), x.shape[1])
+    mods = Modulation(6, width, self.modulation, self.dtype, self.fused, name="modulation")(cond)
+    mods = expand_to_tokens(mods, x.shape[1])
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mods[:, :, i] for i in range(6))
 
-    h = modulate(layer_norm(x), shift_msa, scale_msa)
+    h = norm_modulate(x, shift_msa, scale_msa, self.fused)
     h = Attention(**attention, name="self_attention")(h, rope=rope)
-    x = nn.with_logical_constraint(x + gate_msa * h, TOKEN_AXES)
+    x = nn.with_logical_constraint(x + per_token(gate_msa) * h, TOKEN_AXES)
 
     if self.cross_attention:
       h = nn.LayerNorm(
@@ -195,9 +224,9 @@ class DiTBlock(nn.Module):
       h = Attention(**attention, zero_init_output=True, name="cross_attention")(h, context=text, context_mask=text_mask)
       x = nn.with_logical_constraint(x + h, TOKEN_AXES)
 
-    h = modulate(layer_norm(x), shift_mlp, scale_mlp)
-    h = Mlp(self.mlp_dim, self.dtype, name="mlp")(h)
-    x = nn.with_logical_constraint(x + gate_mlp * h, TOKEN_AXES)
+    h = norm_modulate(x, shift_mlp, scale_mlp, self.fused)
+    h = Mlp(self.mlp_dim, self.dtype, self.fused, name="mlp")(h)
+    x = nn.with_logical_constraint(x + per_token(gate_mlp) * h, TOKEN_AXES)
     return (x, None) if self.scanned else x
 
 
@@ -206,6 +235,7 @@ class FinalLayer(nn.Module):
 
   out_features: int
   dtype: Any = jnp.float32
+  fused: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
@@ -218,9 +248,10 @@ class FinalLayer(nn.Module):
       dtype=self.dtype,
       kernel_init=nn.initializers.zeros_init(),
       name="adaln",
+      fused=self.fused,
     )(cond)
     mods = expand_to_tokens(mods, x.shape[1])
-    x = modulate(layer_norm(x), mods[:, :, 0], mods[:, :, 1])
+    x = norm_modulate(x, mods[:, :, 0], mods[:, :, 1], self.fused)
     return linear(
       (width, self.out_features),
       "bnd,dp->bnp",
@@ -229,6 +260,7 @@ class FinalLayer(nn.Module):
       dtype=self.dtype,
       kernel_init=nn.initializers.zeros_init(),
       name="linear",
+      fused=self.fused,
     )(x)
 
 
@@ -240,6 +272,40 @@ def stack_layers(layer_params: Sequence[Mapping[str, Any]]) -> Any:
 def unstack_layers(stacked: Any, depth: int) -> list[Any]:
   """Inverse of `stack_layers`."""
   return [jax.tree.map(lambda leaf, i=i: leaf[i], stacked) for i in range(depth)]
+
+
+def cached_block_stack(module: nn.Module, block: nn.Module, h: jax.Array, args: tuple, block_cache) -> tuple:
+  """Runs `module`'s block stack on h through the sampler's block cache (diffusion/block_cache.py).
+
+  The blocks run as pure functions of their own params (`block.apply` on block i's slice of the
+  unrolled `blocks_{i}` or scanned `blocks` params), so the first block and the rest can sit on
+  either side of the cache's `lax.cond`. block: the unscanned block module with the stack's settings;
+  args: what follows x in its call; block_cache: (CacheConfig, CacheState). Returns (h, new state).
+  """
+  config, state = block_cache
+  depth = module.depth
+  params = nn.meta.unbox(module.variables["params"])
+  if module.scan_layers:
+    stacked = params["blocks"]
+    layer = lambda i: jax.tree.map(lambda a: a[i], stacked)  # noqa: E731
+  else:
+    stacked = None
+    layer = lambda i: params[f"blocks_{i}"]  # noqa: E731
+
+  def first(x):
+    return block.apply({"params": layer(0)}, x, *args)
+
+  def rest(x):
+    if depth == 1:
+      return x
+    if stacked is not None:
+      tail = jax.tree.map(lambda a: a[1:], stacked)
+      return jax.lax.scan(lambda y, p: (block.apply({"params": p}, y, *args), None), x, tail)[0]
+    for i in range(1, depth):
+      x = block.apply({"params": layer(i)}, x, *args)
+    return x
+
+  return block_cache_lib.cached_blocks(first, rest, h, state, config, first_fraction=1.0 / depth)
 
 
 class DiT(nn.Module):
@@ -256,6 +322,8 @@ class DiT(nn.Module):
   Attributes mirror configs/base.py `dit.*` (see there); `in_channels` is the
   latent channel count, `text_dim` the text encoder width (text mode).
   `timestep_frequency_shift` is 0 for the DiT paper and 1 for diffusers' port.
+  `fused_ops` (config `dit.fused_ops`): LayerNorm + modulation, GELU and the projections through
+  models/fused.py (hand-written backward passes; equal to the op-by-op form to float32 rounding).
   """
 
   in_channels: int
@@ -278,6 +346,7 @@ class DiT(nn.Module):
   remat_policy: str = "none"
   dtype: str = "float32"
   timestep_frequency_shift: float = 0.0
+  fused_ops: bool = True
 
   @classmethod
   def from_config(cls, dit_cfg: ml_collections.ConfigDict, in_channels: int, text_dim: int = 0, **overrides) -> DiT:
@@ -301,6 +370,7 @@ class DiT(nn.Module):
       scan_layers=dit_cfg.scan_layers,
       remat_policy=dit_cfg.remat_policy,
       dtype=dit_cfg.dtype,
+      fused_ops=dit_cfg.get("fused_ops", True),
     )
     fields.update(overrides)
     return cls(in_channels=in_channels, text_dim=text_dim, **fields)
@@ -322,14 +392,14 @@ class DiT(nn.Module):
       "modulation": MODULATIONS,
       "attention_impl": ATTENTION_IMPLS,
       "remat_policy": tuple(REMAT_POLICIES),
-      "dtype": tuple(DTYPES),
+      "dtype": DTYPE_NAMES,
     }
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise ValueError(f"dit.{field}={getattr(self, field)!r} is not one of {', '.join(allowed)}")
     if self.hidden_size % self.num_heads:
       raise ValueError(f"dit.hidden_size={self.hidden_size} must be divisible by dit.num_heads={self.num_heads}")
-    if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+    if self.attention_impl == "cudnn" and resolve_name(self.dtype, "dit.dtype") != "bfloat16":
       raise ValueError(
         "dit.attention_impl='cudnn' runs in bfloat16: also set dit.dtype='bfloat16' (or use attention_impl='xla')"
       )
@@ -386,13 +456,8 @@ class DiT(nn.Module):
     text = embeddings.TextProjection(self.hidden_size, dtype, name="text_projection")(cond["text"])
     return c + pooled[:, None], text
 
-  def _blocks(self, dtype):
-    """The block stack as a callable (x, cond, rope, text, mask) -> x."""
-    block_cls = DiTBlock
-    policy = REMAT_POLICIES[self.remat_policy]
-    if self.remat_policy != "none":
-      block_cls = nn.remat(DiTBlock, policy=policy, prevent_cse=not self.scan_layers)
-    settings = dict(
+  def _block_settings(self, dtype) -> dict:
+    return dict(
       num_heads=self.num_heads,
       mlp_dim=self.resolved_mlp_dim,
       qk_norm=self.qk_norm,
@@ -401,7 +466,16 @@ class DiT(nn.Module):
       dtype=dtype,
       attention_impl=self.attention_impl,
       query_chunk_size=self.query_chunk_size,
+      fused=self.fused_ops,
     )
+
+  def _blocks(self, dtype):
+    """The block stack as a callable (x, cond, rope, text, mask) -> x."""
+    block_cls = DiTBlock
+    policy = REMAT_POLICIES[self.remat_policy]
+    if self.remat_policy != "none":
+      block_cls = nn.remat(DiTBlock, policy=policy, prevent_cse=not self.scan_layers)
+    settings = self._block_settings(dtype)
     if self.scan_layers:
       scanned = nn.scan(
         block_cls,
@@ -424,12 +498,14 @@ class DiT(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array], deterministic: bool = True
+    self, x: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array], deterministic: bool = True, block_cache=None
   ) -> jax.Array:
+    """-> [B, T, H, W, C_out]; with `block_cache` = (CacheConfig, CacheState) (the samplers' cache, see
+    diffusion/block_cache.py): (prediction, new CacheState)."""
     del deterministic  # no dropout; CFG dropout is done by the caller (null label / null text)
     self.check_settings()
     self._check_inputs(x, t, cond)
-    dtype = DTYPES[self.dtype]  # checked by check_settings
+    dtype = compute_dtype(self.dtype, "dit.dtype")  # "auto": bf16 only with native bf16 dot products
     width = self.hidden_size
 
     tokens, grid = patchify_lib.patchify(x, self.patch_size)
@@ -473,7 +549,15 @@ class DiT(nn.Module):
     else:
       block_cond = c_act
     text_mask = cond["text_mask"] if text is not None else None
-    h = self._blocks(dtype)(h, block_cond, rope, text, text_mask)
+    new_cache = None
+    if block_cache is not None and not self.is_initializing():
+      block = DiTBlock(**self._block_settings(dtype))
+      h, new_cache = cached_block_stack(self, block, h, (block_cond, rope, text, text_mask), block_cache)
+    else:
+      h = self._blocks(dtype)(h, block_cond, rope, text, text_mask)
 
-    out = FinalLayer(patch_values // self.in_channels * self.out_channels, dtype, name="final_layer")(h, c_act)
-    return patchify_lib.unpatchify(out, grid, self.patch_size).astype(jnp.float32)
+    out = FinalLayer(patch_values // self.in_channels * self.out_channels, dtype, self.fused_ops, name="final_layer")(
+      h, c_act
+    )
+    out = patchify_lib.unpatchify(out, grid, self.patch_size).astype(jnp.float32)
+    return out if block_cache is None else (out, new_cache)

@@ -21,9 +21,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from sora_jax.diffusion import block_cache, guidance, samplers
 from sora_jax.diffusion import conditioning as cond_lib
-from sora_jax.diffusion import guidance, samplers
 from sora_jax.diffusion.sampler_names import SAMPLERS
 from sora_jax.media.convert import to_uint8
 from sora_jax.models import vae as vae_lib
@@ -84,6 +85,9 @@ def make_generate_fn(
   ticker: StepTicker | None = None,
   frames: str = "uint8",
   first_step: int = 0,
+  cache: block_cache.CacheConfig | None = None,
+  cfg_window: tuple[float, float] | None = None,
+  return_stats: bool = False,
 ):
   """A jitted `generate(params, fields, null_fields, seeds, guidance_scale, noise=None, given=None, strength=None,
   source=None)`.
@@ -97,6 +101,12 @@ def make_generate_fn(
     frames: "uint8" (default) or "float" (float32 in [0, 1]), see FRAME_FORMATS.
     first_step: SDEdit (`Pipeline.edit`): start at this step from `source` [B, *latent_shape]
       (normalised latents) re-noised to it; static.
+    cache: the block cache (`block_cache.CacheConfig`; None or threshold 0 = off: the plain sampler).
+    cfg_window: (lo, hi): guidance only where the noise level t_model / 1000 is in [lo, hi], the
+      conditional branch alone elsewhere; None = guidance at every model call.
+    return_stats: also return {"forwards": f32 [B] full-network forwards per example (cond + uncond),
+      "cached_calls": int32 [], "model_calls": int32 []} (the block cache's count; without the cache
+      `model_forwards` gives the same numbers from the schedule).
   Returns:
     A function returning frames [B, T, H, W, 3] (and latents). Compiled once per (batch size,
     text shape, noise given or not, frames given or not); guidance_scale is traced, so changing
@@ -111,20 +121,31 @@ def make_generate_fn(
   mean = jnp.asarray(components.latent_stats["mean"], jnp.float32)
   std = jnp.asarray(components.latent_stats["std"], jnp.float32)
 
+  cache = cache or block_cache.CacheConfig()
+  cfg_window = block_cache.check_cfg_window(cfg_window)
+
   @jax.jit
   def generate(params, fields, null_fields, seeds, guidance_scale, noise=None, given=None, strength=None, source=None):
-    model_fn, cond = dit_step.make_model_fn(denoiser, params, fields)
-    _, uncond = dit_step.make_model_fn(denoiser, params, null_fields)
-    guided = guidance.cfg_model_fn(model_fn, cond, uncond, guidance_scale)
-    if ticker is not None:
-      guided = _with_tick(guided, ticker)
     if noise is None:
       noise = initial_noise(seeds, tuple(latent_shape))
+    guided, state = guided_model_fn(
+      denoiser,
+      params,
+      fields,
+      null_fields,
+      guidance_scale,
+      cfg_window=cfg_window,
+      cache=cache,
+      batch=noise.shape[0],
+      tokens=tokens,
+    )
+    if ticker is not None:
+      guided = _with_tick(guided, ticker)
     conditioning = None
     if strength is not None:
       partial = components.process.kind == "flow"  # anchors of strength < 1 start from the initial noise
       conditioning = cond_lib.FrameConditioning(given, strength, noise if partial else None)
-    x0 = samplers.sample(
+    out = samplers.sample(
       guided,
       noise,
       process=components.process,
@@ -134,20 +155,109 @@ def make_generate_fn(
       conditioning=conditioning,
       first_step=first_step,
       source=source,
+      model_state=state,
     )
+    x0, state = (out, None) if state is None else out
     video = vae_lib.decode_latents(components.vae, params["vae"], x0 * std + mean)
-    out = FRAME_FORMATS[frames](video)
-    return (out, x0) if return_latents else out
+    result = (FRAME_FORMATS[frames](video),) + ((x0,) if return_latents else ())
+    if return_stats:
+      b = noise.shape[0]
+      if state is None:
+        forwards = model_forwards(components.process, sampler, num_steps, tokens, cfg_window, first_step=first_step)
+        forwards = jnp.full((b,), forwards)
+        calls = jnp.int32(len(model_call_times(components.process, sampler, num_steps, tokens, first_step)))
+        stats = {"forwards": forwards, "cached_calls": jnp.int32(0), "model_calls": calls}
+      else:
+        forwards = state.evals[:b] + state.evals[b:]
+        stats = {"forwards": forwards, "cached_calls": state.cached_calls, "model_calls": state.calls}
+      result = (*result, stats)
+    return result[0] if len(result) == 1 else result
 
   return generate
 
 
+def guided_model_fn(
+  denoiser: Denoiser, params, fields, null_fields, scale, *, cfg_window, cache, batch: int, tokens: int
+):
+  """(the guided model for the samplers, its initial state or None).
+
+  Plain (cache off): `fn(x, t)`, `guidance.cfg_model_fn` (with the CFG window: a `lax.cond` between it and
+  the conditional branch alone). Cached: `fn(x, t, state) -> (prediction, state)`, the network called
+  with `block_cache` over the stacked [cond; uncond] batch of 2B, or on the cond half alone outside the
+  CFG window (the uncond half's cache then waits unchanged).
+  """
+  model_fn, cond = dit_step.make_model_fn(denoiser, params, fields)
+  _, uncond = dit_step.make_model_fn(denoiser, params, null_fields)
+  if not cache.enabled:
+    guided = guidance.cfg_model_fn(model_fn, cond, uncond, scale)
+    if cfg_window is None:
+      return guided, None
+    conditional = guidance.conditional_model_fn(model_fn, cond)
+    return (lambda x, t: jax.lax.cond(block_cache.in_cfg_window(t, cfg_window), guided, conditional, x, t)), None
+  dit, dit_params = denoiser.dit, params["dit"]
+  both = guidance.stack_conditions(cond, uncond)
+
+  def call(x, t, c, state):
+    return dit.apply({"params": dit_params}, x, t, c, block_cache=(cache, state))
+
+  def guided(x, t, state):
+    pred, state = call(jnp.concatenate([x, x]), jnp.concatenate([t, t]), both, state)
+    pred_cond, pred_uncond = jnp.split(pred.astype(jnp.float32), 2, axis=0)
+    return guidance.guide(pred_cond, pred_uncond, scale, channels=x.shape[-1]), state
+
+  def conditional(x, t, state):
+    b = x.shape[0]
+    half = jax.tree.map(lambda a: a[:b] if a.ndim and a.shape[0] == 2 * b else a, state)
+    pred, half = call(x, t, cond, half)
+    merged = jax.tree.map(
+      lambda full, new: jnp.concatenate([new, full[b:]]) if full.ndim and full.shape[0] == 2 * b else new, state, half
+    )
+    return pred.astype(jnp.float32), merged
+
+  def fn(x, t, state):
+    if cfg_window is None:
+      return guided(x, t, state)
+    return jax.lax.cond(block_cache.in_cfg_window(t, cfg_window), guided, conditional, x, t, state)
+
+  return fn, block_cache.init_state((2 * batch, tokens, denoiser.dit.hidden_size))
+
+
 def _with_tick(fn, ticker: StepTicker):
-  def ticking(x_t, t_model):
+  def ticking(x_t, t_model, *state):
     jax.debug.callback(ticker, t_model[0])
-    return fn(x_t, t_model)
+    return fn(x_t, t_model, *state)
 
   return ticking
+
+
+def model_call_times(
+  process, sampler: str, num_steps: int, num_tokens: int | None = None, first_step: int = 0
+) -> np.ndarray:
+  """The model time t_model of every network call of `num_steps` steps of `sampler` (Heun: two per step), from
+  step `first_step` on (SDEdit)."""
+  inputs = samplers.step_inputs(process, sampler, num_steps, num_tokens, first_step)
+  if sampler == "heun":
+    return np.stack([inputs["t_model"], inputs["t_model_next"]], axis=1).reshape(-1)
+  return np.asarray(inputs["t_model"])
+
+
+def model_forwards(
+  process,
+  sampler: str,
+  num_steps: int,
+  num_tokens: int | None = None,
+  cfg_window=None,
+  num_timesteps: float = 1000.0,
+  first_step: int = 0,
+) -> float:
+  """Full-network forwards per video without the block cache: 2 per guided call (cond + uncond), 1 per call
+  outside the CFG window (the conditional branch alone)."""
+  window = block_cache.check_cfg_window(cfg_window)
+  t = model_call_times(process, sampler, num_steps, num_tokens, first_step) / num_timesteps
+  if window is None:
+    return float(2 * len(t))
+  guided = (t >= window[0]) & (t <= window[1])
+  return float(np.sum(np.where(guided, 2, 1)))
 
 
 def model_evals(sampler: str, num_steps: int) -> int:

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+from sora_jax.models.dtypes import compute_dtype
+
 ANALYSIS_ONLY_CPU_OPTIONS = {"xla_backend_optimization_level": 0}
 
 
@@ -63,7 +64,7 @@ def _param_bytes(init_fn, dtype) -> int:
 
 
 def _text_encoder_bytes(config, text_dim: int) -> int:
-  dtype = DTYPES[config.text.dtype]
+  dtype = compute_dtype(config.text.dtype, "text.dtype")
   if config.text.encoder == "umt5":
     module = _umt5(config)
     ids = jnp.zeros((1, 2), jnp.int32)
@@ -87,7 +88,8 @@ def _vae_estimate(config, latent_shape, decode: bool) -> dict:
   module = _vae(config)
   size = 2 * config.vae.spatial_factor
   video = jnp.zeros((1, 1 + config.vae.temporal_factor, size, size, 3), jnp.float32)
-  out = {"vae_params_bytes": _param_bytes(lambda r: module.init(r, video, False), DTYPES[config.vae.dtype])}
+  vae_dtype = compute_dtype(config.vae.dtype, "vae.dtype")
+  out = {"vae_params_bytes": _param_bytes(lambda r: module.init(r, video, False), vae_dtype)}
   if decode:
     from sora_jax.models import vae as vae_lib  # pylint: disable=g-import-not-at-top
     from sora_jax.sharding import partitioning  # pylint: disable=g-import-not-at-top
@@ -123,7 +125,7 @@ def _estimate_in_process(config, frames, height, width, mesh_shape, batch_size, 
   x1, t1 = jnp.zeros((1, *latent)), jnp.zeros((1,))
   boxed = jax.eval_shape(lambda r: dit.init(r, x1, t1, cond)["params"], jax.random.key(0))
   shardings = partitioning.state_shardings(boxed, mesh, rules)
-  dtype = DTYPES[config.dit.dtype]
+  dtype = compute_dtype(config.dit.dtype, "dit.dtype")
   params = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype, sharding=sh), partitioning.unbox(boxed), shardings
   )

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax import restore
+from sora_jax.diffusion import block_cache
 from sora_jax.models import lora as lora_lib
 from sora_jax.models import lora_format
 from sora_jax.models import vae as vae_lib
@@ -92,6 +93,7 @@ class Pipeline:
     self._lora_model = lora_lib.LoraModel(self._base_model, lora_lib.LoraSpec(rank=1, alpha=1.0), scale=1.0)
     self._loras: dict[str, list] = {}  # name -> [adapters (alpha / rank folded in), scale]
     self._lora_fused = False
+    self.last_stats: dict = {}  # of the last __call__: forwards per video, model calls, cached calls
 
   # ------------------------------------------------------------------ loading
   @classmethod
@@ -256,6 +258,8 @@ class Pipeline:
     latents: np.ndarray | None = None,
     output_type: str = "uint8",
     conditions: Sequence[Condition] = (),
+    cache: dict | block_cache.CacheConfig | None = None,
+    cfg_window: Sequence[float] | None = None,
   ) -> np.ndarray:
     """Generates one video per prompt -> np.uint8 [B, T, H, W, 3] (see `output_type`).
 
@@ -273,6 +277,11 @@ class Pipeline:
     `progress=True` shows a bar over denoising steps. `output_type`: "uint8" (frames),
     "float" (frames as float32 in [0, 1], diffusers' "np") or "latent" (the sampled
     normalised latents [B, T', H', W', C], what `decode` takes).
+    `cache` (default: config sample.cache): the block cache, {"threshold": 0.1, "warmup_steps": 2,
+    "max_cached": 3} or a `block_cache.CacheConfig` (threshold 0 = off); `cfg_window` (default: config
+    sample.cfg_window): (lo, hi), guidance only while the noise level t is in [lo, hi], () = always.
+    After the call, `self.last_stats` holds the work done: "forwards_per_video" (full-network
+    forwards, cond + uncond), "model_calls" and "cached_calls".
     """
     return self._generate(
       prompts,
@@ -289,6 +298,8 @@ class Pipeline:
       latents=latents,
       output_type=output_type,
       conditions=conditions,
+      cache=cache,
+      cfg_window=cfg_window,
     )
 
   def _generate(
@@ -310,6 +321,8 @@ class Pipeline:
     conditions=(),
     source=None,
     edit_strength=None,
+    cache=None,
+    cfg_window=None,
   ) -> np.ndarray:
     """`__call__` with given frames (`conditions`) or an SDEdit `source` clip re-noised to `edit_strength`."""
     if isinstance(prompts, str):
@@ -328,6 +341,10 @@ class Pipeline:
       raise ValueError(f"num_steps={num_steps} must be >= 1")
     if output_type not in OUTPUT_TYPES:
       raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+    cache_cfg = cfg.sample.get("cache") if cache is None else cache
+    if not isinstance(cache_cfg, block_cache.CacheConfig):
+      cache_cfg = block_cache.CacheConfig.from_config(cache_cfg)
+    window = block_cache.check_cfg_window(cfg.sample.get("cfg_window", ()) if cfg_window is None else cfg_window)
     latent_shape = self._latent_shape(num_frames, height, width)
     conditions = list(conditions or ())
     canvas = None
@@ -361,7 +378,7 @@ class Pipeline:
       src = self._encode_canvas(source, batch)
       extra["source"] = jnp.asarray(np.concatenate([src, np.zeros((padded - batch, *latent_shape), np.float32)]))
     mode = "frames" if canvas is not None else ("edit" if source is not None else "text")
-    key = (sampler, num_steps, latent_shape, output_type, mode, first_step)
+    key = (sampler, num_steps, latent_shape, output_type, mode, first_step, cache_cfg, window)
     if key not in self._compiled:
       self._compiled[key] = gen.make_generate_fn(
         self.components,
@@ -372,6 +389,9 @@ class Pipeline:
         return_latents=output_type == "latent",
         frames="float" if output_type == "float" else "uint8",
         first_step=first_step,
+        cache=cache_cfg,
+        cfg_window=window,
+        return_stats=True,
       )
     evals = gen.model_evals(sampler, num_steps - first_step)
     self._ticker.bar = progress_bar(total=evals, desc=f"sampling {batch} x {sampler}") if progress else None
@@ -384,7 +404,13 @@ class Pipeline:
       if self._ticker.bar is not None:
         self._ticker.bar.close()
       self._ticker.bar = None
-    return np.asarray(out[1] if output_type == "latent" else out)[:batch]
+    *out, stats = out
+    self.last_stats = {
+      "forwards_per_video": float(np.mean(np.asarray(stats["forwards"])[:batch])),
+      "model_calls": int(stats["model_calls"]),
+      "cached_calls": int(stats["cached_calls"]),
+    }
+    return np.asarray(out[1] if output_type == "latent" else out[0])[:batch]
 
   # ------------------------------------------------------------------ images and videos as prompts
   def animate(

@@ -26,6 +26,7 @@ from sora_jax.models.factory import Denoiser
 from sora_jax.models.patchify import num_tokens
 from sora_jax.models.text.fields import text_condition, text_fields_of
 from sora_jax.training import frame_conditioning
+from sora_jax.training.optimizer import global_norm
 from sora_jax.training.train_state import create_train_state
 
 # Fixed timesteps for the eval loss (as SD3 / MLPerf): comparable across runs.
@@ -102,7 +103,7 @@ def make_train_step(
   def train_step(state, batch, rng):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
     new_state = state.apply_gradients(grads, tx, ema_decay)
-    metrics = {"loss": loss, "grad_norm": _global_norm(grads), **loss_terms(aux)}
+    metrics = {"loss": loss, "grad_norm": global_norm(grads), **loss_terms(aux)}
     return new_state, metrics
 
   return train_step, loss_fn
@@ -123,11 +124,6 @@ def make_eval_loss(*, denoiser: Denoiser, diffusion, latent_stats):
     return out
 
   return eval_loss
-
-
-def _global_norm(tree) -> jax.Array:
-  leaves = jax.tree_util.tree_leaves(tree)
-  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 def make_init_fn(denoiser: Denoiser, tx, ema: bool):
@@ -181,7 +177,7 @@ def make_lora_train_step(
 
     (loss, aux), grads = jax.value_and_grad(adapter_loss, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads, tx, ema_decay)
-    metrics = {"loss": loss, "grad_norm": _global_norm(grads), **loss_terms(aux)}
+    metrics = {"loss": loss, "grad_norm": global_norm(grads), **loss_terms(aux)}
     return new_state, metrics
 
   return train_step

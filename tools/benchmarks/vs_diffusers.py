@@ -93,6 +93,12 @@ def define_flags() -> None:
   flags.DEFINE_enum("vae_dtype", "float32", ["float32", "bfloat16"], "Compute dtype of our VAE.")
   flags.DEFINE_bool("skip_vae", False, "Only the DiT train step.")
   flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+  flags.DEFINE_multi_string(
+    "xla_flags",
+    None,
+    "XLA flag sets to compare (repeat the flag; e.g. --xla_flags= --xla_flags=--xla_cpu_use_onednn=true): "
+    "one of our workers per set, alternated like everything else; results named '<benchmark>@xla<j>'.",
+  )
   flags.DEFINE_enum("worker", "", ["", "ours", "diffusers"], "Internal: run as a worker process.")
   flags.DEFINE_string("spec", "", "Internal: the worker's JSON settings.")
 
@@ -109,24 +115,19 @@ def parse_settings(text: str) -> list[str]:
   return items
 
 
-def cpu_has_amx_bf16() -> bool:
-  """Whether this x86 CPU exposes AMX-BF16 (the matrix unit that makes bf16 matmuls several times faster)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      return "amx_bf16" in f.read()
-  except OSError:
-    return False
-
-
 def default_ours_settings() -> list[str]:
   """Our settings to compare, the one expected to be fastest on this CPU first (the headline).
 
-  bfloat16 compute (f32 accumulation) wins only where the CPU has AMX-BF16; without it (e.g. a
-  VM that hides AMX) XLA's bf16 matmuls are slower than float32 ones. Unrolled layers
-  (scan_layers=False) measured ~15 % faster than nn.scan on CPU (no per-layer slicing of
+  bfloat16 compute (f32 accumulation) only where this CPU has native bf16 dot products
+  (AVX512-BF16 or AMX-BF16, read from /proc/cpuinfo by `sora_jax.hardware`: what
+  dit.dtype="auto" picks); without them XLA emulates bf16 dots and float32 is faster. Unrolled
+  layers (scan_layers=False) measured ~15 % faster than nn.scan on CPU (no per-layer slicing of
   stacked params and stacking of residuals); the scanned variant is kept for reference.
   """
-  fast, slow = ("bfloat16", "float32") if cpu_has_amx_bf16() else ("float32", "bfloat16")
+  from sora_jax import hardware
+
+  fast = hardware.auto_compute_dtype(backend="cpu")
+  slow = "float32" if fast == "bfloat16" else "bfloat16"
   return [
     f"dit.dtype={fast};dit.scan_layers=False",
     f"dit.dtype={fast};dit.scan_layers=True",
@@ -175,6 +176,7 @@ def ours_benchmarks(spec: dict) -> tuple[dict, dict]:
   import flax.linen as nn
   import jax
 
+  from sora_jax import hardware
   from sora_jax.models import counting
   from sora_jax.models import vae as vae_lib
   from sora_jax.sharding import mesh as mesh_lib
@@ -184,6 +186,7 @@ def ours_benchmarks(spec: dict) -> tuple[dict, dict]:
   frames = 1 + 4 * (SHAPE["latent_frames"] - 1)
   size = 8 * SHAPE["latent_size"]
   benches, info = {}, {"jax_version": jax.__version__, "devices": jax.device_count()}
+  info["auto_dtype"] = hardware.auto_compute_dtype()
   for index, text in enumerate(spec["ours"]):
     config = ours_config(parse_settings(text))
     setup = memory.build_dit_train_setup(config, frames=frames, height=size, width=size)
@@ -365,12 +368,14 @@ def serve(kind: str, spec: dict) -> None:
 class Worker:
   """A worker subprocess speaking the line protocol; its logs go to a temporary file."""
 
-  def __init__(self, kind: str, spec: dict):
+  def __init__(self, kind: str, spec: dict, xla_flags: str | None = None):
     env = dict(os.environ)
     # One real device per worker: virtual CPU devices (tests set 8) would split the cores.
     env["XLA_FLAGS"] = " ".join(
       f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
     )
+    if xla_flags is not None:  # --xla_flags: this worker's own set, on top of the environment's
+      env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {xla_flags}".strip()
     env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
     self.kind = kind
     self.log = tempfile.NamedTemporaryFile("w+", prefix=f"vs_diffusers_{kind}_", suffix=".log", delete=False)
@@ -450,18 +455,31 @@ def compare(times: dict[str, list[float]], num_ours: int) -> dict:
 
 def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
   """Starts both workers, alternates timed rounds, returns the `compare` result plus worker info."""
+  from sora_jax import hardware
+
   load_start = os.getloadavg()[0]
-  kinds = ["ours"] + (["diffusers"] if spec["peers"] or not spec["skip_vae"] else [])
-  workers = {kind: Worker(kind, spec) for kind in kinds}
+  flag_sets = spec.get("xla_flag_sets") or []
+  workers = {}
+  if flag_sets:  # one "ours" worker per XLA flag set; its benchmarks are named "<name>@xla<j>"
+    for j, flag_set in enumerate(flag_sets):
+      workers[f"ours@xla{j}"] = Worker("ours", spec, xla_flags=flag_set)
+  else:
+    workers["ours"] = Worker("ours", spec)
+  if spec["peers"] or not spec["skip_vae"]:
+    workers["diffusers"] = Worker("diffusers", spec)
   try:
-    ready = {kind: w.receive() for kind, w in workers.items()}
-    owner = {name: kind for kind, msg in ready.items() for name in msg["ready"]}
+    ready = {key: w.receive() for key, w in workers.items()}
+    owner = {}  # benchmark name -> (worker key, the worker's own name for it)
+    for key, msg in ready.items():
+      for name in msg["ready"]:
+        owner[name + key[4:] if key.startswith("ours@") else name] = (key, name)
     names = sorted(owner, key=lambda n: (not n.startswith("ours"), n))
     times = {name: [] for name in names}
     rounds = max(1, -(-steps // round_steps))
     for order in schedule(names, rounds):
       for name in order:
-        times[name] += workers[owner[name]].run(name, round_steps)
+        key, own = owner[name]
+        times[name] += workers[key].run(own, round_steps)
   finally:
     for w in workers.values():
       w.close()
@@ -470,10 +488,10 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
   result["machine"] = {
     "cpu_count": os.cpu_count(),
     "cpus_used": cpus,
-    "amx_bf16": cpu_has_amx_bf16(),
     "loadavg_1min_start": load_start,
     "loadavg_1min_end": os.getloadavg()[0],
   }
+  result["hardware"] = hardware.record(with_jax=False)  # CPU model, avx512_bf16 / amx_bf16, load, XLA_FLAGS
   if max(load_start, os.getloadavg()[0]) > 1.5 * os.cpu_count():
     print(
       f"warning: the machine was busy (1-min load {load_start:.1f} -> {os.getloadavg()[0]:.1f} on "
@@ -487,6 +505,7 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
     rounds=rounds,
     round_steps=round_steps,
     ours_settings=spec["ours"],
+    xla_flag_sets=flag_sets,
     info={kind: msg["info"] for kind, msg in ready.items()},
     times_s=times,
   )
@@ -494,6 +513,9 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
 
 
 def _print_table(result: dict) -> None:
+  from sora_jax import hardware
+
+  print(f"machine: {hardware.describe(result['hardware'])} (at the end: {result['machine']['loadavg_1min_end']:.2f})")
   print(f"{'benchmark':<28s} {'median s':>9s} {'p10 s':>9s} {'p90 s':>9s}")
   for name, med in result["medians_s"].items():
     print(f"{name:<28s} {med:>9.4f} {result['p10_s'][name]:>9.4f} {result['p90_s'][name]:>9.4f}")
@@ -528,6 +550,7 @@ def main(argv):
     "warmup": f.warmup,
     "cpus": cpus,
     "threads": f.threads or len(cpus) or os.cpu_count(),
+    "xla_flag_sets": list(f.xla_flags or []),
   }
   result = run_comparison(spec, f.steps, f.round_steps)
   if f.json:

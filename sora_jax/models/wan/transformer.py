@@ -39,8 +39,8 @@ from sora_jax.models import embeddings
 from sora_jax.models import patchify as patchify_lib
 from sora_jax.models import rope as rope_lib
 from sora_jax.models.attention import ATTENTION_IMPLS, dot_product_attention, heads_major, linear, xavier
-from sora_jax.models.dit import REMAT_POLICIES, TOKEN_AXES, Mlp, Modulation, layer_norm
-from sora_jax.models.dtypes import DTYPES
+from sora_jax.models.dit import REMAT_POLICIES, TOKEN_AXES, Mlp, Modulation, cached_block_stack, norm_modulate
+from sora_jax.models.dtypes import DTYPE_NAMES, compute_dtype, resolve_name
 
 ARCHITECTURE = "wan2.1"
 TIME_FREQUENCIES = embeddings.TIMESTEP_FEATURES  # diffusers' freq_dim (256 in every Wan 2.1 config)
@@ -99,6 +99,7 @@ class WanAttention(nn.Module):
   dtype: Any = jnp.float32
   impl: str = "xla"
   query_chunk_size: int = 1024
+  fused: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, context: jax.Array | None = None, rope=None) -> jax.Array:
@@ -113,6 +114,7 @@ class WanAttention(nn.Module):
       bias_axes=("heads", "kv"),
       dtype=self.dtype,
       kernel_init=xavier(0, (1, 2)),
+      fused=self.fused,
     )
     source = x if context is None else context
     q = linear(**in_proj, name="query")(x)
@@ -135,7 +137,9 @@ class WanAttention(nn.Module):
     q = constrain(q, "activation_length")
     kv_length = "activation_length" if context is None else "activation_text_length"
     k, v = constrain(k, kv_length), constrain(v, kv_length)
-    out = dot_product_attention(q, k, v, None, impl=self.impl, query_chunk_size=self.query_chunk_size, layout=layout)
+    out = dot_product_attention(
+      q, k, v, None, impl=self.impl, query_chunk_size=self.query_chunk_size, layout=layout, fused=self.fused
+    )
     out = constrain(out, "activation_length")
     return linear(
       (self.num_heads, head_dim, width),
@@ -145,6 +149,7 @@ class WanAttention(nn.Module):
       dtype=self.dtype,
       kernel_init=xavier((0, 1), 2),
       name="out",
+      fused=self.fused,
     )(out)
 
 
@@ -164,6 +169,7 @@ class WanBlock(nn.Module):
   attention_impl: str = "xla"
   query_chunk_size: int = 1024
   scanned: bool = False
+  fused: bool = False
 
   @nn.compact
   def __call__(self, x, proj, rope, text):
@@ -175,12 +181,13 @@ class WanBlock(nn.Module):
       dtype=self.dtype,
       impl=self.attention_impl,
       query_chunk_size=self.query_chunk_size,
+      fused=self.fused,
     )
     # diffusers: scale_shift_table [1, 6, D] + proj, in float32 ("offset" of a shared Modulation).
     mods = Modulation(6, width, "shared", self.dtype, name="modulation")(proj.astype(jnp.float32))
     shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (mods[:, i, None, :] for i in range(6))
 
-    h = layer_norm(x, self.epsilon) * (1.0 + scale_msa) + shift_msa
+    h = norm_modulate(x, shift_msa, scale_msa, self.fused, self.epsilon)
     h = WanAttention(**attention, name="self_attention")(h, rope=rope)
     x = nn.with_logical_constraint(x + h * gate_msa, TOKEN_AXES)
 
@@ -197,8 +204,8 @@ class WanBlock(nn.Module):
     h = WanAttention(**attention, name="cross_attention")(h, context=text)
     x = nn.with_logical_constraint(x + h, TOKEN_AXES)
 
-    h = layer_norm(x, self.epsilon) * (1.0 + scale_mlp) + shift_mlp
-    h = Mlp(self.mlp_dim, self.dtype, name="mlp")(h)
+    h = norm_modulate(x, shift_mlp, scale_mlp, self.fused, self.epsilon)
+    h = Mlp(self.mlp_dim, self.dtype, self.fused, name="mlp")(h)
     x = nn.with_logical_constraint(x + h * gate_mlp, TOKEN_AXES)
     return (x, None) if self.scanned else x
 
@@ -213,7 +220,7 @@ class WanTransformer(nn.Module):
   text_dim [text_dim], hidden_size [num_attention_heads * attention_head_dim], depth
   [num_layers], num_heads [num_attention_heads], mlp_dim [ffn_dim], patch_size [patch_size],
   qk_norm [qk_norm = "rms_norm_across_heads"], cross_attn_norm, epsilon [eps]; and ours:
-  attention_impl, query_chunk_size, scan_layers, remat_policy, dtype (as `DiT`).
+  attention_impl, query_chunk_size, scan_layers, remat_policy, dtype, fused_ops (as `DiT`).
   """
 
   in_channels: int = 16
@@ -231,6 +238,7 @@ class WanTransformer(nn.Module):
   scan_layers: bool = True
   remat_policy: str = "none"
   dtype: str = "float32"
+  fused_ops: bool = True
 
   # The DiT interface other parts of the library read.
   conditioning = "text"
@@ -254,6 +262,7 @@ class WanTransformer(nn.Module):
       scan_layers=dit_cfg.scan_layers,
       remat_policy=dit_cfg.remat_policy,
       dtype=dit_cfg.dtype,
+      fused_ops=dit_cfg.get("fused_ops", True),
     )
     fields.update(overrides)
     return cls(in_channels=in_channels, text_dim=text_dim, **fields)
@@ -331,7 +340,7 @@ class WanTransformer(nn.Module):
 
   def check_settings(self) -> None:
     """Raises ValueError naming the wrong setting and the allowed values."""
-    choices = {"attention_impl": ATTENTION_IMPLS, "remat_policy": tuple(REMAT_POLICIES), "dtype": tuple(DTYPES)}
+    choices = {"attention_impl": ATTENTION_IMPLS, "remat_policy": tuple(REMAT_POLICIES), "dtype": DTYPE_NAMES}
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise ValueError(f"dit.{field}={getattr(self, field)!r} is not one of {', '.join(allowed)}")
@@ -342,7 +351,7 @@ class WanTransformer(nn.Module):
       raise ValueError(f"dit.mlp_dim={self.mlp_dim} must be set for the Wan architecture (1.3B: 8960, 14B: 13824)")
     if self.text_dim <= 0:
       raise ValueError("the Wan transformer needs text_dim > 0 (the text encoder width; umT5-XXL: 4096)")
-    if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+    if self.attention_impl == "cudnn" and resolve_name(self.dtype, "dit.dtype") != "bfloat16":
       raise ValueError("dit.attention_impl='cudnn' runs in bfloat16: also set dit.dtype='bfloat16'")
 
   def _check_inputs(self, x, t, cond) -> None:
@@ -356,12 +365,8 @@ class WanTransformer(nn.Module):
     if text.ndim != 3 or text.shape[0] != x.shape[0] or text.shape[-1] != self.text_dim:
       raise ValueError(f"cond['text'] must be [B={x.shape[0]}, L, text_dim={self.text_dim}], got {text.shape}")
 
-  def _blocks(self, dtype):
-    """The block stack as a callable (x, proj, rope, text) -> x."""
-    block_cls = WanBlock
-    if self.remat_policy != "none":
-      block_cls = nn.remat(WanBlock, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers)
-    settings = dict(
+  def _block_settings(self, dtype) -> dict:
+    return dict(
       num_heads=self.num_heads,
       mlp_dim=self.mlp_dim,
       qk_norm=self.qk_norm,
@@ -370,7 +375,15 @@ class WanTransformer(nn.Module):
       dtype=dtype,
       attention_impl=self.attention_impl,
       query_chunk_size=self.query_chunk_size,
+      fused=self.fused_ops,
     )
+
+  def _blocks(self, dtype):
+    """The block stack as a callable (x, proj, rope, text) -> x."""
+    block_cls = WanBlock
+    if self.remat_policy != "none":
+      block_cls = nn.remat(WanBlock, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers)
+    settings = self._block_settings(dtype)
     if self.scan_layers:
       scanned = nn.scan(
         block_cls,
@@ -393,12 +406,13 @@ class WanTransformer(nn.Module):
 
   @nn.compact
   def __call__(
-    self, x: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array], deterministic: bool = True
+    self, x: jax.Array, t: jax.Array, cond: Mapping[str, jax.Array], deterministic: bool = True, block_cache=None
   ) -> jax.Array:
+    """-> [B, T, H, W, C]; with `block_cache` (the samplers' cache, as `DiT`): (prediction, new CacheState)."""
     del deterministic  # no dropout
     self.check_settings()
     self._check_inputs(x, t, cond)
-    dtype = DTYPES[self.dtype]
+    dtype = compute_dtype(self.dtype, "dit.dtype")
     width = self.hidden_size
 
     tokens, grid = patchify_lib.patchify(x, self.patch_size)
@@ -428,7 +442,12 @@ class WanTransformer(nn.Module):
     )(nn.silu(temb))
     text = embeddings.TextProjection(width, dtype, name="text_embedder")(cond["text"])
 
-    h = self._blocks(dtype)(h, proj, rope, text)
+    new_cache = None
+    if block_cache is not None and not self.is_initializing():
+      block = WanBlock(**self._block_settings(dtype))
+      h, new_cache = cached_block_stack(self, block, h, (proj, rope, text), block_cache)
+    else:
+      h = self._blocks(dtype)(h, proj, rope, text)
 
     table = self.param(
       "scale_shift_table",
@@ -437,7 +456,7 @@ class WanTransformer(nn.Module):
       jnp.float32,
     )
     shift, scale = ((table[None, i] + temb)[:, None, :] for i in range(2))
-    h = layer_norm(h, self.epsilon) * (1.0 + scale) + shift
+    h = norm_modulate(h, shift, scale, self.fused_ops, self.epsilon)
     out = linear(
       (width, patch_values // self.in_channels * self.out_channels),
       "bnd,dp->bnp",
@@ -446,8 +465,10 @@ class WanTransformer(nn.Module):
       dtype=dtype,
       kernel_init=nn.initializers.zeros_init(),
       name="proj_out",
+      fused=self.fused_ops,
     )(h)
-    return patchify_lib.unpatchify(out, grid, self.patch_size).astype(jnp.float32)
+    out = patchify_lib.unpatchify(out, grid, self.patch_size).astype(jnp.float32)
+    return out if block_cache is None else (out, new_cache)
 
 
 def num_params(model: WanTransformer) -> int:

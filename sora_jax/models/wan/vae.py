@@ -52,7 +52,7 @@ from sora_jax.models.causal_conv import (
   is_first_chunk,
   is_streaming,
 )
-from sora_jax.models.dtypes import DTYPES
+from sora_jax.models.dtypes import compute_dtype
 from sora_jax.models.vae import check_latent_shape, check_video_shape
 
 ARCHITECTURE = "wan2.1"
@@ -296,7 +296,7 @@ class Encoder(nn.Module):
   @nn.compact
   def __call__(self, video):
     cfg, layout = self.config, plan(self.config)
-    dtype, dims = DTYPES[cfg.dtype], layout["encoder_dims"]
+    dtype, dims = compute_dtype(cfg.dtype, "vae.dtype"), layout["encoder_dims"]
     x = CausalConv3d(dims[0], (3, 3, 3), dtype=dtype, name="conv_in")(video.astype(dtype))
     index = 0
     num_levels = len(dims) - 1
@@ -336,7 +336,7 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, z):
     cfg, layout = self.config, plan(self.config)
-    dtype, dims = DTYPES[cfg.dtype], layout["decoder_dims"]
+    dtype, dims = compute_dtype(cfg.dtype, "vae.dtype"), layout["decoder_dims"]
     x = CausalConv3d(dims[0], (3, 3, 3), dtype=dtype, name="conv_in")(z.astype(dtype))
     x = MidBlock(dtype, name="mid_block")(x)
     num_levels = len(dims) - 1
