@@ -28,6 +28,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from configs import base as base_config
 from sora_jax.data import datasets, latent_cache, pipeline
 from sora_jax.diffusion import build_diffusion
 from sora_jax.media import contact_sheet, video_io
@@ -40,6 +41,7 @@ from sora_jax.models.wan.transformer import WanTransformer
 from sora_jax.monitoring import plots
 from sora_jax.restore import RestoredVAE, restore_params_like, restore_vae
 from sora_jax.sampling import generate as gen
+from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.training import dit_step, loop
 from sora_jax.training.optimizer import make_optimizer
 from sora_jax.training.train_state import inference_params
@@ -53,7 +55,10 @@ def train_dit(config, workdir: str):
   """
   if not config.vae_workdir:
     raise ValueError("--config.vae_workdir is empty: train a VAE first (tools/train_vae.py) and pass its workdir")
-  vae = restore_vae(config.vae_workdir)
+  # The periodic samples decode under the run's mesh: the VAE is restored onto that mesh (a full
+  # copy on every device), not onto one device, or jit refuses params on devices outside its mesh.
+  mesh = mesh_lib.make_mesh(config.mesh)
+  vae = restore_vae(config.vae_workdir, mesh=mesh, replicate=True)
   text_encoder = text_lib.build_text_encoder(config.text)
   text_params = None if text_encoder.trainable else text_encoder.load_pretrained()
 
@@ -90,10 +95,13 @@ def train_dit(config, workdir: str):
       prefetch=config.data.prefetch,
     ),
     eval_fn=lambda state, step: evaluate_loss(eval_loss, inference_params(state), eval_source, config),
-    sample_fn=make_sample_fn(config, workdir, components, vae, text_params, latent_shape),
+    sample_fn=make_sample_fn(
+      config, workdir, components, vae, text_params, latent_shape, prompts=sample_prompts(config, eval_source)
+    ),
     per_step_counts={"tokens": batch_size * denoiser.num_tokens, "examples": batch_size},
     desc="train DiT",
     pretrained=pretrained_params(config, denoiser),
+    mesh=mesh,
   )
   if jax.process_index() == 0:
     plot_loss_curve(workdir)
@@ -142,10 +150,13 @@ def build_latent_cache(config, cache_dir: str, vae: RestoredVAE, text_encoder, t
   """
   splits = {s: datasets.load_data_source(config.data, s) for s in (config.data.train_split, config.data.eval_split)}
   if jax.process_index() == 0:
+    # Process 0 encodes alone: with a copy of the (replicated) VAE params on one of its own
+    # devices, so the encoder neither runs on every device nor waits for the other processes.
+    local_params = jax.tree.map(lambda a: a.addressable_data(0), vae.params)
     latent_cache.build_latent_cache(
       cache_dir=cache_dir,
       splits=splits,
-      encode_fn=jax.jit(lambda v: vae_lib.encode_video(vae.module, vae.params, v)),
+      encode_fn=jax.jit(lambda v: vae_lib.encode_video(vae.module, local_params, v)),
       text_encoder=text_encoder,
       text_params=text_params,
       meta=latent_cache.cache_meta(config, config.vae_workdir, vae.step),
@@ -170,13 +181,40 @@ def evaluate_loss(eval_loss, params, eval_source, config) -> dict[str, float]:
   return {k: v / max(n, 1) for k, v in totals.items()}
 
 
-def make_sample_fn(config, workdir: str, components: gen.Components, vae: RestoredVAE, text_params, latent_shape):
-  """`sample_fn(state, step, writer)` for the loop: config.sample.prompts through the compiled sampler,
-  written as <workdir>/samples/step_<step>.png (contact sheet) and .gif (the clips side by side)."""
+def sample_prompts(config, eval_source) -> list[str]:
+  """The prompts of the periodic samples: config.sample.prompts, except that a run on an imported
+  dataset (data.dataset != "shapes") that left them at the shapes defaults samples captions of
+  its own eval split instead (as many distinct ones as there are default prompts)."""
+  prompts = list(config.sample.prompts)
+  if config.data.dataset == "shapes" or tuple(prompts) != tuple(base_config.get_config().sample.prompts):
+    return prompts
+  own: list[str] = []
+  for i in range(len(eval_source)):
+    caption = eval_source[i]["caption"]
+    caption = caption.decode() if isinstance(caption, bytes) else str(caption)
+    if caption and caption not in own:
+      own.append(caption)
+    if len(own) == len(prompts):
+      break
+  return own or prompts
+
+
+def make_sample_fn(
+  config,
+  workdir: str,
+  components: gen.Components,
+  vae: RestoredVAE,
+  text_params,
+  latent_shape,
+  prompts: list[str] | None = None,
+):
+  """`sample_fn(state, step, writer)` for the loop: `prompts` (default config.sample.prompts) through the
+  compiled sampler, written as <workdir>/samples/step_<step>.png (contact sheet) and .gif (the clips side
+  by side)."""
   generate = gen.make_generate_fn(
     components, sampler=config.sample.sampler, num_steps=config.sample.num_steps, latent_shape=latent_shape
   )
-  prompts = list(config.sample.prompts)
+  prompts = list(config.sample.prompts) if prompts is None else list(prompts)
   text_encoder = components.denoiser.text_encoder
 
   def sample_fn(state: Any, step: int, writer) -> None:
