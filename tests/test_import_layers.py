@@ -17,6 +17,7 @@ FLOORS = (
   # 0. leaves: configuration, media, monitoring, the diffusion maths, pure metrics
   (
     "sora_jax.configuration",
+    "sora_jax.errors",
     "sora_jax.media",
     "sora_jax.monitoring",
     "sora_jax.diffusion",

@@ -34,14 +34,18 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
+from sora_jax.errors import EXIT_PREEMPTED, ClearError, NonFiniteError, Preempted
 from sora_jax.monitoring.progress import progress_bar
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import partitioning
@@ -89,6 +93,52 @@ def _all_processes_agree(flag: bool) -> bool:
 
 def _prefixed(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
   return {(k if "/" in k else f"{prefix}/{k}"): float(v) for k, v in metrics.items()}
+
+
+NONFINITE_MODES = ("skip", "stop")
+
+
+def _floating_leaves_finite(tree: Any) -> jax.Array:
+  """True when every floating-point leaf of `tree` is free of NaN and Inf (a scalar bool)."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.asarray(True)
+
+
+def guard_nonfinite(train_step: Callable) -> Callable:
+  """`train_step` whose update is skipped when it is not finite, inside the same jitted step.
+
+  The step's update is kept only when its loss, its `grad_norm` (when the step reports one) and
+  every floating leaf of the new state are finite; otherwise the state comes back unchanged (params,
+  optimizer moments, EMA), except `step`, which advances, so the data and rng stay aligned with
+  the loop. The metrics gain `nonfinite` (1.0 for a skipped step, else 0.0). `jnp.where(True, new,
+  old)` is `new` bit for bit, so a run without a bad step is unchanged.
+  """
+
+  def guarded(state, batch, rng):
+    new_state, metrics = train_step(state, batch, rng)
+    finite = jnp.isfinite(jnp.asarray(metrics["loss"], jnp.float32))
+    if "grad_norm" in metrics:
+      finite &= jnp.isfinite(jnp.asarray(metrics["grad_norm"], jnp.float32))
+    finite &= _floating_leaves_finite(new_state)
+    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    if hasattr(new_state, "step") and hasattr(kept, "replace"):
+      kept = kept.replace(step=new_state.step)
+    return kept, dict(metrics, nonfinite=1.0 - finite.astype(jnp.float32))
+
+  return guarded
+
+
+def _check_train_config(tcfg: Any) -> None:
+  """Clear errors for train.* values the loop cannot run with, before anything is built or written."""
+  if int(tcfg.steps) != tcfg.steps or tcfg.steps <= 0:
+    raise ClearError(f"train.steps={tcfg.steps!r}: the number of optimizer steps must be a positive integer")
+  mode = tcfg.get("nonfinite", "skip")
+  if mode not in NONFINITE_MODES:
+    raise ClearError(f"train.nonfinite={mode!r} is not one of {NONFINITE_MODES}")
+  if tcfg.get("max_nonfinite_in_a_row", 1) < 1:
+    raise ClearError(f"train.max_nonfinite_in_a_row={tcfg.max_nonfinite_in_a_row!r} must be at least 1")
+  if tcfg.max_minutes < 0:
+    raise ClearError(f"train.max_minutes={tcfg.max_minutes!r} must be >= 0 (0 = no time limit)")
 
 
 def init_from_pretrained(init_fn: Callable, shardings: Any, abstract: Any, init_rng: jax.Array, pretrained: Callable):
@@ -158,6 +208,7 @@ class _Run:
   step_rng: jax.Array
   counts: dict[str, float]
   desc: str
+  finite_fn: Callable[[Any], jax.Array] | None = None
 
 
 def train(
@@ -201,13 +252,15 @@ def train(
   Raises:
     checkpointing.CorruptCheckpointError: the workdir's latest checkpoint cannot be read.
   """
+  _check_train_config(config.train)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
   rules = partitioning.logical_rules(config)
   mesh_lib.check_divisibility(mesh, batch_size=config.data.batch_size)
   log.info("mesh: %s", mesh_lib.describe(mesh))
   init_rng = jax.random.key(config.seed + _INIT_SEED_OFFSET)
   abstract, shardings = partitioning.abstract_state(init_fn, mesh, rules, init_rng)
-  jitted_step = partitioning.jit_sharded_step(train_step, shardings, mesh)
+  jitted_step = partitioning.jit_sharded_step(guard_nonfinite(train_step), shardings, mesh)
+  finite_fn = jax.jit(_floating_leaves_finite)
 
   # Closing the checkpointer waits for in-flight async saves, also when a step raises.
   with checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt:
@@ -234,6 +287,7 @@ def train(
         step_rng=jax.random.key(config.seed + _STEP_SEED_OFFSET),
         counts=dict(per_step_counts or {}),
         desc=desc,
+        finite_fn=finite_fn,
       )
       with partitioning.use_mesh(mesh, rules):
         return _run_steps(run, state, step)
@@ -255,6 +309,9 @@ class _Progress:
   last_sample: int
   rate_start: tuple[float, int]
   pending: list[Mapping[str, jax.Array]] = dataclasses.field(default_factory=list)
+  nonfinite_total: int = 0
+  nonfinite_in_a_row: int = 0
+  unchecked: tuple[int, jax.Array] | None = None  # (step, its `nonfinite` flag) not yet read on the host
 
   @classmethod
   def at(cls, step: int) -> _Progress:
@@ -278,9 +335,101 @@ def _log_train_scalars(run: _Run, progress: _Progress, bar) -> None:
     bar.set_postfix(loss=f"{scalars['loss']:.4g}")
 
 
-def _save(run: _Run, progress: _Progress, state: Any, force: bool = False) -> None:
+def _save(run: _Run, progress: _Progress, state: Any, force: bool = False) -> bool:
+  """Starts saving the state at progress.step, unless a floating leaf is NaN/Inf (then logs why, saves nothing)."""
+  if run.finite_fn is not None and not bool(run.finite_fn(state)):
+    log.error(
+      "step %d: the training state holds NaN/Inf values; not checkpointing it (the last checkpoint stays %s).",
+      progress.step,
+      run.ckpt.latest_step(),
+    )
+    return False
   run.ckpt.save(progress.step, state, data_state=run.iterator.get_state(), config=run.config, force=force)
   progress.last_saved = progress.step
+  return True
+
+
+def _check_nonfinite(run: _Run, progress: _Progress, flag: tuple[int, jax.Array] | None) -> None:
+  """Counts a skipped (non-finite) step; raises NonFiniteError per train.nonfinite / max_nonfinite_in_a_row."""
+  if flag is None:
+    return
+  step, value = flag
+  if float(jax.device_get(value)) == 0.0:
+    progress.nonfinite_in_a_row = 0
+    return
+  progress.nonfinite_total += 1
+  progress.nonfinite_in_a_row += 1
+  tcfg = run.config.train
+  mode, limit = tcfg.get("nonfinite", "skip"), tcfg.get("max_nonfinite_in_a_row", 20)
+  log.warning(
+    "step %d: the loss or a gradient is NaN/Inf; the update was skipped (%d in a row, %d in this run).",
+    step,
+    progress.nonfinite_in_a_row,
+    progress.nonfinite_total,
+  )
+  last = run.ckpt.latest_step()
+  where = f"the last checkpoint (step {last}) holds finite values" if last is not None else "no checkpoint was written"
+  if mode == "stop":
+    raise NonFiniteError(
+      f"training stopped at step {step}: the loss or a gradient is NaN/Inf (train.nonfinite='stop'); {where}. "
+      f"Lower --config.train.learning_rate (now {tcfg.learning_rate:g}) or set --config.train.nonfinite=skip."
+    )
+  if progress.nonfinite_in_a_row >= limit:
+    raise NonFiniteError(
+      f"training stopped at step {step}: the loss or a gradient was NaN/Inf for {limit} steps in a row "
+      f"(train.max_nonfinite_in_a_row), each update skipped; {where}. The run has diverged: lower "
+      f"--config.train.learning_rate (now {tcfg.learning_rate:g}) and resume or start over."
+    )
+
+
+class _StopSignals:
+  """Turns SIGTERM / SIGINT into a request to stop after the current step (installed while the loop runs).
+
+  The first signal sets `received`; the previous handlers come back at once, so a second signal
+  kills the process as usual. Only the main thread can install handlers; elsewhere this is inert.
+  With several processes, JAX's preemption service also watches SIGTERM (see `_stop_requested`).
+  """
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signum
+    self.restore()
+
+  def __enter__(self) -> _StopSignals:
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGTERM, signal.SIGINT):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def restore(self) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def __exit__(self, *exc) -> None:
+    self.restore()
+
+
+def _stop_requested(signals: _StopSignals, step: int, check_now: bool) -> bool:
+  """Whether every process stops after `step`: this process got SIGTERM/SIGINT (single process), or, with
+  several processes, JAX's preemption sync point says so (`reached_preemption_sync_point`, which all
+  processes call at every step and which agrees on one step) or any process got a signal (checked
+  every `check_now` step with one all-gather, so every process sees the same answer at the same step)."""
+  if jax.process_count() == 1:
+    return signals.received is not None
+  try:
+    if multihost_utils.reached_preemption_sync_point(step):
+      return True
+  except RuntimeError:  # the preemption service is off: the all-gather below still agrees
+    pass
+  if not check_now:
+    return False
+  flags = multihost_utils.process_allgather(np.asarray(signals.received is not None))
+  return bool(np.any(flags))
 
 
 def _evaluate(run: _Run, progress: _Progress, state: Any) -> None:
@@ -298,7 +447,13 @@ def _sample(run: _Run, progress: _Progress, state: Any) -> None:
 
 
 def _run_steps(run: _Run, state: Any, step: int) -> Any:
-  """Steps from `step` to train.steps (or the time limit), with logs, evals, samples, checkpoints."""
+  """Steps from `step` to train.steps (or the time limit, or a stop signal), with logs, evals, samples,
+  checkpoints."""
+  with _StopSignals() as signals:
+    return _run_steps_until_stopped(run, state, step, signals)
+
+
+def _run_steps_until_stopped(run: _Run, state: Any, step: int, signals: _StopSignals) -> Any:
   tcfg = run.config.train
   total = tcfg.steps
   deadline = time.monotonic() + 60.0 * tcfg.max_minutes if tcfg.max_minutes > 0 else math.inf
@@ -306,6 +461,7 @@ def _run_steps(run: _Run, state: Any, step: int) -> Any:
   bar = progress_bar(total=total, initial=step, desc=run.desc, unit="step", disable=jax.process_index() != 0)
   progress = _Progress.at(step)
   first_step = True
+  stopped_by: str | None = None
   while progress.step < total:
     try:
       numpy_batch = next(run.iterator)
@@ -316,6 +472,9 @@ def _run_steps(run: _Run, state: Any, step: int) -> Any:
     state, metrics = run.jitted_step(state, batch, jax.random.fold_in(run.step_rng, progress.step))
     progress.step += 1
     progress.pending.append(metrics)
+    # The previous step's NaN/Inf flag, read while this step runs (one step in flight keeps the device busy).
+    _check_nonfinite(run, progress, progress.unchecked)
+    progress.unchecked = (progress.step, metrics["nonfinite"])
     bar.update(1)
     if first_step:  # keep compilation out of steps/s
       jax.block_until_ready(metrics)
@@ -328,17 +487,36 @@ def _run_steps(run: _Run, state: Any, step: int) -> Any:
       _sample(run, progress, state)
     if _every(progress.step, tcfg.checkpoint_every):
       _save(run, progress, state)
-    if progress.step % check_time_every == 0 and _all_processes_agree(time.monotonic() > deadline):
+    check_now = progress.step % check_time_every == 0
+    if _stop_requested(signals, progress.step, check_now):
+      stopped_by = signal.Signals(signals.received).name if signals.received is not None else "a preemption notice"
+      break
+    if check_now and _all_processes_agree(time.monotonic() > deadline):
       log.warning(
-        "train.max_minutes=%s reached at step %d; checkpointing and stopping.", tcfg.max_minutes, progress.step
+        "train.max_minutes=%s reached at step %d of train.steps=%d: the schedule is cut short (the learning rate "
+        "has not decayed to its end); checkpointing and stopping. Re-run the same command to train on.",
+        tcfg.max_minutes,
+        progress.step,
+        total,
       )
       break
 
   bar.close()
+  _check_nonfinite(run, progress, progress.unchecked)
+  progress.unchecked = None
   if progress.pending:
     _log_train_scalars(run, progress, bar)
   if progress.last_saved != progress.step:
     _save(run, progress, state, force=True)
+  if stopped_by is not None:
+    run.ckpt.wait()  # on disk before the process exits
+    latest = run.ckpt.latest_step()
+    saved = "no checkpoint could be saved" if latest is None else f"saved the checkpoint {run.ckpt.step_dir(latest)}"
+    raise Preempted(
+      f"{stopped_by} received: stopped after step {progress.step} of {total} and {saved} (model, optimizer, "
+      f"data position; each step's rng derives from its step). Re-run the same command to resume "
+      f"(exit code {EXIT_PREEMPTED})."
+    )
   if progress.last_eval != progress.step:
     _evaluate(run, progress, state)
   if progress.last_sample != progress.step:
