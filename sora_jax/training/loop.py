@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from sora_jax.errors import EXIT_PREEMPTED, ClearError, NonFiniteError, Preempted
+from sora_jax.errors import EXIT_PREEMPTED, ClearError, ConfigMismatchError, NonFiniteError, Preempted
 from sora_jax.monitoring.progress import progress_bar
 from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import partitioning
@@ -172,6 +172,7 @@ def _restore_or_init(
   iterator: DataIterator,
   pretrained: Callable | None = None,
   shardings: Any = None,
+  config: Any = None,
 ) -> tuple[Any, int]:
   """(state, step): the latest checkpoint's if there is one (iterator repositioned), else fresh
   (from `pretrained` weights when given)."""
@@ -181,7 +182,7 @@ def _restore_or_init(
       return init_from_pretrained(init_fn, shardings, abstract, init_rng, pretrained), 0
     state, _ = partitioning.init_sharded_state(init_fn, mesh, rules, init_rng)
     return state, 0
-  state, data_state = ckpt.restore(abstract, step)
+  state, data_state, step = _restore_newest_intact(ckpt, abstract, step, config)
   if data_state is None:
     log.warning(
       "checkpoint %d has no data-iterator state for this process count; the data order restarts from the beginning.",
@@ -191,6 +192,49 @@ def _restore_or_init(
     iterator.set_state(data_state)
   log.info("resumed from %s at step %d", ckpt.step_dir(step), step)
   return state, step
+
+
+def _restore_newest_intact(ckpt: checkpointing.Checkpointer, abstract: Any, latest: int, config: Any):
+  """(state, data_state, step) of the newest checkpoint that restores, from `latest` down.
+
+  A corrupt step (bad checksum, unreadable file) is skipped with one warning naming it and the step
+  used instead. A step whose saved model config differs from `config` raises ConfigMismatchError
+  naming the fields (falling back would not help: every step of the run has that config).
+  """
+  steps = [s for s in sorted(ckpt.all_steps(), reverse=True) if s <= latest]
+  first_error = None
+  for step in steps:
+    try:
+      state, data_state = ckpt.restore(abstract, step)
+    except checkpointing.CorruptCheckpointError as e:
+      _raise_if_config_differs(ckpt, step, config, e)
+      first_error = first_error or (step, e)
+      continue
+    if first_error is not None:
+      bad, error = first_error
+      log.warning(
+        "checkpoint %s is corrupt (%s); resuming from %s instead.",
+        ckpt.step_dir(bad),
+        str(error).rpartition("Cause: ")[2][:300],
+        ckpt.step_dir(step),
+      )
+    return state, data_state, step
+  raise first_error[1]
+
+
+def _raise_if_config_differs(ckpt: checkpointing.Checkpointer, step: int, config: Any, error: Exception) -> None:
+  if config is None:
+    return
+  try:
+    saved = ckpt.restore_config(step)
+  except Exception:  # no readable config in the step: judge by the data alone
+    return
+  differences = checkpointing.config_differences(saved, config)
+  if differences:
+    raise ConfigMismatchError(
+      f"the checkpoint {ckpt.step_dir(step)} was written with a different model config, so it cannot be resumed "
+      f"with this one: {'; '.join(differences)}. Use the run's own settings, or a new --workdir for a new model."
+    ) from error
 
 
 @dataclasses.dataclass
@@ -269,7 +313,16 @@ def train(
     writer = make_writer(workdir) if own_writer else writer
     try:
       state, step = _restore_or_init(
-        ckpt, init_fn, abstract, mesh, rules, init_rng, iterator, pretrained=pretrained, shardings=shardings
+        ckpt,
+        init_fn,
+        abstract,
+        mesh,
+        rules,
+        init_rng,
+        iterator,
+        pretrained=pretrained,
+        shardings=shardings,
+        config=config,
       )
       checkpointing.save_config(workdir, config)
       if step >= config.train.steps:
