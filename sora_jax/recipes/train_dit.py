@@ -59,6 +59,7 @@ def train_dit(config, workdir: str):
   # copy on every device), not onto one device, or jit refuses params on devices outside its mesh.
   mesh = mesh_lib.make_mesh(config.mesh)
   vae = restore_vae(config.vae_workdir, mesh=mesh, replicate=True)
+  config = relocatable_config(config, workdir)
   text_encoder = text_lib.build_text_encoder(config.text)
   text_params = None if text_encoder.trainable else text_encoder.load_pretrained()
 
@@ -106,6 +107,21 @@ def train_dit(config, workdir: str):
   if jax.process_index() == 0:
     plot_loss_curve(workdir)
   return state
+
+
+def relocatable_config(config, workdir: str):
+  """A copy of `config` whose vae_workdir is stored relative to the DiT workdir's parent when it lies
+  under it (runs/demo/vae for runs/demo/dit -> "vae"), so a moved or copied run finds its own VAE.
+  `restore.resolve_workdirs` reads it back the same way."""
+  if not config.vae_workdir or "://" in config.vae_workdir or wan_folder.is_wan_folder(config.vae_workdir):
+    return config
+  parent = os.path.dirname(os.path.abspath(workdir))
+  vae_dir = os.path.abspath(config.vae_workdir)
+  if os.path.commonpath([parent, vae_dir]) != parent:
+    return config
+  config = config.copy_and_resolve_references()
+  config.vae_workdir = os.path.relpath(vae_dir, parent)
+  return config
 
 
 # Sizes a diffusers Wan folder's transformer must share with the run's (config.dit + VAE + text encoder).

@@ -51,6 +51,7 @@ from sora_jax.sharding import mesh as mesh_lib
 from sora_jax.sharding import partitioning
 from sora_jax.training import checkpointing
 from sora_jax.training.optimizer import learning_rate_at
+from sora_jax.training.workdir_lock import WorkdirLock
 
 log = logging.getLogger(__name__)
 
@@ -306,8 +307,9 @@ def train(
   jitted_step = partitioning.jit_sharded_step(guard_nonfinite(train_step), shardings, mesh)
   finite_fn = jax.jit(_floating_leaves_finite)
 
-  # Closing the checkpointer waits for in-flight async saves, also when a step raises.
-  with checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt:
+  # One run per workdir (a second one fails here, before anything is written); closing the checkpointer
+  # waits for in-flight async saves, also when a step raises.
+  with WorkdirLock(workdir), checkpointing.Checkpointer(workdir, keep=config.train.keep_checkpoints) as ckpt:
     iterator = make_iterator()
     own_writer = writer is None
     writer = make_writer(workdir) if own_writer else writer
