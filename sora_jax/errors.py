@@ -48,3 +48,11 @@ class Preempted(ClearError):
   """The run saved a checkpoint after SIGTERM / SIGINT and stopped (exit code 75)."""
 
   exit_code = EXIT_PREEMPTED
+
+
+class InputError(ValueError, ClearError):
+  """A bad argument, flag or file given by the user (a ValueError too, for callers that catch those)."""
+
+
+class RunNotFoundError(FileNotFoundError, ClearError):
+  """A path given as a trained run holds none (the message says what to pass)."""

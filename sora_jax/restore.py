@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from sora_jax.diffusion import build_diffusion
+from sora_jax.errors import InputError, RunNotFoundError
 from sora_jax.models import factory
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.wan import folder as wan_folder
@@ -125,7 +126,7 @@ def _check_saved_params(saved_tree: dict, key: str, subtrees: tuple[str, ...], w
   if missing:
     kinds = {"vae": "tools/train_vae.py", "dit": "tools/train_dit.py"}
     wanted = ", ".join(kinds.get(s, s) for s in missing)
-    raise ValueError(
+    raise InputError(
       f"{workdir} holds no {'/'.join(missing)} parameters (its checkpoint's {key} has {saved or 'nothing'}); "
       f"pass the --workdir of {wanted}"
     )
@@ -169,13 +170,13 @@ def resolve_workdirs(workdir: str) -> tuple[str, str]:
   """(dit_workdir, vae_workdir) for a demo workdir (dit/ + vae/) or a DiT workdir."""
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(
+    raise RunNotFoundError(
       f"workdir {workdir!r} does not exist. Train one with `make demo` "
       f"(-> runs/demo) or tools/train_dit.py --workdir=..."
     )
   dit_dir = os.path.join(workdir, "dit") if os.path.isdir(os.path.join(workdir, "dit")) else workdir
   if not os.path.exists(os.path.join(dit_dir, "config.json")):
-    raise FileNotFoundError(
+    raise RunNotFoundError(
       f"{workdir!r} holds no DiT run (no config.json in {dit_dir!r}). Pass the workdir "
       f"of `make demo` (runs/demo) or of tools/train_dit.py."
     )

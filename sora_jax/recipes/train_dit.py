@@ -53,6 +53,7 @@ def train_dit(config, workdir: str):
   Raises:
     ValueError: config.vae_workdir is empty.
   """
+  loop.check_train_config(config.train)  # before the VAE restore and the latent cache
   if not config.vae_workdir:
     raise ValueError("--config.vae_workdir is empty: train a VAE first (tools/train_vae.py) and pass its workdir")
   # The periodic samples decode under the run's mesh: the VAE is restored onto that mesh (a full

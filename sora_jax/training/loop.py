@@ -129,7 +129,7 @@ def guard_nonfinite(train_step: Callable) -> Callable:
   return guarded
 
 
-def _check_train_config(tcfg: Any) -> None:
+def check_train_config(tcfg: Any) -> None:
   """Clear errors for train.* values the loop cannot run with, before anything is built or written."""
   if int(tcfg.steps) != tcfg.steps or tcfg.steps <= 0:
     raise ClearError(f"train.steps={tcfg.steps!r}: the number of optimizer steps must be a positive integer")
@@ -297,7 +297,7 @@ def train(
   Raises:
     checkpointing.CorruptCheckpointError: the workdir's latest checkpoint cannot be read.
   """
-  _check_train_config(config.train)
+  check_train_config(config.train)
   mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
   rules = partitioning.logical_rules(config)
   mesh_lib.check_divisibility(mesh, batch_size=config.data.batch_size)
