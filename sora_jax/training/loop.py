@@ -367,10 +367,20 @@ class _Progress:
   nonfinite_total: int = 0
   nonfinite_in_a_row: int = 0
   unchecked: tuple[int, jax.Array] | None = None  # (step, its `nonfinite` flag) not yet read on the host
+  deadline: float = math.inf  # time.monotonic() at which train.max_minutes stops the run
+  warned_cut: bool = False
 
   @classmethod
   def at(cls, step: int) -> _Progress:
     return cls(step=step, last_saved=step, last_eval=step, last_sample=step, rate_start=(time.monotonic(), step))
+
+
+def _steps_before_deadline(run: _Run, progress: _Progress, rate: float) -> int | None:
+  """The step train.max_minutes will stop at, at the current rate, when that is before train.steps; else None."""
+  if not math.isfinite(progress.deadline) or not rate > 0:
+    return None
+  reachable = progress.step + int(rate * max(progress.deadline - time.monotonic(), 0.0))
+  return reachable if reachable < run.config.train.steps else None
 
 
 def _log_train_scalars(run: _Run, progress: _Progress, bar) -> None:
@@ -386,8 +396,22 @@ def _log_train_scalars(run: _Run, progress: _Progress, bar) -> None:
   scalars["steps_per_sec"] = rate
   scalars.update({f"{name}_per_sec": rate * n for name, n in run.counts.items()})
   run.writer.write_scalars(step, scalars)
-  if "loss" in scalars:
-    bar.set_postfix(loss=f"{scalars['loss']:.4g}")
+  postfix = {"loss": f"{scalars['loss']:.4g}"} if "loss" in scalars else {}
+  cut = _steps_before_deadline(run, progress, rate)
+  if cut is not None:
+    postfix["max_minutes_stops_at"] = cut  # the bar's ETA is for train.steps; this is where the run will stop
+    if not progress.warned_cut:
+      progress.warned_cut = True
+      log.warning(
+        "at %.3g steps/s, train.max_minutes=%s will stop this run near step %d of train.steps=%d (the schedule "
+        "cut short); raise or clear train.max_minutes to train the whole schedule.",
+        rate,
+        run.config.train.max_minutes,
+        cut,
+        run.config.train.steps,
+      )
+  if postfix:
+    bar.set_postfix(**postfix)
 
 
 def _save(run: _Run, progress: _Progress, state: Any, force: bool = False) -> bool:
@@ -515,6 +539,7 @@ def _run_steps_until_stopped(run: _Run, state: Any, step: int, signals: _StopSig
   check_time_every = 1 if jax.process_count() == 1 else max(tcfg.log_every, 1)
   bar = progress_bar(total=total, initial=step, desc=run.desc, unit="step", disable=jax.process_index() != 0)
   progress = _Progress.at(step)
+  progress.deadline = deadline
   first_step = True
   stopped_by: str | None = None
   while progress.step < total:
