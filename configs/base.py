@@ -216,6 +216,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 4
   c.train.checkpoint_every = 1000
   c.train.keep_checkpoints = 3
+  c.train.nonfinite = "skip"  # a NaN/Inf loss or gradient: "skip" the update (counted, logged) or "stop" at once.
+  c.train.max_nonfinite_in_a_row = 20  # "skip": stop with a clear error after this many skipped steps in a row.
   c.train.sample_every = 0  # 0 = only at the end.
   # Prompting with images and videos: per example, which latent frames are given (clean, from the clip's
   # own cached latents; the loss counts the others). Probabilities of the types (normalised;

@@ -228,9 +228,22 @@ def check_argv_overrides(argv: Sequence[str]) -> None:
 def run_tool(main: Callable[[list[str]], None]) -> None:
   """`absl.app.run(main)` after validating config overrides, with readable errors.
 
-  Also defaults absl logging to WARNING (pass --verbosity=0 for INFO).
+  A `sora_jax.errors.ClearError` (or ConfigError) raised by `main` is printed as one line,
+  `error: <message>`, on stderr and the process exits with its exit_code (1 by default; 75
+  after a preemption save). Also defaults absl logging to WARNING (pass --verbosity=0 for INFO).
   """
   from absl import app
+
+  from sora_jax.errors import ClearError, Preempted
+
+  def guarded(argv):
+    try:
+      return main(argv)
+    except (ClearError, ConfigError) as e:
+      sys.stdout.flush()
+      label = "stopped" if isinstance(e, Preempted) else "error"
+      print(f"{label}: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
+      sys.exit(getattr(e, "exit_code", 1))
 
   try:
     check_argv_overrides(sys.argv[1:])
@@ -240,4 +253,4 @@ def run_tool(main: Callable[[list[str]], None]) -> None:
     # Orbax and friends log every checkpoint step at INFO; keep the console for our progress
     # bars and metric lines. --verbosity=0 brings INFO back.
     sys.argv.append("--verbosity=-1")
-  app.run(main)
+  app.run(guarded)

@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from sora_jax.diffusion import build_diffusion
+from sora_jax.errors import InputError, RunNotFoundError
 from sora_jax.models import factory
 from sora_jax.models import vae as vae_lib
 from sora_jax.models.wan import folder as wan_folder
@@ -129,7 +130,7 @@ def _check_saved_params(saved_tree: dict, key: str, subtrees: tuple[str, ...], w
   if missing:
     kinds = {"vae": "tools/train_vae.py", "dit": "tools/train_dit.py"}
     wanted = ", ".join(kinds.get(s, s) for s in missing)
-    raise ValueError(
+    raise InputError(
       f"{workdir} holds no {'/'.join(missing)} parameters (its checkpoint's {key} has {saved or 'nothing'}); "
       f"pass the --workdir of {wanted}"
     )
@@ -173,21 +174,42 @@ def resolve_workdirs(workdir: str) -> tuple[str, str]:
   """(dit_workdir, vae_workdir) for a demo workdir (dit/ + vae/) or a DiT workdir."""
   workdir = os.fspath(workdir)
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(
+    raise RunNotFoundError(
       f"workdir {workdir!r} does not exist. Train one with `make demo` "
       f"(-> runs/demo) or tools/train_dit.py --workdir=..."
     )
   dit_dir = os.path.join(workdir, "dit") if os.path.isdir(os.path.join(workdir, "dit")) else workdir
   if not os.path.exists(os.path.join(dit_dir, "config.json")):
-    raise FileNotFoundError(
+    raise RunNotFoundError(
       f"{workdir!r} holds no DiT run (no config.json in {dit_dir!r}). Pass the workdir "
       f"of `make demo` (runs/demo) or of tools/train_dit.py."
     )
   config = checkpointing.load_config_from_workdir(dit_dir)
-  vae_dir = config.vae_workdir or os.path.join(workdir, "vae")
-  if not os.path.isabs(vae_dir) and not os.path.isdir(vae_dir):
-    vae_dir = os.path.join(os.path.dirname(dit_dir), vae_dir)
-  return dit_dir, vae_dir
+  return dit_dir, _vae_dir_of(config.vae_workdir, dit_dir)
+
+
+def _vae_dir_of(stored: str, dit_dir: str) -> str:
+  """The VAE workdir of the DiT run in `dit_dir`, whose config stores `stored`.
+
+  Relative paths are relative to the DiT workdir's parent (what training stores when the VAE lies
+  there: "vae" for runs/demo/dit). An absolute path whose last part also exists beside the DiT
+  workdir (a workdir copied or moved with its vae/, saved by a version that stored absolute paths)
+  resolves to that neighbour: a copy uses its own VAE, not the original's.
+  """
+  parent = os.path.dirname(os.path.abspath(dit_dir))
+  if not stored:
+    beside = os.path.join(parent, "vae")
+    return beside if os.path.isdir(beside) else os.path.join(dit_dir, "vae")
+  if "://" in stored:
+    return stored
+  if not os.path.isabs(stored):
+    inside = os.path.join(parent, stored)
+    # Older runs stored the path as typed (relative to the directory training ran in).
+    return stored if not os.path.isdir(inside) and os.path.isdir(stored) else inside
+  neighbour = os.path.join(parent, os.path.basename(os.path.normpath(stored)))
+  if os.path.normpath(neighbour) != os.path.normpath(stored) and os.path.isdir(neighbour):
+    return neighbour
+  return stored
 
 
 def _is_workdir(path: str) -> bool:

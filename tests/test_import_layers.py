@@ -18,6 +18,7 @@ FLOORS = (
   (
     "sora_jax.configuration",
     "sora_jax.hardware",  # CPU model / flags, the compute dtype "auto" stands for
+    "sora_jax.errors",
     "sora_jax.media",
     "sora_jax.monitoring",
     "sora_jax.diffusion",

@@ -150,7 +150,9 @@ def test_every_sampler_is_counted_and_selectable():
 def test_empty_prompt_list_is_an_error_but_empty_prompt_works(pipe):
   with pytest.raises(ValueError, match="prompts is empty"):
     pipe([])
-  assert pipe([""], num_steps=2).shape[0] == 1
+  with pytest.raises(ValueError, match="a prompt is empty"):  # reported, not replaced by the expander's defaults
+    pipe([""], num_steps=2)
+  assert pipe([""], num_steps=2, expand_prompts=False).shape[0] == 1  # unconditional, when asked for
 
 
 def test_workdir_without_checkpoints_is_a_clear_error(tmp_path):

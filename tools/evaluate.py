@@ -136,8 +136,8 @@ def main(argv):
   from sora_jax.restore import resolve_workdirs
 
   out = _OUT.value or os.path.join(_WORKDIR.value, "eval")
+  dit_dir, vae_dir = resolve_workdirs(_WORKDIR.value)  # a mistyped --workdir fails here, before a folder is made
   os.makedirs(out, exist_ok=True)
-  dit_dir, vae_dir = resolve_workdirs(_WORKDIR.value)
   result: dict = {"workdir": os.path.abspath(_WORKDIR.value)}
 
   start = time.time()

@@ -104,14 +104,25 @@ def slug(text: str, max_len: int = 40) -> str:
 def main(argv):
   del argv
   from sora_jax import Pipeline
+  from sora_jax.errors import ClearError
   from sora_jax.media import contact_sheet, video_io
 
   mode = _MODE.value
   check_mode_flags(mode, _IMAGE.value, _VIDEO.value, _END.value)
+  if not os.path.isdir(_WORKDIR.value):  # checked before anything is created (a typo must not make a folder)
+    raise ClearError(f"--workdir={_WORKDIR.value!r} does not exist: pass a trained workdir (make demo's runs/demo)")
   out = _OUT.value or os.path.join(_WORKDIR.value, "samples")
-  os.makedirs(out, exist_ok=True)
   pipe = Pipeline.from_pretrained(_WORKDIR.value)
   prompts = list(_PROMPTS.value)
+  if _EXPAND.value:
+    pipe.check_prompts(prompts)
+  try:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, ".write_test"), "w"):
+      pass
+    os.remove(os.path.join(out, ".write_test"))
+  except OSError as e:
+    raise ClearError(f"cannot write to --out={out!r} ({e.strerror}); pass a folder you can write to") from e
   expanded = [pipe.prompt_expander(p) for p in prompts] if _EXPAND.value else prompts
   start = time.time()
   common = dict(

@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
+from sora_jax.errors import NonFiniteError
 from sora_jax.models.causal_conv import CACHE, VIDEO_AXES, CausalConv3d, is_first_chunk, prepend_past
 from sora_jax.models.dtypes import compute_dtype
 
@@ -630,9 +631,23 @@ def latent_channel_stats(latents: Sequence[np.ndarray]) -> dict[str, np.ndarray]
   return {"mean": mean.astype(np.float32), "std": np.maximum(std, 1e-6).astype(np.float32)}
 
 
+def _check_finite_stats(stats: dict[str, np.ndarray], what: str) -> None:
+  bad = [k for k, v in stats.items() if not np.all(np.isfinite(np.asarray(v, np.float64)))]
+  if bad:
+    raise NonFiniteError(
+      f"{what}: {' and '.join(bad)} hold NaN or Inf values: the VAE's encoder produced non-finite latents "
+      f"(its training diverged). Retrain the VAE (e.g. a lower --config.train.learning_rate) before using it."
+    )
+
+
 def save_latent_stats(workdir: str, stats: dict[str, np.ndarray], **info) -> str:
-  """Writes <workdir>/latent_stats.json ({"mean": [C], "std": [C], **info}); returns the path."""
+  """Writes <workdir>/latent_stats.json ({"mean": [C], "std": [C], **info}); returns the path.
+
+  Raises:
+    NonFiniteError: a statistic is NaN or Inf (the VAE's encoder diverged); nothing is written.
+  """
   path = os.path.join(workdir, LATENT_STATS_FILE)
+  _check_finite_stats(stats, f"the latent statistics for {path}")
   record = {k: np.asarray(v).tolist() for k, v in stats.items()}
   record.update(info)
   tmp = path + ".tmp"
@@ -657,6 +672,7 @@ def load_latent_stats(workdir: str, latent_channels: int) -> dict[str, np.ndarra
   with open(path) as f:
     record = json.load(f)
   stats = {k: np.asarray(record[k], np.float32) for k in ("mean", "std")}
+  _check_finite_stats(stats, path)
   if stats["mean"].shape != (latent_channels,):
     raise ValueError(
       f"{path} holds statistics for {stats['mean'].shape[0]} channels but the VAE has "

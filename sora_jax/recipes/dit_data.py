@@ -193,10 +193,13 @@ def build_dit_data(config, cache_dir: str, vae, text_encoder, text_params) -> Di
   train_split, eval_split = config.data.train_split, config.data.eval_split
   if jax.process_index() == 0:
     splits = {**dataset_sources(config, train_split, buckets), **dataset_sources(config, eval_split, buckets)}
+    # Process 0 encodes alone: with a copy of the (replicated) VAE params on one of its own
+    # devices, so the encoder neither runs on every device nor waits for the other processes.
+    local_params = jax.tree.map(lambda a: a.addressable_data(0), vae.params)
     latent_cache.build_latent_cache(
       cache_dir=cache_dir,
       splits=splits,
-      encode_fn=jax.jit(lambda v: vae_lib.encode_video(vae.module, vae.params, v)),
+      encode_fn=jax.jit(lambda v: vae_lib.encode_video(vae.module, local_params, v)),
       text_encoder=text_encoder,
       text_params=text_params,
       meta=latent_cache.cache_meta(config, config.vae_workdir, vae.step),

@@ -34,6 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from configs import base as base_config
 from sora_jax.diffusion import build_diffusion
 from sora_jax.media import contact_sheet, video_io
 from sora_jax.models import factory, lora_format
@@ -59,9 +60,14 @@ def train_dit(config, workdir: str):
   Raises:
     ValueError: config.vae_workdir is empty.
   """
+  loop.check_train_config(config.train)  # before the VAE restore and the latent cache
   if not config.vae_workdir:
     raise ValueError("--config.vae_workdir is empty: train a VAE first (tools/train_vae.py) and pass its workdir")
-  vae = restore_vae(config.vae_workdir)
+  # The periodic samples decode under the run's mesh: the VAE is restored onto that mesh (a full
+  # copy on every device), not onto one device, or jit refuses params on devices outside its mesh.
+  mesh = mesh_lib.make_mesh(config.mesh)
+  vae = restore_vae(config.vae_workdir, mesh=mesh, replicate=True)
+  config = relocatable_config(config, workdir)
   text_encoder = text_lib.build_text_encoder(config.text)
   text_params = None if text_encoder.trainable else text_encoder.load_pretrained()
 
@@ -81,9 +87,8 @@ def train_dit(config, workdir: str):
     conditioning=config.train.conditioning,
   )
   ema = config.train.ema_decay > 0
-  mesh, frozen, pretrained = None, None, pretrained_params(config, denoiser)
+  frozen, pretrained = None, pretrained_params(config, denoiser)
   if lora_lib.enabled(config):  # train adapters only; the base (config.init_from) is frozen, read once
-    mesh = mesh_lib.make_mesh(config.mesh)
     frozen, pretrained = lora_base_params(config, denoiser, mesh), None
     denoiser = dataclasses.replace(
       denoiser, dit=lora_lib.LoraModel(denoiser.dit, lora_lib.LoraSpec.from_config(config.lora))
@@ -104,7 +109,9 @@ def train_dit(config, workdir: str):
     eval_fn=lambda state, step: dit_data.evaluate_loss(
       eval_loss, with_frozen(state, frozen), data, config.train.eval_batches
     ),
-    sample_fn=make_sample_fn(config, workdir, components, vae, text_params, latent_shape, frozen=frozen),
+    sample_fn=make_sample_fn(
+      config, workdir, components, vae, text_params, latent_shape, frozen=frozen, prompts=sample_prompts(config, data)
+    ),
     per_step_counts=data.mean_counts(),
     desc="train DiT (LoRA)" if frozen is not None else "train DiT",
     pretrained=pretrained,
@@ -119,6 +126,21 @@ def train_dit(config, workdir: str):
       print(f"LoRA ({lora_lib.count(adapters)} parameters): {path}")
     plot_loss_curve(workdir)
   return state
+
+
+def relocatable_config(config, workdir: str):
+  """A copy of `config` whose vae_workdir is stored relative to the DiT workdir's parent when it lies
+  under it (runs/demo/vae for runs/demo/dit -> "vae"), so a moved or copied run finds its own VAE.
+  `restore.resolve_workdirs` reads it back the same way."""
+  if not config.vae_workdir or "://" in config.vae_workdir or wan_folder.is_wan_folder(config.vae_workdir):
+    return config
+  parent = os.path.dirname(os.path.abspath(workdir))
+  vae_dir = os.path.abspath(config.vae_workdir)
+  if os.path.commonpath([parent, vae_dir]) != parent:
+    return config
+  config = config.copy_and_resolve_references()
+  config.vae_workdir = os.path.relpath(vae_dir, parent)
+  return config
 
 
 # Sizes a diffusers Wan folder's transformer must share with the run's (config.dit + VAE + text encoder).
@@ -186,15 +208,45 @@ def with_frozen(state, frozen) -> Any:
   return params if frozen is None else lora_lib.merge_trees(frozen, params)
 
 
+def sample_prompts(config, data: dit_data.DiTData) -> list[str]:
+  """The prompts of the periodic samples: config.sample.prompts, except that a run on an imported
+  dataset (data.dataset != "shapes") that left them at the shapes defaults samples captions of
+  its own eval split instead (as many distinct ones as there are default prompts, from every bucket)."""
+  prompts = list(config.sample.prompts)
+  if config.data.dataset == "shapes" or tuple(prompts) != tuple(base_config.get_config().sample.prompts):
+    return prompts
+  own: list[str] = []
+  eval_sources = list(data.eval.values())
+  for i in range(max((len(source) for source in eval_sources), default=0)):
+    source = eval_sources[i % len(eval_sources)]
+    if i >= len(source):
+      continue
+    caption = source[i]["caption"]
+    caption = caption.decode() if isinstance(caption, bytes) else str(caption)
+    if caption and caption not in own:
+      own.append(caption)
+    if len(own) == len(prompts):
+      break
+  return own or prompts
+
+
 def make_sample_fn(
-  config, workdir: str, components: gen.Components, vae: RestoredVAE, text_params, latent_shape, frozen=None
+  config,
+  workdir: str,
+  components: gen.Components,
+  vae: RestoredVAE,
+  text_params,
+  latent_shape,
+  frozen=None,
+  prompts: list[str] | None = None,
 ):
-  """`sample_fn(state, step, writer)` for the loop: config.sample.prompts through the compiled sampler,
-  written as <workdir>/samples/step_<step>.png (contact sheet) and .gif (the clips side by side)."""
+  """`sample_fn(state, step, writer)` for the loop: `prompts` (default config.sample.prompts) through the
+  compiled sampler, written as <workdir>/samples/step_<step>.png (contact sheet) and .gif (the clips side
+  by side); a LoRA run samples its adapters on the `frozen` base."""
   generate = gen.make_generate_fn(
     components, sampler=config.sample.sampler, num_steps=config.sample.num_steps, latent_shape=latent_shape
   )
-  prompts = list(config.sample.prompts)
+  prompts = list(config.sample.prompts) if prompts is None else list(prompts)
   text_encoder = components.denoiser.text_encoder
 
   def sample_fn(state: Any, step: int, writer) -> None:

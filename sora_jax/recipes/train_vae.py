@@ -40,6 +40,7 @@ def train_vae(config, workdir: str, *, eval_split: str, eval_clips: int, num_rec
   Returns:
     The final TrainState.
   """
+  loop.check_train_config(config.train)  # before the dataset is built
   data = config.data
   vae_lib.check_video_shape((1, data.num_frames, data.height, data.width, 3), config.vae)
   vae = vae_lib.CausalVAE(config.vae)

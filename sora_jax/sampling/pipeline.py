@@ -29,6 +29,7 @@ power of two, so calling with a new batch size rarely recompiles.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -38,6 +39,7 @@ import numpy as np
 
 from sora_jax import restore
 from sora_jax.diffusion import block_cache
+from sora_jax.errors import InputError
 from sora_jax.models import lora as lora_lib
 from sora_jax.models import lora_format
 from sora_jax.models import vae as vae_lib
@@ -56,7 +58,7 @@ def _padded_noise(latents, batch: int, padded: int, latent_shape) -> jax.Array:
   """The caller's initial noise [B, *latent_shape], padded with zeros to the compiled batch size."""
   latents = np.asarray(latents, np.float32)
   if latents.shape != (batch, *latent_shape):
-    raise ValueError(
+    raise InputError(
       f"latents must be the initial noise [B={batch}, T', H', W', C] = {(batch, *latent_shape)} for this clip size "
       f"(channels last, in the normalised latent space); got shape {latents.shape}"
     )
@@ -327,24 +329,32 @@ class Pipeline:
     """`__call__` with given frames (`conditions`) or an SDEdit `source` clip re-noised to `edit_strength`."""
     if isinstance(prompts, str):
       prompts = [prompts]
-    if not prompts or not all(isinstance(p, str) for p in prompts):
-      raise ValueError("prompts must be a non-empty list of strings, e.g. ['a red circle moving left']")
+    if not prompts:
+      raise InputError("prompts is empty: pass a list of at least one string, e.g. ['a red circle moving left']")
+    bad = [p for p in prompts if not isinstance(p, str)]
+    if bad:
+      raise InputError(f"prompts must be strings; got {bad[0]!r} ({type(bad[0]).__name__})")
     cfg = self.config
-    num_frames = num_frames or cfg.data.num_frames
-    height, width = height or cfg.data.height, width or cfg.data.width
-    num_steps = num_steps or cfg.sample.num_steps
+    num_frames = _positive_int("num_frames", num_frames, cfg.data.num_frames)
+    height = _positive_int("height", height, cfg.data.height)
+    width = _positive_int("width", width, cfg.data.width)
+    num_steps = _positive_int("num_steps", num_steps, cfg.sample.num_steps)
     guidance_scale = cfg.sample.guidance_scale if guidance_scale is None else guidance_scale
     sampler = sampler or cfg.sample.sampler
-    if guidance_scale < 0:
-      raise ValueError(f"guidance_scale={guidance_scale} must be >= 0 (1 = no guidance; 3-7 is typical)")
-    if num_steps < 1:
-      raise ValueError(f"num_steps={num_steps} must be >= 1")
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.number)):
+      raise InputError(f"guidance_scale={guidance_scale!r} must be a number >= 0 (1 = no guidance; 3-7 is typical)")
+    if not math.isfinite(guidance_scale) or guidance_scale < 0:
+      raise InputError(f"guidance_scale={guidance_scale} must be >= 0 and finite (1 = no guidance; 3-7 is typical)")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+      raise InputError(f"seed={seed!r} must be an integer")
     if output_type not in OUTPUT_TYPES:
-      raise ValueError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
+      raise InputError(f"output_type={output_type!r} is not one of {', '.join(OUTPUT_TYPES)}")
     cache_cfg = cfg.sample.get("cache") if cache is None else cache
     if not isinstance(cache_cfg, block_cache.CacheConfig):
       cache_cfg = block_cache.CacheConfig.from_config(cache_cfg)
     window = block_cache.check_cfg_window(cfg.sample.get("cfg_window", ()) if cfg_window is None else cfg_window)
+    if expand_prompts:
+      self.check_prompts(prompts)
     latent_shape = self._latent_shape(num_frames, height, width)
     conditions = list(conditions or ())
     canvas = None
@@ -352,7 +362,7 @@ class Pipeline:
       self._check_conditioning_supported()
       canvas = conditioning_lib.build_canvas(conditions, len(prompts), num_frames, height, width, self.temporal_factor)
       if self.components.process.kind != "flow" and np.any((canvas.strength > 0) & (canvas.strength < 1)):
-        raise ValueError("Condition strength < 1 needs a flow-matching model (diffusion.kind='flow'); use 1.0")
+        raise InputError("Condition strength < 1 needs a flow-matching model (diffusion.kind='flow'); use 1.0")
     first_step = 0
     if source is not None:
       first_step = num_steps - max(1, int(num_steps * edit_strength))  # at least one step runs
@@ -434,7 +444,7 @@ class Pipeline:
     """
     images = conditioning_lib.as_clip(images, "images")
     if images.shape[1] != 1:
-      raise ValueError(f"images must be frames [B, H, W, 3]; got {images.shape[1]} frames each (extend takes clips)")
+      raise InputError(f"images must be frames [B, H, W, 3]; got {images.shape[1]} frames each (extend takes clips)")
     return self._with_frames(
       prompts,
       [Condition(images, 0)],
@@ -472,15 +482,15 @@ class Pipeline:
     t0 = videos.shape[1]
     num_frames = num_frames or self.config.data.num_frames
     if num_frames <= t0:
-      raise ValueError(f"num_frames={num_frames} must exceed the {t0} input frames to extend them")
+      raise InputError(f"num_frames={num_frames} must exceed the {t0} input frames to extend them")
     tf = self.temporal_factor
     if not backward and (t0 - 1) % tf:
-      raise ValueError(
+      raise InputError(
         f"extend forwards takes 1+{tf}k input frames (whole latent frames from frame 0: "
         f"1, {1 + tf}, {1 + 2 * tf}, ...); got {t0}"
       )
     if backward and t0 % tf:
-      raise ValueError(f"extend backward takes a multiple of {tf} input frames ({tf}, {2 * tf}, ...); got {t0}")
+      raise InputError(f"extend backward takes a multiple of {tf} input frames ({tf}, {2 * tf}, ...); got {t0}")
     condition = Condition(videos, num_frames - t0 if backward else 0)
     return self._with_frames(
       prompts, [condition], videos, num_frames, num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs
@@ -512,7 +522,7 @@ class Pipeline:
       ends = np.repeat(ends, tf, axis=1)
     num_frames = num_frames or self.config.data.num_frames
     if starts.shape[1] + ends.shape[1] >= num_frames:
-      raise ValueError(
+      raise InputError(
         f"num_frames={num_frames} leaves nothing to generate between {starts.shape[1]} start and "
         f"{ends.shape[1]} end frames (a single end frame counts {tf})"
       )
@@ -585,7 +595,7 @@ class Pipeline:
     if isinstance(prompts, str):
       prompts = [prompts]
     if not 0.0 < float(strength) <= 1.0:
-      raise ValueError(f"strength={strength} must be in (0, 1] (the fraction of the denoising trajectory re-run)")
+      raise InputError(f"strength={strength} must be in (0, 1] (the fraction of the denoising trajectory re-run)")
     self._check_frames_batch(videos, prompts, "videos")
     return self._generate(
       prompts,
@@ -627,11 +637,11 @@ class Pipeline:
     if isinstance(prompts, str) or not prompts:
       return  # _generate reports prompts
     if frames.shape[0] not in (1, len(prompts)):
-      raise ValueError(f"{what} has a batch of {frames.shape[0]}; give 1 (for every prompt) or {len(prompts)}")
+      raise InputError(f"{what} has a batch of {frames.shape[0]}; give 1 (for every prompt) or {len(prompts)}")
 
   def _check_conditioning_supported(self) -> None:
     if self.config.dit.get("architecture", "dit") != "dit":
-      raise ValueError(
+      raise InputError(
         f"images and videos as prompts need our DiT (per-frame timesteps in adaLN); this model is "
         f"dit.architecture={self.config.dit.architecture!r}"
       )
@@ -653,18 +663,74 @@ class Pipeline:
     return np.broadcast_to(latents, (batch, *latents.shape[1:])).astype(np.float32)
 
   # ------------------------------------------------------------------ VAE
+  def check_prompts(self, prompts: Sequence[str]) -> None:
+    """A prompt the expander cannot read (empty, or naming nothing it knows) is an error, not replaced."""
+    parse = getattr(self.prompt_expander, "parse", None)
+    for prompt in prompts:
+      if not prompt.strip():
+        raise InputError(
+          "a prompt is empty: say what to show (e.g. 'a red circle moving left'), or pass expand_prompts=False "
+          "(--noexpand_prompts) to sample unconditionally from ''"
+        )
+      if parse is not None and parse(prompt) == (None, None, None):
+        raise InputError(
+          f"prompt {prompt!r} names nothing the prompt expander knows (no colour, shape or motion of this "
+          f"domain, e.g. 'a red circle moving left'); rephrase it, or pass expand_prompts=False "
+          f"(--noexpand_prompts) to use it as written"
+        )
+
   def encode(self, videos: np.ndarray) -> np.ndarray:
-    """uint8 [B, T, H, W, 3] -> normalised latents float32 [B, T', H', W', C] (what the DiT sees)."""
+    """uint8 [B, T, H, W, 3] -> normalised latents float32 [B, T', H', W', C] (what the DiT sees).
+
+    Only uint8 frames (0-255) are taken: float frames are ambiguous ([0, 1] or [-1, 1]), so convert
+    them first, e.g. `(frames * 255).round().astype(np.uint8)`. T must be 1+tf*k, H and W multiples
+    of the VAE's spatial factor.
+    """
     videos = np.asarray(videos)
+    if videos.dtype != np.uint8:
+      raise InputError(
+        f"videos must be uint8 frames (0-255) [B, T, H, W, 3]; got dtype {videos.dtype}. Convert float frames "
+        f"in [0, 1] with (videos * 255).round().astype(np.uint8)"
+      )
     if videos.ndim != 5 or videos.shape[-1] != 3:
-      raise ValueError(f"videos must be uint8 [B, T, H, W, 3]; got shape {videos.shape}")
+      raise InputError(f"videos must be uint8 [B, T, H, W, 3]; got shape {videos.shape}")
+    vae_cfg = self.vae_config.vae
+    tf, sf = vae_cfg.temporal_factor, vae_cfg.spatial_factor
+    _, t, h, w, _ = videos.shape
+    if (t - 1) % tf or h % sf or w % sf or min(t, h, w) < 1:
+      raise InputError(
+        f"videos of shape {videos.shape} cannot be encoded: T must be 1+{tf}k frames and H, W multiples of {sf} "
+        f"(e.g. [B, {1 + tf * max(1, (t - 1) // tf)}, {sf * max(1, h // sf)}, {sf * max(1, w // sf)}, 3])"
+      )
     x = jnp.asarray(videos, jnp.float32) / 127.5 - 1.0
     mean, _ = vae_lib.encode_video(self.components.vae, self.params["vae"], x)
     stats = self.components.latent_stats
     return np.asarray((mean - stats["mean"]) / stats["std"])
 
   def decode(self, latents: np.ndarray) -> np.ndarray:
-    """Normalised latents [B, T', H', W', C] -> uint8 [B, T, H, W, 3]."""
+    """Normalised latents [B, T', H', W', C] (finite; C = the VAE's latent channels) -> uint8 [B, T, H, W, 3]."""
+    latents = np.asarray(latents)
+    channels = self.vae_config.vae.latent_channels
+    if latents.ndim != 5 or latents.shape[-1] != channels or latents.dtype.kind not in "fiu":
+      raise InputError(
+        f"latents must be numbers [B, T', H', W', {channels}] (what encode or output_type='latent' return); "
+        f"got {latents.dtype} of shape {latents.shape}"
+      )
+    if not np.all(np.isfinite(latents)):
+      raise InputError(f"latents hold {int(np.sum(~np.isfinite(latents)))} NaN/Inf values; decode needs finite ones")
     stats = self.components.latent_stats
     z = jnp.asarray(latents, jnp.float32) * stats["std"] + stats["mean"]
     return np.asarray(gen.to_uint8(vae_lib.decode_latents(self.components.vae, self.params["vae"], z)))
+
+
+def _positive_int(name: str, value, default) -> int:
+  """`value` (None = `default`) as a positive int; 0, negatives, floats like 2.5 and bools are errors."""
+  if value is None:
+    return default
+  if isinstance(value, bool) or not (
+    isinstance(value, (int, np.integer)) or (isinstance(value, float) and value.is_integer())
+  ):
+    raise InputError(f"{name}={value!r} must be a positive integer (or None for the trained config's {default})")
+  if value < 1:
+    raise InputError(f"{name}={value} must be >= 1 (or None for the trained config's {default})")
+  return int(value)

@@ -6,6 +6,14 @@ Layout of a workdir:
     <workdir>/checkpoints/<step>/state/      the training state pytree (sharded arrays, OCDBT)
     <workdir>/checkpoints/<step>/data/       grain iterator state, one JSON file per process
     <workdir>/checkpoints/<step>/config/     the config again (a checkpoint is self-describing)
+    <workdir>/checkpoint_manifests/<step>.json   SHA-256 of every file of step <step>
+
+Integrity: Orbax (0.12) keeps no checksum of the array data (a flipped bit restores silently), so
+once a save is finalized, process 0 writes a manifest with the SHA-256 of each of the step's files
+(at the next save, `wait()` or `close()`), and `restore` verifies it first: a file that differs or
+is missing makes the step corrupt (`CorruptCheckpointError` naming the file). The training loop then
+falls back to the newest intact step with a one-line warning naming both. A step without a manifest
+(killed between finalize and manifest, or saved by an older version) is restored unverified.
 
 Saves are asynchronous (training continues while arrays are written); `wait()` blocks
 until they are on disk. Restoring takes an abstract target, a tree of
@@ -25,7 +33,9 @@ processes that own them, the data-iterator state by each process for itself.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import logging
 import os
 from typing import Any
 
@@ -36,18 +46,58 @@ from etils import epath
 from grain import checkpoint as grain_checkpoint
 
 from sora_jax import configuration
+from sora_jax.errors import ClearError
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_SUBDIR = "checkpoints"
+MANIFEST_SUBDIR = "checkpoint_manifests"
 CONFIG_FILENAME = "config.json"
 _WRITTEN_BY = "tools/train_vae.py or tools/train_dit.py (--workdir=...)"
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(FileNotFoundError, ClearError):
   """The workdir has no checkpoint (or no config); the message says what was looked for."""
 
 
-class CorruptCheckpointError(RuntimeError):
+class CorruptCheckpointError(RuntimeError, ClearError):
   """A checkpoint exists but cannot be read; the message names the step directory."""
+
+
+# Sections of the config that fix the shapes of a run's state: a resume with other values cannot work.
+MODEL_SECTIONS = ("vae", "dit", "text")
+
+
+def config_differences(saved: Any, current: Any, sections: tuple[str, ...] = MODEL_SECTIONS) -> list[str]:
+  """'section.key: saved X, now Y' for each model-shaping field that differs between two configs."""
+  saved, current = _config_dict(saved), _config_dict(current)
+  out = []
+  for section in sections:
+    a, b = (
+      configuration._flatten(saved.get(section) or {}, section + "."),
+      configuration._flatten(current.get(section) or {}, section + "."),
+    )
+    for key in sorted(set(a) | set(b)):
+      if key in a and key in b and json.dumps(a[key]) != json.dumps(b[key]):
+        out.append(f"{key}: checkpoint {a[key]!r}, now {b[key]!r}")
+  return out
+
+
+def _sha256(path: epath.Path) -> str:
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _files_of(step_dir: epath.Path) -> list[epath.Path]:
+  """Every file under `step_dir` (walked level by level: epath's GCS paths refuse `**`)."""
+  files, pending = [], [step_dir]
+  while pending:
+    for child in pending.pop().iterdir():
+      (pending if child.is_dir() else files).append(child)
+  return sorted(files)
 
 
 class _DataState:
@@ -141,6 +191,8 @@ class Checkpointer:
       Whether a save was started.
     """
     self.directory.mkdir(parents=True, exist_ok=True)
+    self._manager.wait_until_finished()  # Orbax would wait here anyway; the finished steps get their manifests
+    self.write_manifests()
     items = {"state": ocp.args.StandardSave(state)}
     if data_state is not None:
       items["data"] = grain_checkpoint.CheckpointSave(_DataState(data_state))
@@ -148,6 +200,55 @@ class Checkpointer:
       items["config"] = ocp.args.JsonSave(_config_dict(config))
       save_config(self.workdir, config)
     return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  @property
+  def manifest_dir(self) -> epath.Path:
+    return self.workdir / MANIFEST_SUBDIR
+
+  def manifest_path(self, step: int) -> epath.Path:
+    return self.manifest_dir / f"{step}.json"
+
+  def write_manifests(self) -> None:
+    """Process 0: a SHA-256 manifest for each finalized step that has none; drops those of deleted steps."""
+    if jax.process_index() != 0 or self._manager.is_saving_in_progress():
+      return
+    steps = self.all_steps()
+    if self.manifest_dir.exists():
+      for old in self.manifest_dir.glob("*.json"):
+        if old.stem.isdigit() and int(old.stem) not in steps:
+          old.unlink()
+    for step in steps:
+      path = self.manifest_path(step)
+      if path.exists():
+        continue
+      step_dir = self.step_dir(step)
+      files = {str(f.relative_to(step_dir)): _sha256(f) for f in _files_of(step_dir)}
+      self.manifest_dir.mkdir(parents=True, exist_ok=True)
+      tmp = self.manifest_dir / f"{step}.json.tmp"
+      tmp.write_text(json.dumps({"step": step, "algorithm": "sha256", "files": files}, indent=1, sort_keys=True))
+      tmp.replace(path)
+
+  def verify(self, step: int) -> bool:
+    """Checks step `step` against its manifest: True if verified, False if it has none.
+
+    Raises:
+      CorruptCheckpointError: a file is missing or its SHA-256 differs (the message names it).
+    """
+    path = self.manifest_path(step)
+    if not path.exists():
+      return False
+    step_dir = self.step_dir(step)
+    try:
+      files = json.loads(path.read_text())["files"]
+    except (ValueError, KeyError) as e:
+      raise self._corrupt(step, ValueError(f"its manifest {path} is unreadable: {e}")) from e
+    for name, digest in files.items():
+      file = step_dir / name
+      if not file.exists():
+        raise self._corrupt(step, FileNotFoundError(f"{name} is missing (listed in {path})"))
+      if _sha256(file) != digest:
+        raise self._corrupt(step, ValueError(f"{name} does not match its SHA-256 in {path} (the data changed on disk)"))
+    return True
 
   def _missing_message(self) -> str:
     return (
@@ -171,6 +272,7 @@ class Checkpointer:
       CorruptCheckpointError: the checkpoint cannot be read.
     """
     step = self._existing_step(step)
+    self.verify(step)
     step_dir = self.step_dir(step)
     items = {"state": ocp.args.StandardRestore(abstract_state)}
     data_file = step_dir / "data" / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
@@ -205,6 +307,7 @@ class Checkpointer:
       CorruptCheckpointError: the checkpoint cannot be read, or does not hold `target`'s arrays.
     """
     step = self._existing_step(step)
+    self.verify(step)
     args = ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
     )
@@ -232,11 +335,11 @@ class Checkpointer:
     cause = f"{type(error).__name__}: {error}"
     cause = cause if len(cause) <= 500 else cause[:500] + " ..."
     return CorruptCheckpointError(
-      f"could not restore the checkpoint at {step_dir}. It is corrupt or incomplete (e.g. the run was "
-      f"killed or the disk filled while writing), or it was written by a different model config (the "
-      f"state's shapes differ). To go on, delete {step_dir} so training resumes from the previous "
-      f"checkpoint{f' (available: {earlier})' if earlier else ' (there is none: training starts over)'}, "
-      f"or restore an earlier step explicitly (restore(..., step=N)).\nCause: {cause}"
+      f"could not restore the checkpoint at {step_dir}: it is corrupt or incomplete (e.g. the run was "
+      f"killed or the disk filled while writing, or a file changed on disk). To go on, delete {step_dir} so "
+      f"training resumes from the previous checkpoint"
+      f"{f' (available: {earlier})' if earlier else ' (there is none: training starts over)'}, "
+      f"or restore an earlier step explicitly (restore(..., step=N)). Cause: {cause}"
     )
 
   def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:
@@ -248,12 +351,14 @@ class Checkpointer:
     return configuration.merge_saved_config(restored["config"], source=f"the config of {self.step_dir(step)}")
 
   def wait(self) -> None:
-    """Blocks until pending asynchronous saves are on disk."""
+    """Blocks until pending asynchronous saves are on disk (and have their manifests)."""
     self._manager.wait_until_finished()
+    self.write_manifests()
 
   def close(self) -> None:
-    """Waits for pending saves and releases the manager's threads."""
+    """Waits for pending saves, writes their manifests and releases the manager's threads."""
     self._manager.wait_until_finished()
+    self.write_manifests()
     self._manager.close()
 
   def __enter__(self) -> Checkpointer:
