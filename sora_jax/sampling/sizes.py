@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sora_jax.errors import InputError
+
 
 def valid_frames(frames: int, temporal_factor: int, pt: int = 1) -> bool:
   return frames >= 1 and (frames - 1) % temporal_factor == 0 and ((frames - 1) // temporal_factor + 1) % pt == 0
@@ -64,7 +66,7 @@ def check_size(
       f"height must be a positive multiple of {mh} and width of {mw} (VAE spatial factor {spatial_factor} "
       f"x DiT patch {ph}x{pw})"
     )
-  raise ValueError(
+  raise InputError(
     f"{num_frames}x{height}x{width} (frames x height x width) cannot be produced: {'; '.join(rules)}. "
     f"Nearest valid sizes: {nearest}"
   )
