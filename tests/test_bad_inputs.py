@@ -68,8 +68,16 @@ CASES = [
   ("num_steps=0", lambda p: p(PROMPT, num_steps=0), r"num_steps=0 must be >= 1"),
   ("num_steps=2.5", lambda p: p(PROMPT, num_steps=2.5), r"num_steps=2.5 must be a positive integer"),
   ("height=-32", lambda p: p(PROMPT, height=-32), r"height=-32 must be >= 1"),
-  ("height=33", lambda p: p(PROMPT, height=33), r"9x33x32 .*cannot be produced: height must be a positive multiple of .*Nearest valid sizes: 9x32x32"),
-  ("num_frames=4", lambda p: p(PROMPT, num_frames=4), r"4x32x32 .*cannot be produced: frames must be 1\+4k.*Nearest valid sizes: 1x32x32, 5x32x32"),
+  (
+    "height=33",
+    lambda p: p(PROMPT, height=33),
+    r"9x33x32 .*cannot be produced: height must be a positive multiple .*Nearest valid sizes: 9x32x32",
+  ),
+  (
+    "num_frames=4",
+    lambda p: p(PROMPT, num_frames=4),
+    r"4x32x32 .*frames must be 1\+4k.*Nearest valid sizes: 1x32x32, 5x32x32",
+  ),
   ("guidance_scale=nan", lambda p: p(PROMPT, guidance_scale=math.nan), r"guidance_scale=nan must be >= 0 and finite"),
   ("guidance_scale=-1", lambda p: p(PROMPT, guidance_scale=-1.0), r"guidance_scale=-1.0 must be >= 0 and finite"),
   ("guidance_scale='4'", lambda p: p(PROMPT, guidance_scale="4"), r"guidance_scale='4' must be a number"),
