@@ -43,10 +43,13 @@ def test_only_the_web_module_imports_gradio():
 
 # ---------------------------------------------------------------- the service, in-process
 @pytest.fixture(scope="module")
-def service(pipe, tmp_path_factory):
+def service(workdir, tmp_path_factory):
+  """A Pipeline of its own (not conftest's shared `pipe`): the compile counts below must not depend on what other
+  test files of this xdist worker sampled before (that sharing made the count test fail only in the full suite)."""
+  from sora_jax import Pipeline
   from sora_jax.app.service import VideoService
 
-  return VideoService(pipe, out_dir=str(tmp_path_factory.mktemp("app")))  # conftest's Pipeline of the tiny workdir
+  return VideoService(Pipeline.from_pretrained(str(workdir)), out_dir=str(tmp_path_factory.mktemp("app")))
 
 
 def test_service_offers_what_the_model_makes(service):
@@ -56,10 +59,6 @@ def test_service_offers_what_the_model_makes(service):
   assert "a red circle moving left" in service.examples
 
 
-@pytest.mark.xfail(
-  reason="after the speed merge a default request after warm_up compiles again; open",
-  strict=False,
-)
 def test_service_generates_with_progress_and_reuses_the_compiled_sampler(service):
   from sora_jax.app.service import Request
 
@@ -264,7 +263,6 @@ def _status(driver) -> str:
   return driver.find_element("css selector", "#text-status").text
 
 
-@pytest.mark.xfail(reason="timed out in the merged suite under load (page wait); open, see closing note", strict=False)
 def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_path):
   from selenium.webdriver.common.keys import Keys
   from selenium.webdriver.support.ui import WebDriverWait
@@ -317,7 +315,11 @@ def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_pa
   junk = tmp_path / "junk.mp4"
   junk.write_bytes(b"this is not a video")
   wait.until(lambda d: d.find_element("css selector", "#extend-video input[type=file]")).send_keys(str(junk))
-  wait.until(lambda d: "junk.mp4" in d.find_element("css selector", "#extend-video").text)
+  # The upload goes through the server (Gradio copies it into its cache); on a loaded 2-core CI machine, with the
+  # other xdist worker compiling, that took over the 60 s above once. The wait only bounds a failure's duration.
+  WebDriverWait(driver, 240, poll_frequency=0.2).until(
+    lambda d: "junk.mp4" in d.find_element("css selector", "#extend-video").text
+  )
   driver.find_element("css selector", "#extend-prompt textarea").send_keys(PROMPT)
   driver.find_element("css selector", "#extend-generate").click()
   from sora_jax.sampling.pipeline import Pipeline
