@@ -9,14 +9,30 @@ and prompting-with-images tests so the suite trains it once.
 import fcntl
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no network at run time, ever
+
+# One XLA compilation cache for this test run, shared by the xdist workers and every tool they start (they inherit
+# the environment): the suite compiles the same tiny programs many times over (each tool run, each test file's
+# process). It starts empty every run (the suite's time budget holds cold), and is deleted at the end.
+# The executable read back is the one XLA built, so the numbers cannot differ from a fresh compile.
+_OWN_XLA_CACHE = not os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.get("JAX_COMPILATION_CACHE_DIR")
+if _OWN_XLA_CACHE:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sora_jax_test_xla_cache_")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_unconfigure(config):
+  if _OWN_XLA_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = [

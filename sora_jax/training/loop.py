@@ -111,8 +111,8 @@ def guard_nonfinite(train_step: Callable) -> Callable:
   The step's update is kept only when its loss, its `grad_norm` (when the step reports one) and
   every floating leaf of the new state are finite; otherwise the state comes back unchanged (params,
   optimizer moments, EMA), except `step`, which advances, so the data and rng stay aligned with
-  the loop. The metrics gain `nonfinite` (1.0 for a skipped step, else 0.0). `jnp.where(True, new,
-  old)` is `new` bit for bit, so a run without a bad step is unchanged.
+  the loop. The metrics gain `nonfinite` (1.0 for a skipped step, else 0.0). The cond's true branch
+  returns `new` bit for bit, so a run without a bad step is unchanged.
   """
 
   def guarded(state, batch, rng, *frozen):  # frozen: a LoRA run's base weights, passed through
@@ -121,7 +121,9 @@ def guard_nonfinite(train_step: Callable) -> Callable:
     if "grad_norm" in metrics:
       finite &= jnp.isfinite(jnp.asarray(metrics["grad_norm"], jnp.float32))
     finite &= _floating_leaves_finite(new_state)
-    kept = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    # One lax.cond over the whole state, not a jnp.where per leaf: the per-leaf selects made XLA:CPU compile
+    # the step 4-9x longer (tiny VAE step 11 s -> 224 s, demo DiT step ~150 s; docs/performance.md).
+    kept = jax.lax.cond(finite, lambda: new_state, lambda: state)
     if hasattr(new_state, "step") and hasattr(kept, "replace"):
       kept = kept.replace(step=new_state.step)
     return kept, dict(metrics, nonfinite=1.0 - finite.astype(jnp.float32))
