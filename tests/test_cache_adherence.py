@@ -156,3 +156,13 @@ def test_tool_writes_the_report(run_tool, workdir, tmp_path):
   assert [r["setting"] for r in report["settings"]] == ["plain"] and report["num_prompts"] == 1
   assert report["settings"][0]["forwards_per_video"] == 2 * 3 and report["settings"][0]["model_calls"] == 3
   assert "plain" in result.stdout and f"wrote {out}" in result.stdout
+
+
+def test_max_prompts_spreads_over_the_canonical_list():
+  from sora_jax.evaluation import adherence
+
+  prompts = adherence.all_prompts()
+  assert adherence.spread_prompts(prompts, 0) == prompts and adherence.spread_prompts(prompts, 200) == prompts
+  few = adherence.spread_prompts(prompts, 21)  # every 5th of 105
+  assert len(few) == 21 and few[0] == prompts[0] and few[1] == prompts[5]
+  assert len(adherence.spread_prompts(prompts, 2)) == 2  # what the tiny-workdir test samples
