@@ -39,6 +39,7 @@ FLOORS = (
     "sora_jax.sampling",
     "sora_jax.evaluation.vae_eval",
     "sora_jax.evaluation.adherence",
+    "sora_jax.evaluation.cache_adherence",
     "sora_jax.evaluation.conditioning_eval",
   ),
   # 7. end-to-end runs the tools call (DiT training draws periodic samples); the web app over the Pipeline

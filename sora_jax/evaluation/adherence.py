@@ -30,6 +30,15 @@ def all_prompts() -> list[str]:
 PROMPT_SETS = {"canonical": all_prompts, "new_concepts": shapes.new_concept_captions}
 
 
+def spread_prompts(prompts: Sequence[str], max_prompts: int = 0) -> list[str]:
+  """Every k-th prompt, k chosen so at most `max_prompts` remain (0 = all): a quicker estimate that still
+  spans every colour, shape and motion of the ordered canonical list."""
+  prompts = list(prompts)
+  if max_prompts and max_prompts < len(prompts):
+    prompts = prompts[:: -(-len(prompts) // max_prompts)]
+  return prompts
+
+
 def prompt_set(name: str) -> list[str]:
   if name not in PROMPT_SETS:
     raise ValueError(f"unknown prompt set {name!r}; choose from {', '.join(PROMPT_SETS)}")
@@ -157,9 +166,7 @@ def evaluate_sizes(
   firsts: dict[str, np.ndarray] = {}
   for frames, height, width in sizes:
     name = f"{frames}x{height}x{width}"
-    prompts = image_prompts() if frames == 1 else all_prompts()
-    if max_prompts and max_prompts < len(prompts):
-      prompts = prompts[:: -(-len(prompts) // max_prompts)]
+    prompts = spread_prompts(image_prompts() if frames == 1 else all_prompts(), max_prompts)
     result = evaluate_adherence(
       pipe,
       prompts,
