@@ -25,12 +25,12 @@ hardware record (CPU model and flags, load, device kind).
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app, flags
+
+from sora_jax.monitoring import side_by_side
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _PROTOCOL = "@@wanbench "
@@ -186,6 +186,7 @@ def theirs_worker(spec: dict) -> tuple[dict, dict]:
 
 
 def serve(kind: str, spec: dict) -> None:
+  """Worker: build the calls, warm each up once, then answer the parent's requests (`side_by_side.serve`)."""
   import numpy as np
 
   calls, info = (ours_worker if kind == "ours" else theirs_worker)(spec)
@@ -194,68 +195,14 @@ def serve(kind: str, spec: dict) -> None:
     np.asarray(call())
   if stats is not None:
     info["stats"] = stats()
-  _send({"ready": sorted(calls), "info": info})
-  for line in sys.stdin:
-    request = json.loads(line)
-    if request.get("quit"):
-      return
-    times = []
-    for _ in range(request["calls"]):
-      t0 = time.perf_counter()
-      np.asarray(calls[request["run"]]())
-      times.append(time.perf_counter() - t0)
-    _send({"times": times})
+  side_by_side.serve(_PROTOCOL, calls, info, wait=np.asarray)
 
 
-def _send(message: dict) -> None:
-  sys.stdout.write(_PROTOCOL + json.dumps(message, default=str) + "\n")
-  sys.stdout.flush()
-
-
-class Worker:
-  def __init__(self, kind: str, spec: dict):
-    self.kind = kind
-    self.log = tempfile.NamedTemporaryFile("w+", prefix=f"vs_wan_{kind}_", suffix=".log", delete=False)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(
-      f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
-    )
-    if spec["device"] == "cpu":
-      env["JAX_PLATFORMS"] = "cpu"
-    self.proc = subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), f"--worker={kind}", f"--spec={json.dumps(spec)}"],
-      stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE,
-      stderr=self.log,
-      text=True,
-      env=env,
-      cwd=_REPO,
-    )
-
-  def receive(self) -> dict:
-    for line in self.proc.stdout:
-      if line.startswith(_PROTOCOL):
-        return json.loads(line[len(_PROTOCOL) :])
-    self.log.flush()
-    self.log.seek(0)
-    raise RuntimeError(
-      f"the {self.kind} worker exited ({self.proc.wait()}); log {self.log.name}:\n{self.log.read()[-4000:]}"
-    )
-
-  def run(self, name: str, calls: int) -> list[float]:
-    self.proc.stdin.write(json.dumps({"run": name, "calls": calls}) + "\n")
-    self.proc.stdin.flush()
-    return self.receive()["times"]
-
-  def close(self) -> None:
-    if self.proc.poll() is None:
-      try:
-        self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=60)
-      except (BrokenPipeError, subprocess.TimeoutExpired):
-        self.proc.kill()
-    os.unlink(self.log.name)
+def start_worker(kind: str, spec: dict) -> side_by_side.Worker:
+  env = side_by_side.worker_env()
+  if spec["device"] == "cpu":
+    env["JAX_PLATFORMS"] = "cpu"
+  return side_by_side.Worker(__file__, kind, spec, prefix=_PROTOCOL, env=env, cwd=_REPO)
 
 
 def dit_flops_per_call(spec: dict, batch: int) -> float:
@@ -326,14 +273,11 @@ def main(argv):
     "ours_cfg_window": list(f.ours_cfg_window),
     "threads": f.threads or len(os.sched_getaffinity(0)),
   }
-  workers = {kind: Worker(kind, spec) for kind in ("ours", "theirs")}
+  workers = {kind: start_worker(kind, spec) for kind in ("ours", "theirs")}
   try:
     ready = {kind: w.receive() for kind, w in workers.items()}
     names = [f"{side}_b{b}" for b in batches for side in ("ours", "theirs")]
-    times = {name: [] for name in names}
-    for r in range(f.rounds):
-      for name in names if r % 2 == 0 else names[::-1]:
-        times[name] += workers[name.split("_")[0]].run(name, f.round_calls)
+    times = side_by_side.alternate(names, f.rounds, lambda name: workers[name.split("_")[0]].run(name, f.round_calls))
   finally:
     for w in workers.values():
       w.close()
