@@ -36,20 +36,16 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 _PROTOCOL = "@@wanbench "
 PROMPT = "a red circle moving left"
 PRESETS = ("tiny", "1.3b")
-# Wan 2.1 T2V 1.3B transformer (diffusers config), for --preset=1.3b.
-WAN_13B = dict(
-  patch_size=(1, 2, 2),
+# The sizes of Wan 2.1 T2V 1.3B's transformer (diffusers config), for --preset=1.3b; the rest of the
+# architecture (patch, freq_dim, norms, eps) is the tiny one's in tests/wan_peers.py.
+WAN_13B_SIZES = dict(
   num_attention_heads=12,
   attention_head_dim=128,
   in_channels=16,
   out_channels=16,
   text_dim=4096,
-  freq_dim=256,
   ffn_dim=8960,
   num_layers=30,
-  cross_attn_norm=True,
-  qk_norm="rms_norm_across_heads",
-  eps=1e-6,
   rope_max_seq_len=1024,
 )
 
@@ -77,7 +73,7 @@ def define_flags() -> None:
 
 
 def build_folder(path: str, preset: str) -> str:
-  """A random Wan 2.1 folder saved by WanPipeline.save_pretrained (tests/wan_peers.py's models)."""
+  """A random Wan 2.1 folder saved by WanPipeline.save_pretrained (tests/wan_peers.py's builder)."""
   sys.path.insert(0, os.path.join(_REPO, "tests"))
   import wan_peers
 
@@ -86,23 +82,15 @@ def build_folder(path: str, preset: str) -> str:
     return path
   # 1.3B-shaped transformer; Wan's VAE at its real widths; a one-layer umT5 of the 1.3B's text width.
   import torch
-  from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-  from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+  from diffusers import AutoencoderKLWan, WanTransformer3DModel
+  from transformers import UMT5Config, UMT5EncoderModel
 
   torch.manual_seed(0)
-  tokenizer_dir = os.path.join(path, "_tokenizer_src")
-  wan_peers.save_tokenizer(tokenizer_dir)
   umt5 = dict(wan_peers.UMT5, d_model=4096, d_kv=64, num_heads=64, d_ff=256, num_layers=1)
-  pipe = WanPipeline(
-    tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir),
-    text_encoder=UMT5EncoderModel(UMT5Config(**umt5)).eval(),
-    vae=AutoencoderKLWan().eval(),
-    transformer=WanTransformer3DModel(**WAN_13B).eval(),
-    scheduler=UniPCMultistepScheduler(
-      prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
-    ),
-  )
-  pipe.save_pretrained(path)
+  text_encoder = UMT5EncoderModel(UMT5Config(**umt5)).eval()
+  vae = AutoencoderKLWan().eval()
+  transformer = WanTransformer3DModel(**dict(wan_peers.TRANSFORMER, **WAN_13B_SIZES)).eval()
+  wan_peers.save_wan_folder(path, flow_shift=3.0, text_encoder=text_encoder, vae=vae, transformer=transformer)
   return path
 
 
