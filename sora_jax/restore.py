@@ -250,6 +250,12 @@ def _restore_workdir(path: str, *, mesh, step: int | None, use_ema: bool) -> Res
     config, vae_lib.latent_shape(vae.config.vae, data.num_frames, data.height, data.width)
   )
   params, step = _restore_params(dit_dir, config, denoiser.init, mesh=mesh, step=step, use_ema=use_ema, replicate=False)
+  return _with_text_params(denoiser, config, params, vae, workdir=dit_dir, step=step, mesh=mesh)
+
+
+def _with_text_params(denoiser, config, params, vae, *, workdir: str, step: int, mesh) -> RestoredTextToVideo:
+  """The restored system, with a frozen text encoder's pretrained weights read and replicated on every device of
+  the mesh (they are small); a trainable encoder's are in params["text"]."""
   text_params = None
   if denoiser.text_encoder is not None and not denoiser.text_encoder.trainable:
     pretrained = partitioning.unbox(denoiser.text_encoder.load_pretrained())
@@ -261,7 +267,7 @@ def _restore_workdir(path: str, *, mesh, step: int | None, use_ema: bool) -> Res
     text_params=text_params,
     vae=vae,
     config=config,
-    workdir=dit_dir,
+    workdir=workdir,
     step=step,
     mesh=mesh,
   )
@@ -354,19 +360,7 @@ def _restore_wan_folder(path: str, *, mesh, step: int | None, use_ema: bool, dty
   rules = partitioning.logical_rules(config)
   abstract, _ = partitioning.abstract_state(lambda rng: denoiser.init(rng)["dit"], mesh, rules, _KEY)
   params = {"dit": wan_folder.load_transformer_params(path, dit, abstract, dtype=jnp.dtype(dtype))}
-  pretrained = partitioning.unbox(denoiser.text_encoder.load_pretrained())
-  text_params = jax.device_put(pretrained, partitioning.replicated(mesh))
-  return RestoredTextToVideo(
-    denoiser=denoiser,
-    process=build_diffusion(config.diffusion),
-    params=params,
-    text_params=text_params,
-    vae=vae,
-    config=config,
-    workdir=os.fspath(path),
-    step=0,
-    mesh=mesh,
-  )
+  return _with_text_params(denoiser, config, params, vae, workdir=os.fspath(path), step=0, mesh=mesh)
 
 
 # Formats of a trained text-to-video system, tried in order: name -> (does `path` hold one?, restore it).

@@ -102,8 +102,12 @@ def save_tokenizer(folder: str):
   return hf
 
 
-def save_wan_folder(folder: str, *, flow_shift: float = 3.0, seed: int = 0):
-  """A complete tiny diffusers Wan 2.1 T2V folder (WanPipeline.save_pretrained); returns the pipeline."""
+def save_wan_folder(
+  folder: str, *, flow_shift: float = 3.0, seed: int = 0, text_encoder=None, vae=None, transformer=None
+):
+  """A complete diffusers Wan 2.1 T2V folder (WanPipeline.save_pretrained) with the small tokenizer and UniPC;
+  returns the pipeline. The models are the tiny random ones (from `seed`) unless given (e.g. larger ones for
+  tools/benchmarks/vs_wan_pipeline.py --preset=1.3b)."""
   from diffusers import UniPCMultistepScheduler, WanPipeline
   from transformers import AutoTokenizer
 
@@ -114,9 +118,9 @@ def save_wan_folder(folder: str, *, flow_shift: float = 3.0, seed: int = 0):
   )
   pipe = WanPipeline(
     tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir),
-    text_encoder=torch_umt5(seed),
-    vae=torch_vae(seed),
-    transformer=torch_transformer(seed),
+    text_encoder=torch_umt5(seed) if text_encoder is None else text_encoder,
+    vae=torch_vae(seed) if vae is None else vae,
+    transformer=torch_transformer(seed) if transformer is None else transformer,
     scheduler=scheduler,
   )
   pipe.save_pretrained(folder)

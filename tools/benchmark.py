@@ -267,6 +267,41 @@ def _shapes(setup) -> dict:
   }
 
 
+def _random_clip(config, batch: int, frames: int, height: int, width: int):
+  """A uniform [-1, 1] clip [B, T, H, W, 3] for the VAE benchmarks; 0 = the config's data size."""
+  import jax
+
+  b = batch or config.data.batch_size
+  frames, height, width = frames or config.data.num_frames, height or config.data.height, width or config.data.width
+  return jax.random.uniform(jax.random.key(config.seed), (b, frames, height, width, 3), minval=-1.0, maxval=1.0)
+
+
+def _vae_shapes(config, video) -> dict:
+  """The VAE benchmarks' shape fields for a clip [B, T, H, W, 3]."""
+  from sora_jax.models import vae as vae_lib
+
+  b, frames, height, width = video.shape[:4]
+  return {
+    "batch": b,
+    "pixels": [frames, height, width],
+    "latent_shape": list(vae_lib.latent_shape(config.vae, frames, height, width)),
+    "num_devices": 1,
+    "vae_dtype": config.vae.dtype,
+  }
+
+
+def _timed(fn):
+  """(fn(), seconds it took): how each benchmark times its compile."""
+  start = time.perf_counter()
+  out = fn()
+  return out, time.perf_counter() - start
+
+
+def _result(what: str, compile_s: float, times: list[float], steps: int, warmup: int) -> dict:
+  """The fields every benchmark's result starts with: what, compile time, timing summary, repetitions."""
+  return {"what": what, "compile_s": compile_s, **summarize(times), "steps": steps, "warmup": warmup}
+
+
 def benchmark_train(
   config,
   *,
@@ -288,9 +323,7 @@ def benchmark_train(
   setup = memory.build_dit_train_setup(config, frames=frames, height=height, width=width, batch_size=batch)
   mesh = mesh_lib.make_mesh(config.mesh)
   rules = partitioning.logical_rules(config)
-  start = time.perf_counter()
-  compiled, _ = memory.compile_train_step(setup, config, mesh)
-  compile_s = time.perf_counter() - start
+  (compiled, _), compile_s = _timed(lambda: memory.compile_train_step(setup, config, mesh))
   state, _ = partitioning.init_sharded_state(setup.init_fn, mesh, rules, jax.random.key(config.seed))
   frozen = ()
   if setup.frozen_init_fn is not None:  # a LoRA step (config.lora.rank > 0): random base weights, frozen
@@ -299,15 +332,11 @@ def benchmark_train(
   rng = jax.random.key(config.seed + 1)
   with partitioning.use_mesh(mesh, rules):
     times, last_loss = time_train_steps(compiled, state, batch_arrays, rng, steps, warmup, frozen)
-  stats = summarize(times)
+  stats = _result("train", compile_s, times, steps, warmup)
   peak = peak or peak_info(mesh.devices.size)
   forward = _dit_forward_flops(setup)
   result = {
-    "what": "train",
-    "compile_s": compile_s,
     **stats,
-    "steps": steps,
-    "warmup": warmup,
     **_shapes(setup),
     "mesh_shape": [int(s) for s in mesh.devices.shape],
     "num_devices": int(mesh.devices.size),
@@ -405,9 +434,7 @@ def benchmark_sample(
   )
   one_call = jax.jit(lambda p, x, t: guided_fn(p)(x, t))
   t_model = jnp.full((b,), 500.0)
-  start = time.perf_counter()
-  run_sampler_c = run_sampler.lower(params, noise).compile()
-  compile_s = time.perf_counter() - start
+  run_sampler_c, compile_s = _timed(lambda: run_sampler.lower(params, noise).compile())
   one_call_c = one_call.lower(params, noise, t_model).compile()
   # Alternate the two measurements so machine noise hits both alike.
   sample_times, call_times = [], []
@@ -418,16 +445,12 @@ def benchmark_sample(
   for _ in range(steps):
     sample_times += time_calls(lambda: run_sampler_c(params, noise), 1, 0)
     call_times += time_calls(lambda: one_call_c(params, noise, t_model), evals * num_steps, 0)
-  stats, call = summarize(sample_times), summarize(call_times)
+  stats, call = _result("sample", compile_s, sample_times, steps, warmup), summarize(call_times)
   per_call = stats["median_s"] / (num_steps * evals)
   forward = _dit_forward_flops(setup)
   examples_per_call = 2 * b if use_cfg else b
   result = {
-    "what": "sample",
-    "compile_s": compile_s,
     **stats,
-    "steps": steps,
-    "warmup": warmup,
     **_shapes(setup),
     "num_devices": 1,
     "sampler": sampler,
@@ -489,10 +512,8 @@ def benchmark_vae(
 
   from sora_jax.models import vae as vae_lib
 
-  b = batch or config.data.batch_size
-  frames, height, width = frames or config.data.num_frames, height or config.data.height, width or config.data.width
   module = vae_lib.CausalVAE(config.vae)
-  video = jax.random.uniform(jax.random.key(config.seed), (b, frames, height, width, 3), minval=-1.0, maxval=1.0)
+  video = _random_clip(config, batch, frames, height, width)
   abstract = jax.eval_shape(
     lambda r: nn.meta.unbox(module.init({"params": r}, video[:1], sample=False)["params"]),
     jax.random.key(config.seed + 1),
@@ -503,25 +524,15 @@ def benchmark_vae(
     mean, _ = vae_lib.encode_video(module, p, v)
     return vae_lib.decode_latents(module, p, mean)
 
-  start = time.perf_counter()
-  compiled = jax.jit(roundtrip).lower(params, video).compile()
-  compile_s = time.perf_counter() - start
-  stats = summarize(time_calls(lambda: compiled(params, video), steps, warmup))
-  latent = vae_lib.latent_shape(config.vae, frames, height, width)
-  positions = latent[0] * latent[1] * latent[2]
+  compiled, compile_s = _timed(lambda: jax.jit(roundtrip).lower(params, video).compile())
+  stats = _result("vae", compile_s, time_calls(lambda: compiled(params, video), steps, warmup), steps, warmup)
+  shapes = _vae_shapes(config, video)
+  b, latent = shapes["batch"], shapes["latent_shape"]
   result = {
-    "what": "vae",
-    "compile_s": compile_s,
     **stats,
-    "steps": steps,
-    "warmup": warmup,
-    "batch": b,
-    "pixels": [frames, height, width],
-    "latent_shape": list(latent),
-    "num_devices": 1,
-    "vae_dtype": config.vae.dtype,
-    "tokens_per_s": b * positions / stats["median_s"],
-    "frames_per_s": b * frames / stats["median_s"],
+    **shapes,
+    "tokens_per_s": b * latent[0] * latent[1] * latent[2] / stats["median_s"],
+    "frames_per_s": b * shapes["pixels"][0] / stats["median_s"],
     "flops_source": "XLA cost analysis of the compiled encode+decode",
   }
   return add_rates(result, _xla_flops(compiled), stats["median_s"], peak or peak_info(1))
@@ -546,36 +557,25 @@ def benchmark_vae_train(
   from sora_jax.training import vae_step
   from sora_jax.training.optimizer import make_optimizer
 
-  b = batch or config.data.batch_size
-  frames, height, width = frames or config.data.num_frames, height or config.data.height, width or config.data.width
-  video = jax.random.uniform(jax.random.key(config.seed), (b, frames, height, width, 3), minval=-1.0, maxval=1.0)
+  video = _random_clip(config, batch, frames, height, width)
   vae_lib.check_video_shape(video.shape, config.vae)
   module, tx = vae_lib.CausalVAE(config.vae), make_optimizer(config.train)
   discriminator = vae_step.make_discriminator(config)
   ema_decay = config.train.ema_decay
-  init_fn = vae_step.make_init_fn(module, tx, (1, frames, height, width, 3), discriminator, ema=ema_decay > 0)
+  init_fn = vae_step.make_init_fn(module, tx, (1, *video.shape[1:]), discriminator, ema=ema_decay > 0)
   state = nn.meta.unbox(jax.jit(init_fn)(jax.random.key(config.seed + 1)))
   train_step = jax.jit(
     vae_step.make_train_step(module, tx, config.vae_loss, discriminator, ema_decay), donate_argnums=0
   )
   batch_arrays, rng = {"video": video}, jax.random.key(config.seed + 2)
-  start = time.perf_counter()
-  compiled = train_step.lower(state, batch_arrays, rng).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile_s = _timed(lambda: train_step.lower(state, batch_arrays, rng).compile())
   times, last_loss = time_train_steps(compiled, state, batch_arrays, rng, steps, warmup)
-  stats = summarize(times)
-  latent = vae_lib.latent_shape(config.vae, frames, height, width)
+  stats = _result("vae_train", compile_s, times, steps, warmup)
+  shapes = _vae_shapes(config, video)
+  b, latent = shapes["batch"], shapes["latent_shape"]
   result = {
-    "what": "vae_train",
-    "compile_s": compile_s,
     **stats,
-    "steps": steps,
-    "warmup": warmup,
-    "batch": b,
-    "pixels": [frames, height, width],
-    "latent_shape": list(latent),
-    "num_devices": 1,
-    "vae_dtype": config.vae.dtype,
+    **shapes,
     "gan": discriminator is not None,
     "params": int(sum(x.size for x in jax.tree.leaves(state.params))),
     "tokens_per_s": b * latent[0] * latent[1] * latent[2] / stats["median_s"],

@@ -23,7 +23,7 @@ Activations in the residual stream stay float32; matmul inputs are cast to
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -274,6 +274,37 @@ def unstack_layers(stacked: Any, depth: int) -> list[Any]:
   return [jax.tree.map(lambda leaf, i=i: leaf[i], stacked) for i in range(depth)]
 
 
+def block_stack(module: nn.Module, block_cls: type[nn.Module], settings: dict, num_args: int) -> Callable:
+  """`module`'s stack of `module.depth` blocks `block_cls(**settings)` as a callable (x, *args) -> x, where args
+  are the `num_args` inputs every block shares; call it inside `module`'s compact method.
+
+  Rematerialised by `module.remat_policy` (REMAT_POLICIES). With `module.scan_layers`: one `nn.scan`ned
+  module "blocks" whose params are stacked on a leading "layers" axis (one compiled block); else
+  unrolled modules "blocks_{i}".
+  """
+  if module.remat_policy != "none":
+    block_cls = nn.remat(block_cls, policy=REMAT_POLICIES[module.remat_policy], prevent_cse=not module.scan_layers)
+  if module.scan_layers:
+    scanned = nn.scan(
+      block_cls,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      in_axes=(nn.broadcast,) * num_args,
+      length=module.depth,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    stack = scanned(**settings, scanned=True, name="blocks")
+    return lambda *args: stack(*args)[0]
+  layers = [block_cls(**settings, name=f"blocks_{i}") for i in range(module.depth)]
+
+  def run(x, *args):
+    for layer in layers:
+      x = layer(x, *args)
+    return x
+
+  return run
+
+
 def cached_block_stack(module: nn.Module, block: nn.Module, h: jax.Array, args: tuple, block_cache) -> tuple:
   """Runs `module`'s block stack on h through the sampler's block cache (diffusion/block_cache.py).
 
@@ -471,30 +502,7 @@ class DiT(nn.Module):
 
   def _blocks(self, dtype):
     """The block stack as a callable (x, cond, rope, text, mask) -> x."""
-    block_cls = DiTBlock
-    policy = REMAT_POLICIES[self.remat_policy]
-    if self.remat_policy != "none":
-      block_cls = nn.remat(DiTBlock, policy=policy, prevent_cse=not self.scan_layers)
-    settings = self._block_settings(dtype)
-    if self.scan_layers:
-      scanned = nn.scan(
-        block_cls,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(nn.broadcast,) * 4,
-        length=self.depth,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-      )
-      stack = scanned(**settings, scanned=True, name="blocks")
-      return lambda *args: stack(*args)[0]
-    layers = [block_cls(**settings, name=f"blocks_{i}") for i in range(self.depth)]
-
-    def run(x, *args):
-      for layer in layers:
-        x = layer(x, *args)
-      return x
-
-    return run
+    return block_stack(self, DiTBlock, self._block_settings(dtype), num_args=4)
 
   @nn.compact
   def __call__(

@@ -385,7 +385,7 @@ class Pipeline:
       strength = np.concatenate([canvas.strength, np.zeros((pad, latent_shape[0]), np.float32)])
       extra["strength"] = jnp.asarray(strength)
     if source is not None:
-      src = self._encode_canvas(source, batch)
+      src = self._encode_canvas(np.broadcast_to(source, (batch, *source.shape[1:])), batch)
       extra["source"] = jnp.asarray(np.concatenate([src, np.zeros((padded - batch, *latent_shape), np.float32)]))
     mode = "frames" if canvas is not None else ("edit" if source is not None else "text")
     key = (sampler, num_steps, latent_shape, output_type, mode, first_step, cache_cfg, window)
@@ -445,17 +445,9 @@ class Pipeline:
     images = conditioning_lib.as_clip(images, "images")
     if images.shape[1] != 1:
       raise InputError(f"images must be frames [B, H, W, 3]; got {images.shape[1]} frames each (extend takes clips)")
+    sampling = _sampling_args(num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs)
     return self._with_frames(
-      prompts,
-      [Condition(images, 0)],
-      images,
-      num_frames,
-      num_steps,
-      guidance_scale,
-      seed,
-      negative_prompt,
-      sampler,
-      kwargs,
+      prompts, images, "frames", sampling, num_frames=num_frames, conditions=[Condition(images, 0)]
     )
 
   def extend(
@@ -492,9 +484,8 @@ class Pipeline:
     if backward and t0 % tf:
       raise InputError(f"extend backward takes a multiple of {tf} input frames ({tf}, {2 * tf}, ...); got {t0}")
     condition = Condition(videos, num_frames - t0 if backward else 0)
-    return self._with_frames(
-      prompts, [condition], videos, num_frames, num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs
-    )
+    sampling = _sampling_args(num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs)
+    return self._with_frames(prompts, videos, "frames", sampling, num_frames=num_frames, conditions=[condition])
 
   def connect(
     self,
@@ -527,9 +518,8 @@ class Pipeline:
         f"{ends.shape[1]} end frames (a single end frame counts {tf})"
       )
     conditions = [Condition(starts, 0), Condition(ends, num_frames - ends.shape[1])]
-    return self._with_frames(
-      prompts, conditions, starts, num_frames, num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs
-    )
+    sampling = _sampling_args(num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs)
+    return self._with_frames(prompts, starts, "frames", sampling, num_frames=num_frames, conditions=conditions)
 
   def loop(
     self,
@@ -548,28 +538,11 @@ class Pipeline:
     Two passes: text-to-video gives the first frame; then `connect` from that frame back to it
     (the end frame held for the last latent frame), so the clip starts and ends on the same frame.
     """
-    first = self._generate(
-      prompts,
-      num_frames=num_frames,
-      num_steps=num_steps,
-      guidance_scale=guidance_scale,
-      seed=seed,
-      negative_prompt=negative_prompt,
-      sampler=sampler,
-      expand_prompts=kwargs.get("expand_prompts", True),
-    )[:, 0]
-    return self.connect(
-      first,
-      first,
-      prompts,
-      num_frames,
-      num_steps=num_steps,
-      guidance_scale=guidance_scale,
-      seed=seed,
-      negative_prompt=negative_prompt,
-      sampler=sampler,
-      **kwargs,
-    )
+    sampling = _sampling_args(num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs)
+    # The first pass takes the sampling choices only (no output_type, progress, cache, ... of the clip itself).
+    first_pass = {k: v for k, v in sampling.items() if k in _SAMPLING_KEYS or k == "expand_prompts"}
+    first = self._generate(prompts, num_frames=num_frames, **first_pass)[:, 0]
+    return self.connect(first, first, prompts, num_frames, **sampling)
 
   def edit(
     self,
@@ -592,45 +565,21 @@ class Pipeline:
     motion); higher follows the prompt more.
     """
     videos = conditioning_lib.as_clip(videos, "videos")
-    if isinstance(prompts, str):
-      prompts = [prompts]
     if not 0.0 < float(strength) <= 1.0:
       raise InputError(f"strength={strength} must be in (0, 1] (the fraction of the denoising trajectory re-run)")
-    self._check_frames_batch(videos, prompts, "videos")
-    return self._generate(
-      prompts,
-      num_frames=videos.shape[1],
-      height=videos.shape[2],
-      width=videos.shape[3],
-      num_steps=num_steps or self.config.sample.num_steps,
-      guidance_scale=guidance_scale,
-      seed=seed,
-      negative_prompt=negative_prompt,
-      sampler=sampler,
-      source=np.broadcast_to(videos, (len(prompts), *videos.shape[1:])),
-      edit_strength=float(strength),
-      **kwargs,
+    num_steps = num_steps or self.config.sample.num_steps
+    sampling = _sampling_args(num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs)
+    return self._with_frames(
+      prompts, videos, "videos", sampling, num_frames=videos.shape[1], source=videos, edit_strength=float(strength)
     )
 
-  def _with_frames(
-    self, prompts, conditions, frames, num_frames, num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs
-  ):
+  def _with_frames(self, prompts, frames: np.ndarray, what: str, sampling: dict, **given) -> np.ndarray:
+    """The modes with given frames: `frames` (batch 1 or one per prompt) set the clip's height and width;
+    `given` is how they enter (conditions=, or SDEdit's source= and edit_strength=), `sampling` the rest."""
     if isinstance(prompts, str):
       prompts = [prompts]
-    self._check_frames_batch(frames, prompts, "frames")
-    return self._generate(
-      prompts,
-      num_frames=num_frames,
-      height=frames.shape[2],
-      width=frames.shape[3],
-      num_steps=num_steps,
-      guidance_scale=guidance_scale,
-      seed=seed,
-      negative_prompt=negative_prompt,
-      sampler=sampler,
-      conditions=conditions,
-      **kwargs,
-    )
+    self._check_frames_batch(frames, prompts, what)
+    return self._generate(prompts, height=frames.shape[2], width=frames.shape[3], **given, **sampling)
 
   @staticmethod
   def _check_frames_batch(frames: np.ndarray, prompts, what: str) -> None:
@@ -721,6 +670,15 @@ class Pipeline:
     stats = self.components.latent_stats
     z = jnp.asarray(latents, jnp.float32) * stats["std"] + stats["mean"]
     return np.asarray(gen.to_uint8(vae_lib.decode_latents(self.components.vae, self.params["vae"], z)))
+
+
+_SAMPLING_KEYS = ("num_steps", "guidance_scale", "seed", "negative_prompt", "sampler")
+
+
+def _sampling_args(num_steps, guidance_scale, seed, negative_prompt, sampler, kwargs: dict) -> dict:
+  """The sampling keywords every mode method names (as `__call__`), with its other keywords, for `_generate`."""
+  named = dict(zip(_SAMPLING_KEYS, (num_steps, guidance_scale, seed, negative_prompt, sampler), strict=True))
+  return {**named, **kwargs}
 
 
 def _positive_int(name: str, value, default) -> int:

@@ -61,6 +61,14 @@ def loss_terms(aux: dict[str, jax.Array]) -> dict[str, jax.Array]:
   return {name: jnp.mean(aux[name]) for name in LOGGED_LOSS_TERMS if name in aux}
 
 
+def _gradient_step(state, loss_of_params: Callable, tx, ema_decay: float):
+  """One optimizer (and EMA) update of `state.params` down the gradient of `loss_of_params(params) -> (loss, aux)`:
+  (new state, metrics 'loss', 'grad_norm' and the loss's terms)."""
+  (loss, aux), grads = jax.value_and_grad(loss_of_params, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads, tx, ema_decay)
+  return new_state, {"loss": loss, "grad_norm": global_norm(grads), **loss_terms(aux)}
+
+
 def make_train_step(
   *,
   denoiser: Denoiser,
@@ -101,10 +109,7 @@ def make_train_step(
     return diffusion.loss(model_fn, x0, cond, rng_noise, num_tokens=tokens, strength=strength)
 
   def train_step(state, batch, rng):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-    new_state = state.apply_gradients(grads, tx, ema_decay)
-    metrics = {"loss": loss, "grad_norm": global_norm(grads), **loss_terms(aux)}
-    return new_state, metrics
+    return _gradient_step(state, lambda params: loss_fn(params, batch, rng), tx, ema_decay)
 
   return train_step, loss_fn
 
@@ -137,48 +142,28 @@ def make_init_fn(denoiser: Denoiser, tx, ema: bool):
   return lambda rng: create_train_state(denoiser.init(rng), tx, ema=ema)
 
 
-def make_lora_train_step(
-  *,
-  denoiser: Denoiser,
-  diffusion,
-  latent_stats,
-  null_fields,
-  cfg_dropout: float,
-  tx,
-  ema_decay: float,
-  conditioning=None,
-):
+def make_lora_train_step(*, denoiser: Denoiser, tx, ema_decay: float, **loss_args):
   """`train_step(state, batch, rng, base) -> (state, metrics)` of a LoRA run (`models/lora.py`).
 
   `denoiser.dit` is a `LoraModel`; `state.params` holds only the adapters ({"dit": lora_A / lora_B
   tree}); `base` is the frozen params ({"dit", "text"?}). Gradients, optimizer state and EMA
   exist for the adapters only; the base is read (it may be bfloat16) and never updated. With
   lora.dropout > 0 the adapters' inputs get dropout drawn from the step's rng. The loss is
-  `make_train_step`'s (conditioning types included).
+  `make_train_step`'s (conditioning types included); `loss_args` are its other arguments (diffusion,
+  latent_stats, null_fields, cfg_dropout, conditioning).
   """
   from sora_jax.models import lora as lora_lib  # pylint: disable=g-import-not-at-top
 
   def train_step(state, batch, rng, base):
     rng, rng_dropout = jax.random.split(rng)
     model = lora_lib.LoraModel(denoiser.dit.base, denoiser.dit.spec, dropout_rng=rng_dropout)
-    _, loss_fn = make_train_step(
-      denoiser=dataclasses.replace(denoiser, dit=model),
-      diffusion=diffusion,
-      latent_stats=latent_stats,
-      null_fields=null_fields,
-      cfg_dropout=cfg_dropout,
-      tx=tx,
-      ema_decay=ema_decay,
-      conditioning=conditioning,
-    )
+    denoiser_now = dataclasses.replace(denoiser, dit=model)
+    _, loss_fn = make_train_step(denoiser=denoiser_now, tx=tx, ema_decay=ema_decay, **loss_args)
 
     def adapter_loss(adapters):
       return loss_fn(lora_lib.merge_trees(base, adapters), batch, rng)
 
-    (loss, aux), grads = jax.value_and_grad(adapter_loss, has_aux=True)(state.params)
-    new_state = state.apply_gradients(grads, tx, ema_decay)
-    metrics = {"loss": loss, "grad_norm": global_norm(grads), **loss_terms(aux)}
-    return new_state, metrics
+    return _gradient_step(state, adapter_loss, tx, ema_decay)
 
   return train_step
 

@@ -33,12 +33,13 @@ speedup_vs_eager, speedup_vs_compiled.
 
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 from absl import app, flags
+
+from sora_jax.monitoring import side_by_side
+from sora_jax.monitoring.side_by_side import schedule  # noqa: F401 - part of this tool's interface (tests)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -333,13 +334,8 @@ def _block(result) -> None:
     result.item()
 
 
-def _send(message: dict) -> None:
-  sys.stdout.write(_PROTOCOL + json.dumps(message) + "\n")
-  sys.stdout.flush()
-
-
 def serve(kind: str, spec: dict) -> None:
-  """Worker loop: build and warm up every benchmark, then answer {"run": name, "steps": k} requests."""
+  """Worker: build and warm up every benchmark, then answer the parent's requests (`side_by_side.serve`)."""
   if spec.get("cpus"):
     os.sched_setaffinity(0, set(spec["cpus"]))  # before JAX / torch start their thread pools
   start = time.perf_counter()
@@ -349,76 +345,17 @@ def serve(kind: str, spec: dict) -> None:
     for _ in range(spec["warmup"]):
       _block(step())
   info["setup_s"] = time.perf_counter() - start
-  _send({"ready": sorted(benches), "info": info})
-  for line in sys.stdin:
-    request = json.loads(line)
-    if request.get("quit"):
-      return
-    step, times = benches[request["run"]], []
-    for _ in range(request["steps"]):
-      t0 = time.perf_counter()
-      _block(step())
-      times.append(time.perf_counter() - t0)
-    _send({"name": request["run"], "times": times})
+  side_by_side.serve(_PROTOCOL, benches, info, wait=_block)
 
 
 # ------------------------------------------------------------------------------------------ the parent
 
 
-class Worker:
-  """A worker subprocess speaking the line protocol; its logs go to a temporary file."""
-
-  def __init__(self, kind: str, spec: dict, xla_flags: str | None = None):
-    env = dict(os.environ)
-    # One real device per worker: virtual CPU devices (tests set 8) would split the cores.
-    env["XLA_FLAGS"] = " ".join(
-      f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
-    )
-    if xla_flags is not None:  # --xla_flags: this worker's own set, on top of the environment's
-      env["XLA_FLAGS"] = f"{env['XLA_FLAGS']} {xla_flags}".strip()
-    env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
-    self.kind = kind
-    self.log = tempfile.NamedTemporaryFile("w+", prefix=f"vs_diffusers_{kind}_", suffix=".log", delete=False)
-    self.proc = subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), f"--worker={kind}", f"--spec={json.dumps(spec)}"],
-      stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE,
-      stderr=self.log,
-      text=True,
-      env=env,
-      cwd=_REPO,
-    )
-
-  def receive(self) -> dict:
-    for line in self.proc.stdout:
-      if line.startswith(_PROTOCOL):
-        return json.loads(line[len(_PROTOCOL) :])
-    self.log.flush()
-    self.log.seek(0)
-    raise RuntimeError(
-      f"the {self.kind} worker exited (code {self.proc.wait()}); its log "
-      f"({self.log.name}) ends with:\n{self.log.read()[-4000:]}"
-    )
-
-  def run(self, name: str, steps: int) -> list[float]:
-    self.proc.stdin.write(json.dumps({"run": name, "steps": steps}) + "\n")
-    self.proc.stdin.flush()
-    return self.receive()["times"]
-
-  def close(self) -> None:
-    if self.proc.poll() is None:
-      try:
-        self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=60)
-      except (BrokenPipeError, subprocess.TimeoutExpired):
-        self.proc.kill()
-    os.unlink(self.log.name)
-
-
-def schedule(names: list[str], rounds: int) -> list[list[str]]:
-  """Per round, the order to run the benchmarks in: forward on even rounds, reversed on odd ones."""
-  return [list(names) if r % 2 == 0 else list(reversed(names)) for r in range(rounds)]
+def start_worker(kind: str, spec: dict, xla_flags: str | None = None) -> side_by_side.Worker:
+  """A worker process of this script; `xla_flags` (--xla_flags): its own XLA flag set."""
+  env = side_by_side.worker_env(xla_flags)
+  env["JAX_PLATFORMS"] = env.get("JAX_PLATFORMS", "cpu")
+  return side_by_side.Worker(__file__, kind, spec, prefix=_PROTOCOL, env=env, cwd=_REPO)
 
 
 def medians(times: dict[str, list[float]]) -> dict[str, float]:
@@ -462,11 +399,11 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
   workers = {}
   if flag_sets:  # one "ours" worker per XLA flag set; its benchmarks are named "<name>@xla<j>"
     for j, flag_set in enumerate(flag_sets):
-      workers[f"ours@xla{j}"] = Worker("ours", spec, xla_flags=flag_set)
+      workers[f"ours@xla{j}"] = start_worker("ours", spec, xla_flags=flag_set)
   else:
-    workers["ours"] = Worker("ours", spec)
+    workers["ours"] = start_worker("ours", spec)
   if spec["peers"] or not spec["skip_vae"]:
-    workers["diffusers"] = Worker("diffusers", spec)
+    workers["diffusers"] = start_worker("diffusers", spec)
   try:
     ready = {key: w.receive() for key, w in workers.items()}
     owner = {}  # benchmark name -> (worker key, the worker's own name for it)
@@ -474,12 +411,8 @@ def run_comparison(spec: dict, steps: int, round_steps: int) -> dict:
       for name in msg["ready"]:
         owner[name + key[4:] if key.startswith("ours@") else name] = (key, name)
     names = sorted(owner, key=lambda n: (not n.startswith("ours"), n))
-    times = {name: [] for name in names}
     rounds = max(1, -(-steps // round_steps))
-    for order in schedule(names, rounds):
-      for name in order:
-        key, own = owner[name]
-        times[name] += workers[key].run(own, round_steps)
+    times = side_by_side.alternate(names, rounds, lambda name: workers[owner[name][0]].run(owner[name][1], round_steps))
   finally:
     for w in workers.values():
       w.close()

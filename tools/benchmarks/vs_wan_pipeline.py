@@ -25,31 +25,27 @@ hardware record (CPU model and flags, load, device kind).
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 
 from absl import app, flags
+
+from sora_jax.monitoring import side_by_side
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _PROTOCOL = "@@wanbench "
 PROMPT = "a red circle moving left"
 PRESETS = ("tiny", "1.3b")
-# Wan 2.1 T2V 1.3B transformer (diffusers config), for --preset=1.3b.
-WAN_13B = dict(
-  patch_size=(1, 2, 2),
+# The sizes of Wan 2.1 T2V 1.3B's transformer (diffusers config), for --preset=1.3b; the rest of the
+# architecture (patch, freq_dim, norms, eps) is the tiny one's in tests/wan_peers.py.
+WAN_13B_SIZES = dict(
   num_attention_heads=12,
   attention_head_dim=128,
   in_channels=16,
   out_channels=16,
   text_dim=4096,
-  freq_dim=256,
   ffn_dim=8960,
   num_layers=30,
-  cross_attn_norm=True,
-  qk_norm="rms_norm_across_heads",
-  eps=1e-6,
   rope_max_seq_len=1024,
 )
 
@@ -77,7 +73,7 @@ def define_flags() -> None:
 
 
 def build_folder(path: str, preset: str) -> str:
-  """A random Wan 2.1 folder saved by WanPipeline.save_pretrained (tests/wan_peers.py's models)."""
+  """A random Wan 2.1 folder saved by WanPipeline.save_pretrained (tests/wan_peers.py's builder)."""
   sys.path.insert(0, os.path.join(_REPO, "tests"))
   import wan_peers
 
@@ -86,23 +82,15 @@ def build_folder(path: str, preset: str) -> str:
     return path
   # 1.3B-shaped transformer; Wan's VAE at its real widths; a one-layer umT5 of the 1.3B's text width.
   import torch
-  from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
-  from transformers import AutoTokenizer, UMT5Config, UMT5EncoderModel
+  from diffusers import AutoencoderKLWan, WanTransformer3DModel
+  from transformers import UMT5Config, UMT5EncoderModel
 
   torch.manual_seed(0)
-  tokenizer_dir = os.path.join(path, "_tokenizer_src")
-  wan_peers.save_tokenizer(tokenizer_dir)
   umt5 = dict(wan_peers.UMT5, d_model=4096, d_kv=64, num_heads=64, d_ff=256, num_layers=1)
-  pipe = WanPipeline(
-    tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir),
-    text_encoder=UMT5EncoderModel(UMT5Config(**umt5)).eval(),
-    vae=AutoencoderKLWan().eval(),
-    transformer=WanTransformer3DModel(**WAN_13B).eval(),
-    scheduler=UniPCMultistepScheduler(
-      prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0, num_train_timesteps=1000
-    ),
-  )
-  pipe.save_pretrained(path)
+  text_encoder = UMT5EncoderModel(UMT5Config(**umt5)).eval()
+  vae = AutoencoderKLWan().eval()
+  transformer = WanTransformer3DModel(**dict(wan_peers.TRANSFORMER, **WAN_13B_SIZES)).eval()
+  wan_peers.save_wan_folder(path, flow_shift=3.0, text_encoder=text_encoder, vae=vae, transformer=transformer)
   return path
 
 
@@ -186,6 +174,7 @@ def theirs_worker(spec: dict) -> tuple[dict, dict]:
 
 
 def serve(kind: str, spec: dict) -> None:
+  """Worker: build the calls, warm each up once, then answer the parent's requests (`side_by_side.serve`)."""
   import numpy as np
 
   calls, info = (ours_worker if kind == "ours" else theirs_worker)(spec)
@@ -194,68 +183,14 @@ def serve(kind: str, spec: dict) -> None:
     np.asarray(call())
   if stats is not None:
     info["stats"] = stats()
-  _send({"ready": sorted(calls), "info": info})
-  for line in sys.stdin:
-    request = json.loads(line)
-    if request.get("quit"):
-      return
-    times = []
-    for _ in range(request["calls"]):
-      t0 = time.perf_counter()
-      np.asarray(calls[request["run"]]())
-      times.append(time.perf_counter() - t0)
-    _send({"times": times})
+  side_by_side.serve(_PROTOCOL, calls, info, wait=np.asarray)
 
 
-def _send(message: dict) -> None:
-  sys.stdout.write(_PROTOCOL + json.dumps(message, default=str) + "\n")
-  sys.stdout.flush()
-
-
-class Worker:
-  def __init__(self, kind: str, spec: dict):
-    self.kind = kind
-    self.log = tempfile.NamedTemporaryFile("w+", prefix=f"vs_wan_{kind}_", suffix=".log", delete=False)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(
-      f for f in env.get("XLA_FLAGS", "").split() if "force_host_platform_device_count" not in f
-    )
-    if spec["device"] == "cpu":
-      env["JAX_PLATFORMS"] = "cpu"
-    self.proc = subprocess.Popen(
-      [sys.executable, os.path.abspath(__file__), f"--worker={kind}", f"--spec={json.dumps(spec)}"],
-      stdin=subprocess.PIPE,
-      stdout=subprocess.PIPE,
-      stderr=self.log,
-      text=True,
-      env=env,
-      cwd=_REPO,
-    )
-
-  def receive(self) -> dict:
-    for line in self.proc.stdout:
-      if line.startswith(_PROTOCOL):
-        return json.loads(line[len(_PROTOCOL) :])
-    self.log.flush()
-    self.log.seek(0)
-    raise RuntimeError(
-      f"the {self.kind} worker exited ({self.proc.wait()}); log {self.log.name}:\n{self.log.read()[-4000:]}"
-    )
-
-  def run(self, name: str, calls: int) -> list[float]:
-    self.proc.stdin.write(json.dumps({"run": name, "calls": calls}) + "\n")
-    self.proc.stdin.flush()
-    return self.receive()["times"]
-
-  def close(self) -> None:
-    if self.proc.poll() is None:
-      try:
-        self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
-        self.proc.stdin.flush()
-        self.proc.wait(timeout=60)
-      except (BrokenPipeError, subprocess.TimeoutExpired):
-        self.proc.kill()
-    os.unlink(self.log.name)
+def start_worker(kind: str, spec: dict) -> side_by_side.Worker:
+  env = side_by_side.worker_env()
+  if spec["device"] == "cpu":
+    env["JAX_PLATFORMS"] = "cpu"
+  return side_by_side.Worker(__file__, kind, spec, prefix=_PROTOCOL, env=env, cwd=_REPO)
 
 
 def dit_flops_per_call(spec: dict, batch: int) -> float:
@@ -326,14 +261,11 @@ def main(argv):
     "ours_cfg_window": list(f.ours_cfg_window),
     "threads": f.threads or len(os.sched_getaffinity(0)),
   }
-  workers = {kind: Worker(kind, spec) for kind in ("ours", "theirs")}
+  workers = {kind: start_worker(kind, spec) for kind in ("ours", "theirs")}
   try:
     ready = {kind: w.receive() for kind, w in workers.items()}
     names = [f"{side}_b{b}" for b in batches for side in ("ours", "theirs")]
-    times = {name: [] for name in names}
-    for r in range(f.rounds):
-      for name in names if r % 2 == 0 else names[::-1]:
-        times[name] += workers[name.split("_")[0]].run(name, f.round_calls)
+    times = side_by_side.alternate(names, f.rounds, lambda name: workers[name.split("_")[0]].run(name, f.round_calls))
   finally:
     for w in workers.values():
       w.close()

@@ -39,7 +39,15 @@ from sora_jax.models import embeddings
 from sora_jax.models import patchify as patchify_lib
 from sora_jax.models import rope as rope_lib
 from sora_jax.models.attention import ATTENTION_IMPLS, dot_product_attention, heads_major, linear, xavier
-from sora_jax.models.dit import REMAT_POLICIES, TOKEN_AXES, Mlp, Modulation, cached_block_stack, norm_modulate
+from sora_jax.models.dit import (
+  REMAT_POLICIES,
+  TOKEN_AXES,
+  Mlp,
+  Modulation,
+  block_stack,
+  cached_block_stack,
+  norm_modulate,
+)
 from sora_jax.models.dtypes import DTYPE_NAMES, compute_dtype, resolve_name
 
 ARCHITECTURE = "wan2.1"
@@ -380,29 +388,7 @@ class WanTransformer(nn.Module):
 
   def _blocks(self, dtype):
     """The block stack as a callable (x, proj, rope, text) -> x."""
-    block_cls = WanBlock
-    if self.remat_policy != "none":
-      block_cls = nn.remat(WanBlock, policy=REMAT_POLICIES[self.remat_policy], prevent_cse=not self.scan_layers)
-    settings = self._block_settings(dtype)
-    if self.scan_layers:
-      scanned = nn.scan(
-        block_cls,
-        variable_axes={"params": 0},
-        split_rngs={"params": True},
-        in_axes=(nn.broadcast,) * 3,
-        length=self.depth,
-        metadata_params={nn.PARTITION_NAME: "layers"},
-      )
-      stack = scanned(**settings, scanned=True, name="blocks")
-      return lambda *args: stack(*args)[0]
-    layers = [block_cls(**settings, name=f"blocks_{i}") for i in range(self.depth)]
-
-    def run(x, *args):
-      for layer in layers:
-        x = layer(x, *args)
-      return x
-
-    return run
+    return block_stack(self, WanBlock, self._block_settings(dtype), num_args=3)
 
   @nn.compact
   def __call__(
