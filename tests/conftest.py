@@ -34,6 +34,7 @@ def pytest_unconfigure(config):
   if _OWN_XLA_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = [
   "--config.data.num_train=16",
