@@ -264,7 +264,7 @@ def _status(driver) -> str:
 
 
 @pytest.mark.xfail(
-  reason="in the full suite only, the junk upload's file name never shows in the Extend tab (240 s); passes alone; open",
+  reason="in the full suite only, the junk upload's file name never shows in the Extend tab (240 s); passes alone",
   strict=False,
 )
 def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_path):
