@@ -31,7 +31,7 @@ if _OWN_XLA_CACHE:
 
 
 def pytest_unconfigure(config):
-  if _OWN_XLA_CACHE and not os.environ.get("PYTEST_XDIST_WORKER"):
+  if _OWN_XLA_CACHE:  # only the process that made it (workers inherit it)
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
