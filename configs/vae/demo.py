@@ -40,7 +40,8 @@ def get_config():
   c.vae_loss.latent_stats_batches = 32  # 128 clips
 
   # The run is defined by its steps (the same VAE on any machine): 1500 steps took 6.2 min on a quiet 2-core Intel
-  # Xeon (2026-12-02), ~4.4 at the rate of run Y7 (docs/experiments.md). 2000 steps with a 6-minute net was cut at a machine-dependent step there.
+  # Xeon (2026-12-02), ~4.4 at the rate of run Y7 (docs/experiments.md). 2000 steps with a 6-minute net was cut
+  # at a machine-dependent step there.
   c.train.steps = 1500
   c.train.max_minutes = 15.0  # safety net only: warns when it would cut the schedule, stops a runaway run
   c.train.learning_rate = 2e-3  # 3e-3 diverges
