@@ -197,9 +197,10 @@ def test_evaluate_tool_reports_adherence_and_vae_metrics(workdir, tmp_path, run_
     "--vae_clips=2",
     "--batch_size=128",
     "--mode_clips=2",
+    "--step=3",  # the tiny run's last (and only) checkpoint, named: the flag reaches the restore
   )
   result = json.loads((out / "eval.json").read_text())
-  assert result["num_videos"] == 105
+  assert result["num_videos"] == 105 and result["dit_step"] == 3
   assert result["sampling"] == {"num_steps": 1, "guidance_scale": 4.0, "sampler": "euler"}  # flag, then config's
   for key in ("accuracy_color", "accuracy_shape", "accuracy_motion", "accuracy_all"):
     assert 0.0 <= result[key] <= 1.0

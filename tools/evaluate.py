@@ -65,6 +65,9 @@ _PROMPT_SETS = flags.DEFINE_list(
   ["canonical"],
   "Prompt sets to score: canonical (the 105 default prompts), new_concepts (orange, diamond).",
 )
+_STEP = flags.DEFINE_integer(
+  "step", None, "The DiT checkpoint step to evaluate (default: the latest); a run keeps train.keep_checkpoints."
+)
 _LORA = flags.DEFINE_list("lora", [], "PEFT/diffusers LoRA files (or folders) to load onto the model before sampling.")
 _LORA_SCALE = flags.DEFINE_float("lora_scale", 1.0, "Scale of the --lora LoRAs.")
 flags.mark_flags_as_required(["workdir"])
@@ -147,7 +150,8 @@ def main(argv):
 
   if not _SKIP_ADHERENCE.value:
     sets = {name: adherence.prompt_set(name) for name in _PROMPT_SETS.value}  # unknown names fail first
-    pipe = Pipeline.from_pretrained(_WORKDIR.value)
+    pipe = Pipeline.from_pretrained(_WORKDIR.value, step=_STEP.value)
+    result["dit_step"] = _STEP.value  # None: the latest
     for path in _LORA.value:
       pipe.load_lora(path, scale=_LORA_SCALE.value)
     result["loras"] = pipe.loras
