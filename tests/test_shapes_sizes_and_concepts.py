@@ -177,6 +177,19 @@ def test_new_concepts_cover_every_combination_equally():
   assert "orange" in validation and validation <= set(shapes.ALL_COLORS)
 
 
+def test_replay_set_interleaves_new_concepts_with_default_clips():
+  """new_concepts_replay (LoRA fine-tuning against forgetting): even examples are the new-concept set's 55
+  combinations, each equally often; odd ones are drawn from the default vocabulary (never orange or diamond)."""
+  config = shapes_builder.make_config(concepts="new_concepts_replay")
+  assert config.name == "new_concepts_replay_f17_32x32_s0" and config.num_train == 440
+  specs = [shapes_builder.example_spec(config, "train", i)[0] for i in range(config.num_train)]
+  new = collections.Counter((s.color, s.shape, s.motion) for s in specs[0::2])
+  assert set(new) == set(shapes.new_concept_combinations()) and set(new.values()) == {4}
+  replayed = specs[1::2]
+  assert all(s.color in shapes.COLORS and s.shape in shapes.SHAPES for s in replayed)
+  assert len({s.color for s in replayed}) == len(shapes.COLORS) and len({s.shape for s in replayed}) == 3
+
+
 def test_new_concepts_build_reads_back_right(data_dir):
   cfg = _data_cfg(data_dir, "new_concepts")
   cfg.num_train = 55

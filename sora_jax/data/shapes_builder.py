@@ -18,7 +18,8 @@ image: always still, captioned like a still clip or without a motion ("a red cir
 
 Concept sets: "default" (the 7 colours x 3 shapes x 5 motions every demo trains on) and
 "new_concepts" (orange and diamond: every colour x shape x motion combination with at
-least one of them, 55 in all, each equally often; for fine-tuning), chosen with
+least one of them, 55 in all, each equally often; for fine-tuning), "new_concepts_replay"
+(those interleaved 1:1 with default-set clips, against forgetting), chosen with
 `make_config(concepts=...)` or `config.data.builder_config`.
 
 Features per example:
@@ -63,9 +64,15 @@ DEFAULT_SPLIT_SIZES = (2048, 128, 128)  # train, validation, test
 ENV_DATA_DIR = "SORA_JAX_DATA"
 
 # Concept set -> its split sizes when none are given. new_concepts: 4 train clips of each of its 55
-# combinations (~200 for a CPU fine-tune), one of each in validation and in test.
-CONCEPT_SETS: dict[str, tuple[int, int, int]] = {"default": DEFAULT_SPLIT_SIZES, "new_concepts": (220, 55, 55)}
-CONCEPT_IDS = {"default": 0, "new_concepts": 1}
+# combinations (~200 for a CPU fine-tune), one of each in validation and in test. new_concepts_replay:
+# the same 220 new-concept clips interleaved with as many clips of the default set (even index: new,
+# odd: default), the "prior preservation" of DreamBooth-style fine-tunes, against forgetting.
+CONCEPT_SETS: dict[str, tuple[int, int, int]] = {
+  "default": DEFAULT_SPLIT_SIZES,
+  "new_concepts": (220, 55, 55),
+  "new_concepts_replay": (440, 110, 110),
+}
+CONCEPT_IDS = {"default": 0, "new_concepts": 1, "new_concepts_replay": 2}
 
 # The multi-size grid of DESIGN.md §4: (frames, height, width).
 DURATIONS = (1, 9, 17, 33)
@@ -175,7 +182,8 @@ def example_spec(config: ShapesConfig, split: str, index: int) -> tuple[shapes.C
 
   A pure function of the config (seed, size, concept set), split and index. The default
   concept set draws colour, shape and motion at random; new_concepts cycles through its
-  55 combinations (example i has combination i mod 55), so every one is equally common.
+  55 combinations (example i has combination i mod 55), so every one is equally common;
+  new_concepts_replay has combination (i // 2) mod 55 at even i and a default-set clip at odd i.
   A 1-frame clip is always still.
   """
   if split not in SPLIT_IDS:
@@ -183,9 +191,11 @@ def example_spec(config: ShapesConfig, split: str, index: int) -> tuple[shapes.C
   image = config.num_frames == 1
   rng = np.random.default_rng(_stream_key(config, split, index))
   fixed: dict[str, str] = {"motion": "still"} if image else {}
-  if config.concepts == "new_concepts":
+  replayed = config.concepts == "new_concepts_replay" and index % 2 == 1  # odd: a default-set clip
+  if config.concepts in ("new_concepts", "new_concepts_replay") and not replayed:
     combinations = shapes.new_concept_combinations(motions=("still",) if image else shapes.MOTIONS)
-    color, shape, motion = combinations[index % len(combinations)]
+    step = 2 if config.concepts == "new_concepts_replay" else 1
+    color, shape, motion = combinations[(index // step) % len(combinations)]
     fixed = {"color": color, "shape": shape, "motion": motion}
   spec = shapes.sample_clip_spec(rng, aspect_ratio=config.width / config.height, **fixed)
   return spec, shapes.paraphrase_caption(spec, rng, image=image)
@@ -262,7 +272,7 @@ def resolve_data_dir(data_dir: str = "") -> str:
 
 
 def concepts_from_data_cfg(data_cfg) -> str:
-  """The concept set a `config.data` section names: builder_config "" -> "default", or "new_concepts"."""
+  """The concept set a `config.data` section names: builder_config "" -> "default", or another of CONCEPT_SETS."""
   name = data_cfg.builder_config or "default"
   if name not in CONCEPT_SETS:
     raise ValueError(
