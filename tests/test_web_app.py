@@ -271,21 +271,25 @@ def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_pa
   driver = browser
   driver.get(app_url)
   wait = WebDriverWait(driver, 60, poll_frequency=0.2)
-  prompt = wait.until(lambda d: d.find_element("css selector", "#text-prompt textarea"))
-  assert driver.find_elements("css selector", "#tab-animate-button, button[id$='animate-button'], [role=tab]")
+
+  def find(selector, by="css selector"):  # Gradio mounts the components one by one: on a loaded machine the prompt
+    return wait.until(lambda d: d.find_element(by, selector))  # box was there once while the button was not yet
+
+  prompt = find("#text-prompt textarea")
+  find("#tab-animate-button, button[id$='animate-button'], [role=tab]")  # the mode tabs
 
   # Bad input first: an empty prompt is a message in the page, and the app keeps serving afterwards.
-  driver.find_element("css selector", "#text-generate").click()
+  find("#text-generate").click()
   wait.until(lambda d: "prompt is empty" in _status(d))
   assert "Traceback" not in driver.page_source
 
   prompt.send_keys(PROMPT)
-  frames = driver.find_element("css selector", "#text-frames input")
+  frames = find("#text-frames input")
   frames.click()
   frames.send_keys(Keys.CONTROL, "a")
   frames.send_keys("5")
   frames.send_keys(Keys.ENTER)
-  driver.find_element("css selector", "#text-generate").click()
+  find("#text-generate").click()
   progress_seen = []
 
   def video_shown(d):
@@ -296,7 +300,7 @@ def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_pa
   video = WebDriverWait(driver, 120, poll_frequency=0.2).until(video_shown)
   assert progress_seen, "no progress text was shown while sampling"
   wait.until(lambda d: "5 frames of 32x32" in _status(d))
-  expanded = driver.find_element("css selector", "#text-expanded textarea")
+  expanded = find("#text-expanded textarea")
   assert expanded.get_attribute("value") == EXPANDED
 
   mp4 = tmp_path / "served.mp4"
@@ -312,7 +316,7 @@ def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_pa
   driver.save_screenshot(shot or str(tmp_path / "web_app.png"))
 
   # An unreadable upload in a mode tab is a message in that tab (or, for a Pipeline without the mode, the notice).
-  driver.find_element("xpath", "//button[@role='tab' and contains(., 'Extend a video')]").click()
+  find("//button[@role='tab' and contains(., 'Extend a video')]", by="xpath").click()
   junk = tmp_path / "junk.mp4"
   junk.write_bytes(b"this is not a video")
 
@@ -330,8 +334,8 @@ def test_the_page_generates_a_video_and_shows_bad_input(app_url, browser, tmp_pa
   link = wait.until(lambda d: next(iter(d.find_elements("css selector", "#extend-video a[download='junk.mp4']")), None))
   assert urllib.request.urlopen(link.get_attribute("href"), timeout=10).read() == junk.read_bytes()
   assert "junk.mp4" in "".join(driver.find_element("css selector", "#extend-video").text.split())  # shown to the user
-  driver.find_element("css selector", "#extend-prompt textarea").send_keys(PROMPT)
-  driver.find_element("css selector", "#extend-generate").click()
+  find("#extend-prompt textarea").send_keys(PROMPT)
+  find("#extend-generate").click()
   from sora_jax.sampling.pipeline import Pipeline
 
   expected = "could not be read as a video" if hasattr(Pipeline, "extend") else "this Pipeline has no extend method"
