@@ -141,3 +141,11 @@ def describe(rec: dict) -> str:
   marks = ", ".join(f"{name} {'yes' if flags.get(name) else 'no'}" for name in BF16_FLAGS)
   load_text = f"load {load:.2f}" if load is not None else "load n/a"
   return f"{cpu['model']} ({cpu['arch']}), {cpu['cpus_usable']}/{cpu['cpu_count']} CPUs, {marks}, {load_text}"
+
+
+def xla_flags_with_device_count(n: int, flags: str | None = None) -> str:
+  """XLA_FLAGS for a child process with `n` virtual CPU devices: `flags` (default: this environment's XLA_FLAGS)
+  with any device count replaced, so the child keeps the other flags its parent runs with."""
+  flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+  kept = [f for f in flags.split() if not f.startswith("--xla_force_host_platform_device_count")]
+  return " ".join([*kept, f"--xla_force_host_platform_device_count={n}"])

@@ -15,6 +15,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from sora_jax.errors import ClearError
 from sora_jax.models import factory
@@ -108,7 +109,7 @@ def test_pipeline_rejects_bad_input_clearly(pipe, call, match):
 
 
 def _tool(*args, cwd=REPO):
-  env = dict(os.environ, XLA_FLAGS="")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
   return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 

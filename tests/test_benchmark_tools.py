@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import xla_flags
 
 from sora_jax import hardware
 from sora_jax.configuration import load_config
@@ -172,7 +173,7 @@ def test_train_cli_prints_one_json_object():
     "--cpu_peak_tflops=0.5",
     "--config.mesh.shape=(2, 2, 1, 2)",
   ] + [f"--config.{o}" for o in TINY]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(8), JAX_PLATFORMS="cpu")
   proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -12,13 +12,13 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DATA, REPO, TINY_DIT
+from conftest import DATA, REPO, TINY_DIT, xla_flags
 
 pytestmark = pytest.mark.slow
 
 
 def _run_lora_tool_expecting_failure(*args):
-  env = dict(os.environ, XLA_FLAGS="")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
   return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
 
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import xla_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -53,7 +54,7 @@ MESHES = {
 
 
 def run_tool(devices: int, *args: str) -> subprocess.CompletedProcess:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
   result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
   tail = f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
   assert result.returncode == 0, f"{args[0]} on {devices} devices failed:\n{tail}"

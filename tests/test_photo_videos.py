@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 pytest.importorskip("skimage", reason="scikit-image (the [test] extra) ships the photographs")
 
@@ -68,7 +69,7 @@ def test_write_and_import_photo_videos(photo_dir, tmp_path):
 
 
 def _run_tool(*args):
-  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user has
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1))  # one CPU device, as a user has
   result = subprocess.run(
     [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, check=False, timeout=900
   )

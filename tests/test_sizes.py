@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from sora_jax.models import embeddings
 from sora_jax.models.dit import DiT
@@ -44,7 +45,7 @@ TABLE = "configs/dit/demo_sizes.py:9x32x32=0.5,9x32x48=0.25,1x32x32=0.25"
 
 
 def _run_tool(*args):
-  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user has
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1))  # one CPU device, as a user has
   result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
   assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
   return result

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 from configs import base
 from sora_jax.data import shapes
@@ -222,7 +223,7 @@ def test_train_vae_tool_end_to_end(tmp_path):
     "--num_reconstructions=2",
     *overrides,
   ]
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1))
   result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert (workdir / "checkpoints" / "2").is_dir()

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 import wan_peers
+from conftest import xla_flags
 
 torch = pytest.importorskip("torch", reason=wan_peers.PEERS_REASON)
 diffusers = pytest.importorskip("diffusers", reason=wan_peers.PEERS_REASON)
@@ -55,7 +56,7 @@ def run(folder, tmp_path_factory):
     "--config.train.checkpoint_every=2",
     "--config.sample.num_steps=2",
   ]
-  env = dict(os.environ, XLA_FLAGS="")  # one CPU device, as a user has
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1))  # one CPU device, as a user has
   result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
   assert result.returncode == 0, f"train_dit failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
   return str(root / "run")

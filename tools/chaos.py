@@ -31,6 +31,8 @@ import time
 
 from absl import app, flags
 
+from sora_jax import hardware
+
 _ROLE = flags.DEFINE_enum("role", "controller", ["controller", "worker"], "controller (default) or the run itself.")
 _KILLS = flags.DEFINE_integer("kills", 3, "kill -9s of the interrupted run.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the kill points.")
@@ -140,7 +142,7 @@ def _command(workdir: str) -> list[str]:
 
 
 def _env() -> dict:
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONUNBUFFERED="1")
+  return dict(os.environ, XLA_FLAGS=hardware.xla_flags_with_device_count(1), PYTHONUNBUFFERED="1")
 
 
 def _start(workdir: str, *extra: str) -> subprocess.Popen:

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax import hardware
 from sora_jax.models.dtypes import compute_dtype
 
 ANALYSIS_ONLY_CPU_OPTIONS = {"xla_backend_optimization_level": 0}
@@ -181,7 +182,7 @@ def _estimate_in_child(config, *args) -> dict:
 
   frames, height, width, mesh_shape, batch_size, vae_decode = args
   n = math.prod(mesh_shape)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=hardware.xla_flags_with_device_count(n))
   request = dict(
     config=json.loads(to_json(config)),
     frames=frames,

@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from sora_jax import hardware
 from sora_jax.configuration import from_dict, to_json
 from sora_jax.diffusion import build_diffusion
 from sora_jax.models import factory
@@ -303,7 +304,7 @@ def _estimate_in_process(config, frames, height, width, mesh_shape, batch_size) 
 def _estimate_in_child(config, frames, height, width, mesh_shape, batch_size) -> dict:
   """Runs the estimate in a child Python whose JAX has prod(mesh_shape) virtual CPU devices."""
   n = math.prod(mesh_shape)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=hardware.xla_flags_with_device_count(n))
   request = json.dumps(
     {
       "config": json.loads(to_json(config)),
