@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 import pytest
 
@@ -42,11 +43,6 @@ _OWN_XLA_CACHE = not os.environ.get("PYTEST_XDIST_WORKER") and not os.environ.ge
 if _OWN_XLA_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sora_jax_test_xla_cache_")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-
-
-def pytest_unconfigure(config):
-  if _OWN_XLA_CACHE:  # only the process that made it (workers inherit it)
-    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -87,22 +83,21 @@ def run_tool():
   return _run_tool
 
 
-@pytest.fixture(scope="session")
-def workdir(tmp_path_factory):
-  """Trained once per test run: pytest-xdist workers share it through a file lock in their common temporary
-  folder. $SORA_JAX_TINY_WORKDIR names one trained before with these settings, to reuse instead."""
-  if os.environ.get("SORA_JAX_TINY_WORKDIR"):
-    return pathlib.Path(os.environ["SORA_JAX_TINY_WORKDIR"])
+def _workdir_base(tmp_path_factory) -> pathlib.Path:
+  """The folder common to the controller and all xdist workers of this run (a worker's basetemp is inside it)."""
   base = tmp_path_factory.getbasetemp()
-  if os.environ.get("PYTEST_XDIST_WORKER"):
-    base = base.parent  # common to all workers of this run
+  return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _build_workdir(base: pathlib.Path, run=_run_tool) -> pathlib.Path:
+  """Trains the tiny workdir under `base` unless done before; the file lock makes every other process wait."""
   root = base / "tiny_demo_workdir"
   with open(base / "tiny_demo_workdir.lock", "w") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (root / "done").exists():
       data = DATA + [f"--config.data.data_dir={root / 'data'}"]
-      _run_tool("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
-      _run_tool(
+      run("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
+      run(
         "tools/train_dit.py",
         "--config=configs/dit/demo.py",
         f"--workdir={root / 'dit'}",
@@ -115,7 +110,107 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def workdir(tmp_path_factory):
+  """Trained once per test run: pytest-xdist workers share it through a file lock in their common temporary
+  folder (under xdist the controller starts training it before the workers start: see pytest_configure).
+  $SORA_JAX_TINY_WORKDIR names one trained before with these settings, to reuse instead."""
+  if os.environ.get("SORA_JAX_TINY_WORKDIR"):
+    return pathlib.Path(os.environ["SORA_JAX_TINY_WORKDIR"])
+  return _build_workdir(_workdir_base(tmp_path_factory))
+
+
+@pytest.fixture(scope="session")
 def pipe(workdir):
   from sora_jax import Pipeline
 
   return Pipeline.from_pretrained(str(workdir))
+
+
+# ---------------------------------------------------------------- scheduling under pytest-xdist (-n 2 --dist loadfile)
+# Test files that use the shared `workdir` / `pipe` fixtures above.
+WORKDIR_FILES = (
+  "test_web_app.py",
+  "test_pipeline.py",
+  "test_pipeline_conditioning.py",
+  "test_lora_training.py",
+  "test_cache_adherence.py",
+  "test_sizes.py",
+)
+# Files handed out first, longest first (seconds measured in the full suite; the rest follow in collection order),
+# so that no long file starts last while the other worker has nothing left; the workdir files come after a few
+# minutes of other work, by when the controller has trained the workdir in the background.
+FIRST_FILES = (
+  "test_multi_device_tools.py",
+  "test_photo_videos.py",
+  "test_vae_training.py",
+  "test_fused.py",
+  "test_benchmark_tools.py",
+  "test_web_app.py",
+  "test_pipeline_conditioning.py",
+  "test_pipeline.py",
+  "test_sizes.py",
+  "test_lora_training.py",
+  "test_bad_inputs.py",
+  "test_sharding_equivalence_vae.py",
+  "test_sharding_equivalence.py",
+  "test_wan_finetune.py",
+  "test_chaos.py",
+  "test_restore.py",
+  "test_conditioning.py",
+  "test_vae.py",
+  "test_cache_adherence.py",
+  "test_dit_step.py",
+  "test_wan_pipeline.py",
+)
+_background = {}
+
+
+def _uses_workdir(args) -> bool:
+  """Whether a run of these command-line paths includes a file that uses the shared workdir."""
+  paths = [a.split("::")[0] for a in args if not a.startswith("-")] or ["tests"]
+  return any(os.path.isdir(p) or os.path.basename(p) in WORKDIR_FILES for p in paths)
+
+
+@pytest.hookimpl(trylast=True)  # after the tmp_path plugin has set up the run's base temporary folder
+def pytest_configure(config):
+  if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+    return  # an xdist worker, or no xdist: the fixture trains the workdir when a test first asks for it
+  config.option.loadscopereorder = False  # hand out files in FIRST_FILES order, not by their number of tests
+  if os.environ.get("SORA_JAX_TINY_WORKDIR") or not _uses_workdir(config.args):
+    return
+  base = config._tmp_path_factory.getbasetemp()  # the workers' basetemps are inside it (xdist)
+
+  def run(*args):
+    if _background.get("stop"):
+      raise RuntimeError("the run has ended")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
+    cmd = [sys.executable, *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _background["proc"] = proc
+    if proc.wait():  # the first worker that needs the workdir trains it again and reports the failure
+      raise RuntimeError(f"{args[0]} exited with {proc.returncode}")
+
+  def build():
+    try:
+      _build_workdir(base, run)
+    except RuntimeError:
+      pass
+
+  _background["thread"] = threading.Thread(target=build, name="tiny-workdir", daemon=True)
+  _background["thread"].start()
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(FIRST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def pytest_unconfigure(config):
+  thread = _background.get("thread")
+  if thread is not None and thread.is_alive():  # the run ended first (-x, Ctrl-C): stop the build
+    _background["stop"] = True
+    if "proc" in _background:
+      _background["proc"].terminate()
+    thread.join()
+  if _OWN_XLA_CACHE:  # only the process that made it (workers inherit it)
+    shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

@@ -24,14 +24,6 @@ DATA = [
   "--config.data.batch_size=4",
   "--config.data.num_frames=9",
 ]
-TINY_VAE = [
-  "--config.vae.base_channels=8",
-  "--config.vae.channel_multipliers=(1,1,1,1)",
-  "--config.vae.num_res_blocks=1",
-  "--config.vae.mid_attention=False",
-  "--config.vae_loss.latent_stats_batches=1",
-  "--config.train.steps=2",
-]
 TINY_DIT = [
   "--config.dit.depth=1",
   "--config.dit.variant=",
@@ -52,26 +44,27 @@ def _run_tool(*args):
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def sizes_run(workdir, tmp_path_factory):
+  """(root, log): a bucket-table DiT run in root/dit on the session's tiny VAE (conftest `workdir`: the same
+  TINY_VAE settings, trained on 9x32x32 shapes clips; nothing here writes into it)."""
   root = tmp_path_factory.mktemp("sizes")
   data = DATA + [f"--config.data.data_dir={root / 'data'}"]
-  _run_tool("tools/train_vae.py", "--config=configs/base.py", f"--workdir={root / 'vae'}", *data, *TINY_VAE)
   dit = ["tools/train_dit.py", f"--config={TABLE}", f"--workdir={root / 'dit'}", *data, *TINY_DIT]
-  dit.append(f"--config.vae_workdir={root / 'vae'}")
+  dit.append(f"--config.vae_workdir={workdir / 'vae'}")
   run = _run_tool(*dit, "--config.train.steps=4")  # (resuming the mixture: tests/test_buckets.py)
   return root, run.stderr + run.stdout
 
 
 @pytest.fixture(scope="module")
-def pipe(workdir):
+def pipe(sizes_run):
   from sora_jax import Pipeline
 
-  return Pipeline.from_pretrained(str(workdir[0]))
+  return Pipeline.from_pretrained(str(sizes_run[0]))
 
 
 @pytest.mark.slow
-def test_bucket_training_caches_every_size_and_logs_each_bucket(workdir):
-  root, log = workdir
+def test_bucket_training_caches_every_size_and_logs_each_bucket(sizes_run):
+  root, log = sizes_run
   cache = root / "dit" / "latent_cache"
   for split in ("train", "validation"):
     for size in ("9x32x32", "9x32x48", "1x32x32"):
