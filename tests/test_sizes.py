@@ -120,9 +120,11 @@ def test_sincos3d_positions_follow_each_grid():
   np.testing.assert_array_equal(small, large[:1, :2, :3])
   dit = DiT(in_channels=4, text_dim=8, hidden_size=32, depth=1, num_heads=2, abs_pos_embedding="sincos3d")
   cond = {"text": jnp.zeros((1, 3, 8)), "text_mask": jnp.ones((1, 3), bool), "pooled": jnp.zeros((1, 8))}
-  params = dit.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 4, 4, 4)), jnp.zeros((1,)), cond)
+  # jitted: one program per grid compiles in seconds; op-by-op dispatch compiled every op for every grid (~20 s)
+  params = jax.jit(dit.init)(jax.random.PRNGKey(0), jnp.zeros((1, 3, 4, 4, 4)), jnp.zeros((1,)), cond)
+  apply = jax.jit(dit.apply)
   for shape in ((1, 1, 4, 4, 4), (1, 5, 6, 4, 4), (1, 2, 4, 8, 4)):
-    out = dit.apply(params, jax.random.normal(jax.random.PRNGKey(1), shape), jnp.full((1,), 500.0), cond)
+    out = apply(params, jax.random.normal(jax.random.PRNGKey(1), shape), jnp.full((1,), 500.0), cond)
     assert out.shape == shape and bool(jnp.all(jnp.isfinite(out)))
 
 
