@@ -23,7 +23,7 @@ def _tiny_dit():
   model = dit_lib.DiT(in_channels=3, text_dim=8, hidden_size=32, depth=2, num_heads=2, patch_size=(1, 2, 2))
   x = jnp.asarray(np.random.default_rng(0).standard_normal(SHAPE), jnp.float32)
   cond = {"text": jnp.ones((2, 3, 8)), "text_mask": jnp.ones((2, 3), bool), "pooled": jnp.ones((2, 8))}
-  params = model.init(jax.random.key(0), x, jnp.zeros((2,)), cond)["params"]
+  params = jax.jit(model.init)(jax.random.key(0), x, jnp.zeros((2,)), cond)["params"]
   # adaLN-Zero starts as the identity; random weights make the timestep matter everywhere.
   leaves, treedef = jax.tree.flatten(params)
   keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -33,7 +33,8 @@ def _tiny_dit():
 
 def test_dit_takes_timesteps_per_example_per_frame_and_per_token():
   model, params, x, cond = _tiny_dit()
-  apply = lambda t: model.apply({"params": params}, x, t, cond)
+  # jitted: one program per timestep layout (op-by-op dispatch compiled every op of the DiT for each, ~30 s)
+  apply = jax.jit(lambda t: model.apply({"params": params}, x, t, cond))
   t = jnp.asarray([300.0, 700.0])
   per_example = apply(t)
   per_frame = apply(jnp.repeat(t[:, None], SHAPE[1], axis=1))
