@@ -55,7 +55,7 @@ def setup(config):
   tx = make_optimizer(config.train)
   ema = config.train.ema_decay > 0
   init_fn = vae_step.make_init_fn(vae, tx, (1,) + VIDEO_SHAPE[1:], disc, ema=ema)
-  state = partitioning.unbox(init_fn(jax.random.key(0)))
+  state = partitioning.unbox(jax.jit(init_fn)(jax.random.key(0)))  # jitted: op by op, init runs the forward
   step = jax.jit(vae_step.make_train_step(vae, tx, config.vae_loss, disc, config.train.ema_decay))
   return vae, init_fn, state, step
 
