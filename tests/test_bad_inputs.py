@@ -29,7 +29,7 @@ SAVED = REPO / "tests" / "data" / "pre_refactor_workdir"
 
 
 def _write_checkpoint(workdir, init_fn, step):
-  state = partitioning.unbox(init_fn(jax.random.key(step)))
+  state = partitioning.unbox(jax.jit(init_fn)(jax.random.key(step)))  # jitted: op by op, init runs the forward
   with checkpointing.Checkpointer(workdir) as ckpt:
     ckpt.save(step, state)
 

@@ -24,7 +24,7 @@ SAVED = pathlib.Path(__file__).parent / "data" / "pre_refactor_workdir"
 
 
 def _write_checkpoint(workdir, init_fn, step):
-  state = partitioning.unbox(init_fn(jax.random.key(step)))
+  state = partitioning.unbox(jax.jit(init_fn)(jax.random.key(step)))  # jitted: op by op, init runs the forward
   with checkpointing.Checkpointer(workdir) as ckpt:
     ckpt.save(step, state)  # no config: the run's saved config.json stays as the old code wrote it
   return state
