@@ -376,3 +376,16 @@ def test_train_benchmark_times_every_bucket_of_a_table(bench):
   assert result["mean_step_s"] == pytest.approx(mean)
   with pytest.raises(ValueError, match="--what=train"):
     bench.run(config, "sample", steps=1, warmup=0, buckets="5x8x8=1")
+
+
+def test_vae_colors_reads_every_colour_before_and_after_the_vae(workdir, run_tool, tmp_path):
+  """tools/benchmarks/vae_colors.py on the tiny workdir's VAE (3 steps: its reconstructions are not meant to
+  be right, so only the inputs' readings are checked against the colour asked for)."""
+  from sora_jax.data import shapes
+
+  out = tmp_path / "colors.json"
+  run_tool("tools/benchmarks/vae_colors.py", f"--vae_workdir={workdir / 'vae'}", "--clips_per_color=1", f"--out={out}")
+  colors = json.loads(out.read_text())["colors"]
+  assert set(colors) == set(shapes.ALL_COLORS)
+  for name, entry in colors.items():
+    assert entry["read_inputs"] == {name: 1} and sum(entry["read_reconstructions"].values()) == 1
