@@ -78,10 +78,16 @@ def test_init_is_base_and_fused_equals_unfused(name, scan):
     )
 
   y = jax.device_get(outputs(*_inputs()))
-  np.testing.assert_array_equal(y["init"], y["base"])  # B = 0 at init: exactly the base model
+  # B = 0 at init, exactly: the adapter adds an exact zero to every projection ...
+  lora_b = [b for path, b in jax.tree_util.tree_leaves_with_path(adapters) if "lora_B" in str(path)]
+  assert lora_b and not any(np.any(np.asarray(b)) for b in lora_b)
+  # ... so init and scale 0 are the base model. They are other XLA programs, though: the zero term changes how XLA
+  # fuses and emits the base matmuls, and their sums may be accumulated in another order (seen: 4 float32 ulps at
+  # XLA:CPU optimisation level 1). 1e-6 absorbs that and still catches any live adapter (> 1e-2, next line).
+  np.testing.assert_allclose(y["init"], y["base"], rtol=1e-6, atol=1e-6)
   assert np.abs(y["lora"] - y["base"]).max() > 1e-2  # the adapters do something
   np.testing.assert_allclose(y["fused"], y["lora"], atol=ATOL)
-  np.testing.assert_array_equal(y["scale0"], y["base"])  # scale 0: the base model again
+  np.testing.assert_allclose(y["scale0"], y["base"], rtol=1e-6, atol=1e-6)  # scale 0: the base model again
   np.testing.assert_allclose(y["merged"], y["lora"], atol=ATOL)  # lora.compute="merged": same function
   fused = lora.fuse(lora.merge_trees(base, trained), model.scale)
   assert jax.tree.structure(fused) == jax.tree.structure(base)
